@@ -1,0 +1,128 @@
+//! Extractors that turn an HTTP request into plain values for the hub, with
+//! every rejection rendered as our JSON error (axum's own are plain text).
+
+use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header;
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use crate::hub::{Caller, Credentials};
+use crate::signing::http::RequestParts;
+
+/// Header carrying the client's idempotency key for sends.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// An authenticated request: who is calling, and the raw body (read once,
+/// bounded by `MAX_MESSAGE_SIZE_KB`, needed verbatim for digests and body hashes).
+pub struct Authed {
+    pub caller: Caller,
+    pub body: Bytes,
+    pub idempotency_key: Option<String>,
+}
+
+impl FromRequest<AppState> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let limit = state.hub.config.max_body_bytes();
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        let body = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| ApiError::payload_too_large(limit))?;
+
+        let headers: Vec<(&str, &str)> = parts
+            .headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+            .collect();
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let bearer = header(header::AUTHORIZATION.as_str()).and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or(parts.uri.path(), |pq| pq.as_str());
+        let credentials = Credentials {
+            signature: header("signature"),
+            bearer,
+            api_key: header("x-api-key"),
+            request: RequestParts {
+                method: parts.method.as_str(),
+                path_and_query,
+                headers: &headers,
+            },
+            body: &body,
+        };
+        let caller = state.hub.authenticate(&credentials).await?;
+        let idempotency_key = header(IDEMPOTENCY_KEY).map(str::to_string);
+        Ok(Authed {
+            caller,
+            body,
+            idempotency_key,
+        })
+    }
+}
+
+impl Authed {
+    /// Parses the body as `T`; an empty body reads as `{}`. Syntax errors are
+    /// `INVALID_JSON`; wrong types name the field in `INVALID_INPUT`.
+    pub fn json<T: DeserializeOwned>(&self) -> ApiResult<T> {
+        parse_json(&self.body)
+    }
+
+    /// The body as a JSON value (for envelopes, whose unknown fields are kept).
+    pub fn json_value(&self) -> ApiResult<serde_json::Value> {
+        serde_json::from_slice(&self.body).map_err(|e| ApiError::invalid_json(e.to_string()))
+    }
+}
+
+/// See [`Authed::json`].
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(text).map_err(|e| ApiError::invalid_json(e.to_string()))?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "body".to_string() } else { path };
+        ApiError::invalid_input(&field, e.into_inner().to_string())
+    })
+}
+
+/// `axum::extract::Path` with a JSON rejection.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// `axum::extract::Query` with a JSON rejection.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        ApiError::invalid_input("path", e.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::invalid_input("query", e.body_text())
+    }
+}

@@ -1,0 +1,153 @@
+//! HTTP: the router, one module per resource, extractors, and the single
+//! error-to-response mapping. Handlers translate HTTP to hub calls and back;
+//! they hold no protocol rules.
+
+pub mod agents;
+pub mod error;
+pub mod extract;
+pub mod messages;
+pub mod system;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::hub::Hub;
+use error::ApiError;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub hub: Arc<Hub>,
+}
+
+/// The OpenAPI document, generated from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "ADMP hub", description = "Agent Dispatch Messaging Protocol: an inbox for every agent."),
+    paths(
+        system::health, system::ready, system::stats,
+        agents::register, agents::get_agent, agents::delete_agent, agents::heartbeat,
+        agents::list_trusted, agents::add_trusted, agents::remove_trusted,
+        agents::set_webhook, agents::get_webhook, agents::delete_webhook,
+        agents::rotate_key, agents::create_session,
+        messages::send, messages::reply, messages::status,
+        messages::pull, messages::ack, messages::batch_ack, messages::nack,
+        messages::inbox_stats, messages::reclaim, messages::dead_letters, messages::requeue,
+    ),
+    tags((name = "agents"), (name = "messages"), (name = "inbox"), (name = "system"))
+)]
+pub struct ApiDoc;
+
+/// Builds the whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let cors = cors_layer(&state.hub.config.cors_origin);
+    let api = Router::new()
+        .route("/health", get(system::health))
+        .route("/ready", get(system::ready))
+        .route("/api/stats", get(system::stats))
+        .route("/api/agents/register", post(agents::register))
+        .route(
+            "/api/agents/{agent_id}",
+            get(agents::get_agent).delete(agents::delete_agent),
+        )
+        .route("/api/agents/{agent_id}/heartbeat", post(agents::heartbeat))
+        .route(
+            "/api/agents/{agent_id}/trusted",
+            get(agents::list_trusted).post(agents::add_trusted),
+        )
+        .route(
+            "/api/agents/{agent_id}/trusted/{other}",
+            axum::routing::delete(agents::remove_trusted),
+        )
+        .route(
+            "/api/agents/{agent_id}/webhook",
+            post(agents::set_webhook)
+                .get(agents::get_webhook)
+                .delete(agents::delete_webhook),
+        )
+        .route("/api/agents/{agent_id}/rotate-key", post(agents::rotate_key))
+        .route("/api/agents/{agent_id}/session", post(agents::create_session))
+        .route("/api/agents/{agent_id}/messages", post(messages::send))
+        .route(
+            "/api/agents/{agent_id}/messages/{message_id}/reply",
+            post(messages::reply),
+        )
+        .route(
+            "/api/agents/{agent_id}/messages/{message_id}/ack",
+            post(messages::ack),
+        )
+        .route(
+            "/api/agents/{agent_id}/messages/{message_id}/nack",
+            post(messages::nack),
+        )
+        .route(
+            "/api/agents/{agent_id}/messages/{message_id}/requeue",
+            post(messages::requeue),
+        )
+        .route("/api/agents/{agent_id}/inbox/pull", post(messages::pull))
+        .route("/api/agents/{agent_id}/inbox/ack", post(messages::batch_ack))
+        .route("/api/agents/{agent_id}/inbox/stats", get(messages::inbox_stats))
+        .route("/api/agents/{agent_id}/inbox/reclaim", post(messages::reclaim))
+        .route("/api/agents/{agent_id}/inbox/dead", get(messages::dead_letters))
+        .route("/api/messages/{message_id}/status", get(messages::status))
+        .with_state(state);
+
+    Router::new()
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .merge(api)
+        .fallback(system::not_found)
+        .method_not_allowed_fallback(system::method_not_allowed)
+        // Bodies are read and bounded by our own extractor (413 as JSON).
+        .layer(DefaultBodyLimit::disable())
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let request_id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(cors)
+}
+
+fn cors_layer(origin: &str) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods(Any)
+        .allow_headers(Any)
+        .max_age(Duration::from_secs(600));
+    if origin.trim() == "*" {
+        return layer.allow_origin(Any);
+    }
+    let origins: Vec<HeaderValue> = origin
+        .split(',')
+        .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
+        .collect();
+    layer.allow_origin(AllowOrigin::list(origins))
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "INTERNAL_ERROR",
+        "internal error",
+    )
+    .into_response()
+}

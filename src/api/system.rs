@@ -1,0 +1,117 @@
+//! Probes, hub statistics, the OpenAPI document and the JSON fallbacks.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::json;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::Authed;
+
+/// Liveness response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthResponse {
+    /// Always `healthy`.
+    pub status: &'static str,
+    /// Server time, ISO-8601.
+    pub timestamp: String,
+    pub version: &'static str,
+}
+
+/// Liveness probe: cheap, never touches storage.
+#[utoipa::path(get, path = "/health", tag = "system",
+    responses((status = 200, body = HealthResponse)))]
+pub async fn health() -> Json<HealthResponse> {
+    let timestamp = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    Json(HealthResponse {
+        status: "healthy",
+        timestamp,
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// Readiness probe: 200 when storage answers, else 503.
+#[utoipa::path(get, path = "/ready", tag = "system",
+    responses((status = 200, description = "{status: ready, checks: {store: ok}}"),
+        (status = 503, description = "{status: unavailable, checks: {store: <error>}}")))]
+pub async fn ready(State(app): State<AppState>) -> Response {
+    match app.hub.store.ping().await {
+        Ok(()) => Json(json!({"status": "ready", "checks": {"store": "ok"}})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "checks": {"store": e.to_string()}})),
+        )
+            .into_response(),
+    }
+}
+
+/// Agent counts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentCounts {
+    pub total: u64,
+    pub online: u64,
+    pub offline: u64,
+}
+
+/// Message counts by state (`failed` is always 0, kept for compatibility).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageCounts {
+    pub total: u64,
+    pub queued: u64,
+    pub leased: u64,
+    pub acked: u64,
+    pub expired: u64,
+    pub dead: u64,
+    pub failed: u64,
+}
+
+/// Hub statistics.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatsResponse {
+    pub agents: AgentCounts,
+    pub messages: MessageCounts,
+}
+
+/// Hub-wide counts (behind the API key gate when `API_KEY_REQUIRED`).
+#[utoipa::path(get, path = "/api/stats", tag = "system",
+    responses((status = 200, body = StatsResponse), (status = 401, body = ErrorBody)))]
+pub async fn stats(State(app): State<AppState>, req: Authed) -> ApiResult<Json<StatsResponse>> {
+    app.hub.authorize_gate(&req.caller)?;
+    let s = app.hub.store.stats().await.map_err(crate::hub::HubError::from)?;
+    Ok(Json(StatsResponse {
+        agents: AgentCounts {
+            total: s.agents_total,
+            online: s.agents_online,
+            offline: s.agents_total - s.agents_online,
+        },
+        messages: MessageCounts {
+            total: s.messages.total,
+            queued: s.messages.queued,
+            leased: s.messages.leased,
+            acked: s.messages.acked,
+            expired: s.messages.expired,
+            dead: s.messages.dead,
+            failed: 0,
+        },
+    }))
+}
+
+/// Unknown route.
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
+}
+
+/// Known route, wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "method not allowed on this route",
+    )
+}

@@ -1,0 +1,262 @@
+//! The `admp` command line: `serve` (the default) and client commands that
+//! keep each agent's key in `.admp/<agent>.json` so a person can try the hub
+//! without hand-signing Ed25519 in curl.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::AgentClient;
+use crate::config::{Config, LogFormat};
+use crate::signing::keys;
+
+/// `admp`: the ADMP hub and its client.
+#[derive(Parser)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Server settings when no subcommand is given (same as `admp serve`).
+    #[command(flatten)]
+    serve: Config,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the hub (the default).
+    Serve(Config),
+    /// Print a fresh Ed25519 key pair (base64), for clients that register with `public_key`.
+    Keygen,
+    /// Agent management.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Send a signed message.
+    Send {
+        /// Sending agent (its key is read from the key directory).
+        #[arg(long = "as")]
+        as_agent: String,
+        /// Recipient agent id.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        subject: String,
+        /// JSON body.
+        #[arg(long, default_value = "{}")]
+        body: String,
+    },
+    /// Pull (lease) the next message.
+    Pull {
+        #[arg(long = "as")]
+        as_agent: String,
+        /// Long-poll up to this many seconds.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
+    /// Acknowledge a leased message.
+    Ack {
+        #[arg(long = "as")]
+        as_agent: String,
+        message_id: String,
+        #[arg(long)]
+        lease_id: Option<String>,
+    },
+    /// Show a message's status (as its sender or recipient).
+    Status {
+        #[arg(long = "as")]
+        as_agent: String,
+        message_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Register an agent; its secret key stays in the key directory.
+    Register {
+        /// Hub base URL.
+        #[arg(long, env = "ADMP_HUB", default_value = "http://127.0.0.1:8080")]
+        hub: String,
+        /// Agent id (generated when absent).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Show the agent's record.
+    Show {
+        #[arg(long = "as")]
+        as_agent: String,
+    },
+}
+
+/// What the key directory keeps per agent.
+#[derive(Serialize, Deserialize)]
+struct SavedAgent {
+    hub: String,
+    agent_id: String,
+    /// tweetnacl-format secret key, base64.
+    secret_key: String,
+}
+
+/// Where agent keys live: `$ADMP_HOME` or `./.admp`.
+fn key_dir() -> PathBuf {
+    std::env::var_os("ADMP_HOME").map_or_else(|| PathBuf::from(".admp"), PathBuf::from)
+}
+
+fn load_agent(agent_id: &str) -> anyhow::Result<AgentClient> {
+    let path = key_dir().join(format!("{agent_id}.json"));
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (register the agent first)", path.display()))?;
+    let saved: SavedAgent = serde_json::from_str(&text)?;
+    let key = keys::decode_secret_key(&saved.secret_key).context("secret key in key file")?;
+    Ok(AgentClient::new(
+        reqwest::Client::new(),
+        &saved.hub,
+        &saved.agent_id,
+        key,
+    ))
+}
+
+fn save_agent(client: &AgentClient) -> anyhow::Result<PathBuf> {
+    let dir = key_dir();
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{}.json", client.agent_id));
+    let saved = SavedAgent {
+        hub: client.base.clone(),
+        agent_id: client.agent_id.clone(),
+        secret_key: keys::encode_secret_key(&client.key),
+    };
+    std::fs::write(&path, serde_json::to_string_pretty(&saved)?)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(path)
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            None => serve(cli.serve).await,
+            Some(Command::Serve(config)) => serve(config).await,
+            Some(command) => client_command(command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    init_tracing(config.log_format);
+    config.validate().map_err(anyhow::Error::msg)?;
+    crate::server::serve(config).await
+}
+
+/// JSON or human logs, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+async fn client_command(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(_) => unreachable!("handled by run"),
+        Command::Keygen => {
+            let key = keys::generate();
+            print_json(&json!({
+                "public_key": keys::encode_public_key(&key.verifying_key()),
+                "secret_key": keys::encode_secret_key(&key),
+            }));
+        }
+        Command::Agent(AgentCommand::Register { hub, id }) => {
+            let client = AgentClient::register(reqwest::Client::new(), &hub, id.as_deref()).await?;
+            let path = save_agent(&client)?;
+            print_json(&json!({
+                "agent_id": client.agent_id,
+                "public_key": keys::encode_public_key(&client.key.verifying_key()),
+                "key_file": path.display().to_string(),
+            }));
+        }
+        Command::Agent(AgentCommand::Show { as_agent }) => {
+            let client = load_agent(&as_agent)?;
+            let response = client
+                .request(Method::GET, &client.agent_path(""), None)
+                .send()
+                .await?;
+            print_response(response).await?;
+        }
+        Command::Send {
+            as_agent,
+            to,
+            subject,
+            body,
+        } => {
+            let client = load_agent(&as_agent)?;
+            let body: Value = serde_json::from_str(&body).context("--body must be JSON")?;
+            let envelope = client.envelope(&to, &subject, body);
+            print_response(client.send(&to, &envelope).await?).await?;
+        }
+        Command::Pull { as_agent, wait } => {
+            let client = load_agent(&as_agent)?;
+            let response = client.pull(&json!({ "wait_sec": wait })).await?;
+            if response.status() == reqwest::StatusCode::NO_CONTENT {
+                println!("(inbox empty)");
+                return Ok(());
+            }
+            print_response(response).await?;
+        }
+        Command::Ack {
+            as_agent,
+            message_id,
+            lease_id,
+        } => {
+            let client = load_agent(&as_agent)?;
+            print_response(client.ack(&message_id, lease_id.as_deref()).await?).await?;
+        }
+        Command::Status {
+            as_agent,
+            message_id,
+        } => {
+            let client = load_agent(&as_agent)?;
+            let path = format!("/api/messages/{}/status", urlencoding::encode(&message_id));
+            print_response(client.request(Method::GET, &path, None).send().await?).await?;
+        }
+    }
+    Ok(())
+}
+
+fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+async fn print_response(response: reqwest::Response) -> anyhow::Result<()> {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    print_json(&body);
+    anyhow::ensure!(status.is_success(), "hub answered {status}");
+    Ok(())
+}

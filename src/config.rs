@@ -1,0 +1,204 @@
+//! Every setting of the hub, built once at start from flags and environment
+//! variables and validated there. Nothing reads the environment later, so
+//! tests build configurations as plain values and run in parallel.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// Where messages and agents are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StorageBackend {
+    /// In-process maps; lost on exit.
+    Memory,
+}
+
+/// How agent-scoped routes authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AgentAuth {
+    /// HTTP signature, session token or master key (the default).
+    Signature,
+    /// INSECURE: unauthenticated access as the Node server allowed, for clients that cannot sign.
+    Legacy,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Hub configuration (`admp serve --help` lists every flag and its variable).
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Port to listen on (0 lets the OS pick one).
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Address to bind.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+    /// Storage backend.
+    #[arg(long, env = "STORAGE_BACKEND", value_enum, default_value_t = StorageBackend::Memory)]
+    pub storage_backend: StorageBackend,
+    /// Operator key: acts on any agent and calls admin routes.
+    #[arg(long, env = "MASTER_API_KEY", hide_env_values = true)]
+    pub master_api_key: Option<String>,
+    /// Require an API key or agent signature on every /api route except registration.
+    #[arg(long, env = "API_KEY_REQUIRED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub api_key_required: bool,
+    /// Agent route authentication mode.
+    #[arg(long, env = "AGENT_AUTH", value_enum, default_value_t = AgentAuth::Signature)]
+    pub agent_auth: AgentAuth,
+    /// Allowed CORS origin(s), comma-separated, or `*`.
+    #[arg(long, env = "CORS_ORIGIN", default_value = "*")]
+    pub cors_origin: String,
+    /// Default message time-to-live when the envelope has no `ttl_sec`.
+    #[arg(long, env = "MESSAGE_TTL_SEC", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    pub message_ttl_sec: u64,
+    /// Largest accepted envelope (request body), in KiB.
+    #[arg(long, env = "MAX_MESSAGE_SIZE_KB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub max_message_size_kb: u64,
+    /// Live (queued + leased) messages one inbox may hold.
+    #[arg(long, env = "MAX_MESSAGES_PER_AGENT", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_messages_per_agent: u64,
+    /// Leases after which an unacked message is dead-lettered.
+    #[arg(long, env = "MAX_DELIVERY_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_delivery_attempts: u32,
+    /// How long acked, expired and dead records are kept.
+    #[arg(long, env = "MESSAGE_RETENTION_SEC", default_value_t = 3_600)]
+    pub message_retention_sec: u64,
+    /// Heartbeat interval advertised to agents.
+    #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub heartbeat_interval_ms: u64,
+    /// Silence after which an agent is marked offline.
+    #[arg(long, env = "HEARTBEAT_TIMEOUT_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub heartbeat_timeout_ms: u64,
+    /// Interval of the background sweeper.
+    #[arg(long, env = "CLEANUP_INTERVAL_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub cleanup_interval_ms: u64,
+    /// Records one sweep step handles at a time.
+    #[arg(long, env = "SWEEP_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub sweep_batch_size: u64,
+    /// How long a rotated-out key keeps verifying.
+    #[arg(long, env = "KEY_ROTATION_OVERLAP_SEC", default_value_t = 86_400)]
+    pub key_rotation_overlap_sec: u64,
+    /// Allow webhook targets on private, loopback and link-local addresses.
+    #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_allow_private: bool,
+    /// Secret that signs session tokens; random per start when unset.
+    #[arg(long, env = "SESSION_SECRET", hide_env_values = true)]
+    pub session_secret: Option<String>,
+    /// Session token lifetime.
+    #[arg(long, env = "SESSION_TTL_SEC", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub session_ttl_sec: u64,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+/// Allowed clock skew for envelope timestamps and HTTP `Date` headers.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
+
+impl Default for Config {
+    /// The documented defaults, as a starting point for tests and embedders
+    /// (a unit test checks they match the flag defaults).
+    fn default() -> Self {
+        Config {
+            port: 8080,
+            host: IpAddr::from([0, 0, 0, 0]),
+            storage_backend: StorageBackend::Memory,
+            master_api_key: None,
+            api_key_required: false,
+            agent_auth: AgentAuth::Signature,
+            cors_origin: "*".into(),
+            message_ttl_sec: 86_400,
+            max_message_size_kb: 256,
+            max_messages_per_agent: 10_000,
+            max_delivery_attempts: 10,
+            message_retention_sec: 3_600,
+            heartbeat_interval_ms: 60_000,
+            heartbeat_timeout_ms: 300_000,
+            cleanup_interval_ms: 60_000,
+            sweep_batch_size: 500,
+            key_rotation_overlap_sec: 86_400,
+            webhook_allow_private: false,
+            session_secret: None,
+            session_ttl_sec: 900,
+            log_format: LogFormat::Json,
+        }
+    }
+}
+
+impl Config {
+    /// Cross-field checks that clap cannot express; the message names the variable.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(key) = &self.master_api_key
+            && key.len() < 16
+        {
+            return Err("MASTER_API_KEY must be at least 16 characters".into());
+        }
+        if self.api_key_required && self.master_api_key.is_none() {
+            return Err("API_KEY_REQUIRED=true needs MASTER_API_KEY".into());
+        }
+        if let Some(secret) = &self.session_secret
+            && secret.len() < 32
+        {
+            return Err("SESSION_SECRET must be at least 32 characters".into());
+        }
+        Ok(())
+    }
+
+    /// Largest accepted request body in bytes.
+    pub fn max_body_bytes(&self) -> usize {
+        (self.max_message_size_kb * 1024) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    /// `Config::default()` and the flag defaults must never drift apart.
+    #[test]
+    fn default_matches_flag_defaults() {
+        let command = Cli::command();
+        let defaults = Config::default();
+        let debug = format!("{defaults:?}");
+        for arg in command.get_arguments() {
+            let Some(value) = arg.get_default_values().first() else {
+                continue;
+            };
+            let value = value.to_string_lossy().to_lowercase();
+            let field = arg.get_id().as_str();
+            let needle = format!("{field}: ");
+            let at = debug.find(&needle).unwrap_or_else(|| panic!("{field} missing"));
+            let rest = &debug[at + needle.len()..];
+            let shown = rest.split([',', ' ']).next().unwrap().trim_matches('"');
+            let shown = shown.replace('_', "").to_lowercase();
+            assert_eq!(shown, value.replace('_', ""), "default of {field}");
+        }
+    }
+
+    #[test]
+    fn validate_names_the_variable() {
+        let config = Config {
+            api_key_required: true,
+            ..Config::default()
+        };
+        assert!(config.validate().unwrap_err().contains("MASTER_API_KEY"));
+        let config = Config {
+            master_api_key: Some("short".into()),
+            ..Config::default()
+        };
+        assert!(config.validate().unwrap_err().contains("MASTER_API_KEY"));
+    }
+}

@@ -1,0 +1,365 @@
+//! Who is calling: HTTP signatures, session tokens and the master key
+//! (PROTOCOL.md §2), and what each caller may do.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use dashmap::DashMap;
+use ed25519_dalek::VerifyingKey;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::{Hub, HubError, HubResult, ids};
+use crate::config::{AgentAuth, MAX_CLOCK_SKEW};
+use crate::signing::http::{self as httpsig, HttpSignatureError, RequestParts};
+use crate::signing::keys;
+use crate::store::Agent;
+
+/// Prefix that marks a bearer value as a session token rather than an API key.
+pub const SESSION_TOKEN_PREFIX: &str = "admpst_";
+
+/// The credentials a request carried, as plain values.
+pub struct Credentials<'a> {
+    /// `Signature` header.
+    pub signature: Option<&'a str>,
+    /// `Authorization: Bearer` value.
+    pub bearer: Option<&'a str>,
+    /// `X-API-Key` header.
+    pub api_key: Option<&'a str>,
+    /// Method, path and headers, for the HTTP signature.
+    pub request: RequestParts<'a>,
+    /// Raw body, for signed digests.
+    pub body: &'a [u8],
+}
+
+/// How an agent proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentProof {
+    Signature,
+    Session,
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// An agent, by signature or session token.
+    Agent { agent_id: String, proof: AgentProof },
+    /// The operator (master API key).
+    Master,
+    /// No credentials.
+    Anonymous,
+}
+
+impl Caller {
+    /// The agent id when the caller is an agent.
+    pub fn agent_id(&self) -> Option<&str> {
+        match self {
+            Caller::Agent { agent_id, .. } => Some(agent_id),
+            _ => None,
+        }
+    }
+}
+
+impl Hub {
+    /// Identifies the caller. Credentials that are present must be valid:
+    /// a bad signature is an error, never a fall-through to anonymous.
+    pub async fn authenticate(&self, creds: &Credentials<'_>) -> HubResult<Caller> {
+        if let Some(header) = creds.signature {
+            return self.authenticate_signature(header, creds).await;
+        }
+        if let Some(token) = creds
+            .bearer
+            .and_then(|b| b.strip_prefix(SESSION_TOKEN_PREFIX))
+        {
+            return self.authenticate_session(token).await;
+        }
+        if let Some(key) = creds.api_key.or(creds.bearer) {
+            return if self.is_master_key(key) {
+                Ok(Caller::Master)
+            } else {
+                Err(HubError::InvalidApiKey)
+            };
+        }
+        Ok(Caller::Anonymous)
+    }
+
+    /// Agent-scoped routes: the agent itself, or the operator.
+    pub fn authorize_agent(&self, caller: &Caller, agent_id: &str) -> HubResult<()> {
+        match caller {
+            Caller::Master => Ok(()),
+            Caller::Agent { agent_id: who, .. } if who == agent_id => Ok(()),
+            Caller::Agent { agent_id: who, .. } => Err(HubError::Forbidden(format!(
+                "authenticated as {who}, not {agent_id}"
+            ))),
+            Caller::Anonymous if self.config.agent_auth == AgentAuth::Legacy => Ok(()),
+            Caller::Anonymous => Err(HubError::AuthRequired),
+        }
+    }
+
+    /// The `API_KEY_REQUIRED` gate in front of every `/api` route but registration.
+    pub fn authorize_gate(&self, caller: &Caller) -> HubResult<()> {
+        if self.config.api_key_required && *caller == Caller::Anonymous {
+            return Err(HubError::ApiKeyRequired);
+        }
+        Ok(())
+    }
+
+    /// Operator-only routes.
+    pub fn authorize_master(&self, caller: &Caller) -> HubResult<()> {
+        match caller {
+            Caller::Master => Ok(()),
+            Caller::Anonymous => Err(HubError::AuthRequired),
+            Caller::Agent { .. } => Err(HubError::Forbidden("operator key required".into())),
+        }
+    }
+
+    fn is_master_key(&self, given: &str) -> bool {
+        let Some(master) = &self.config.master_api_key else {
+            return false;
+        };
+        // Hash both sides so the comparison takes the same time whatever the lengths.
+        let given = Sha256::digest(given.as_bytes());
+        let master = Sha256::digest(master.as_bytes());
+        given.ct_eq(&master).into()
+    }
+
+    async fn authenticate_signature(
+        &self,
+        header: &str,
+        creds: &Credentials<'_>,
+    ) -> HubResult<Caller> {
+        let params = httpsig::parse_signature_header(header).map_err(signature_error)?;
+        let agent_id = ids::normalize(&params.key_id).to_string();
+        httpsig::check_date(&creds.request, self.clock.now_system(), MAX_CLOCK_SKEW)
+            .map_err(signature_error)?;
+        let agent = self
+            .store
+            .get_agent(&agent_id)
+            .await?
+            .ok_or_else(|| HubError::SignatureInvalid(format!("unknown keyId {agent_id}")))?;
+        let keys = self.verifying_keys(&agent);
+        httpsig::verify_signature(&params, &creds.request, &keys).map_err(signature_error)?;
+        httpsig::verify_digests(&params.headers, &creds.request, creds.body)
+            .map_err(signature_error)?;
+        if params.headers.iter().any(|h| h == NONCE_HEADER) {
+            let nonce = header_value(&creds.request, NONCE_HEADER).unwrap_or_default();
+            self.replays
+                .check_and_remember(&agent_id, nonce, self.now())?;
+        }
+        Ok(Caller::Agent {
+            agent_id,
+            proof: AgentProof::Signature,
+        })
+    }
+
+    /// Keys of `agent` that verify now.
+    pub(crate) fn verifying_keys(&self, agent: &Agent) -> Vec<VerifyingKey> {
+        agent
+            .active_keys(self.now())
+            .filter_map(|k| keys::decode_public_key(&k.public_key))
+            .collect()
+    }
+
+    async fn authenticate_session(&self, token: &str) -> HubResult<Caller> {
+        let claims = self.sessions.open(token)?;
+        if claims.exp <= self.now() {
+            return Err(HubError::TokenExpired);
+        }
+        let agent = self.store.get_agent(&claims.sub).await?;
+        let still_valid = agent
+            .is_some_and(|a| a.created_at == claims.ca && a.key_version() == claims.kv);
+        if !still_valid {
+            return Err(HubError::TokenExpired);
+        }
+        Ok(Caller::Agent {
+            agent_id: claims.sub,
+            proof: AgentProof::Session,
+        })
+    }
+
+    /// Issues a session token to an agent that proved itself with a signature.
+    pub async fn create_session(&self, caller: &Caller, agent_id: &str) -> HubResult<(String, i64)> {
+        match caller {
+            Caller::Agent {
+                agent_id: who,
+                proof: AgentProof::Signature,
+            } if who == agent_id => {}
+            Caller::Anonymous => return Err(HubError::AuthRequired),
+            _ => {
+                return Err(HubError::Forbidden(
+                    "a session is opened with the agent's own HTTP signature".into(),
+                ));
+            }
+        }
+        let agent = self
+            .store
+            .get_agent(agent_id)
+            .await?
+            .ok_or_else(|| HubError::AgentNotFound(agent_id.to_string()))?;
+        let exp = self.now() + (self.config.session_ttl_sec * 1000) as i64;
+        let claims = SessionClaims {
+            sub: agent.agent_id.clone(),
+            kv: agent.key_version(),
+            ca: agent.created_at,
+            exp,
+        };
+        Ok((self.sessions.seal(&claims), exp))
+    }
+}
+
+/// Signed header carrying a per-request nonce for replay protection.
+pub const NONCE_HEADER: &str = "x-request-nonce";
+
+fn header_value<'a>(req: &RequestParts<'a>, name: &str) -> Option<&'a str> {
+    req.headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| *v)
+}
+
+fn signature_error(e: HttpSignatureError) -> HubError {
+    match e {
+        HttpSignatureError::Malformed(m) => HubError::InvalidSignatureHeader(m),
+        HttpSignatureError::UnsupportedAlgorithm(a) => {
+            HubError::UnsupportedAlgorithm(format!("unsupported algorithm {a}; use ed25519"))
+        }
+        HttpSignatureError::InsufficientSignedHeaders => HubError::InsufficientSignedHeaders,
+        HttpSignatureError::MissingSignedHeader(h) => {
+            HubError::SignatureInvalid(format!("signed header {h} missing from request"))
+        }
+        HttpSignatureError::BadSignature => {
+            HubError::SignatureInvalid("signature does not verify".into())
+        }
+        HttpSignatureError::MissingDate => {
+            HubError::RequestExpired("Date header missing or unparsable".into())
+        }
+        HttpSignatureError::StaleDate => {
+            HubError::RequestExpired("Date header outside the allowed clock skew".into())
+        }
+        HttpSignatureError::DigestMismatch => HubError::DigestMismatch,
+    }
+}
+
+/// What a session token asserts.
+#[derive(Debug, Serialize, Deserialize)]
+struct SessionClaims {
+    /// Agent id.
+    sub: String,
+    /// Key version at issue: rotation revokes the token.
+    kv: u32,
+    /// Agent creation time: deletion and re-registration revoke the token.
+    ca: i64,
+    /// Expiry, epoch ms.
+    exp: i64,
+}
+
+/// HMAC-SHA256 key that seals session tokens.
+pub(super) struct SessionKey([u8; 32]);
+
+impl SessionKey {
+    /// From `SESSION_SECRET`, or random (tokens then die with the process).
+    pub(super) fn new(secret: Option<&str>) -> Self {
+        match secret {
+            Some(s) => SessionKey(Sha256::digest(s.as_bytes()).into()),
+            None => SessionKey(rand::random()),
+        }
+    }
+
+    fn mac(&self, payload: &str) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(payload.as_bytes());
+        mac
+    }
+
+    fn seal(&self, claims: &SessionClaims) -> String {
+        let payload = B64URL.encode(serde_json::to_vec(claims).unwrap_or_default());
+        let tag = B64URL.encode(self.mac(&payload).finalize().into_bytes());
+        format!("{SESSION_TOKEN_PREFIX}{payload}.{tag}")
+    }
+
+    fn open(&self, token: &str) -> HubResult<SessionClaims> {
+        let (payload, tag) = token.split_once('.').ok_or(HubError::TokenInvalid)?;
+        let tag = B64URL.decode(tag).map_err(|_| HubError::TokenInvalid)?;
+        self.mac(payload)
+            .verify_slice(&tag)
+            .map_err(|_| HubError::TokenInvalid)?;
+        let json = B64URL.decode(payload).map_err(|_| HubError::TokenInvalid)?;
+        serde_json::from_slice(&json).map_err(|_| HubError::TokenInvalid)
+    }
+}
+
+/// Nonces seen inside the replay window, per agent.
+#[derive(Default)]
+pub(super) struct ReplayCache {
+    seen: DashMap<(String, String), i64>,
+}
+
+/// How long a nonce is remembered: twice the clock skew, so a replay with a
+/// still-acceptable Date is always caught.
+const REPLAY_WINDOW: Duration = Duration::from_secs(2 * MAX_CLOCK_SKEW.as_secs());
+/// Entries kept before expired ones are pruned.
+const REPLAY_PRUNE_AT: usize = 100_000;
+
+impl ReplayCache {
+    fn check_and_remember(&self, agent_id: &str, nonce: &str, now: i64) -> HubResult<()> {
+        if nonce.is_empty() {
+            return Err(HubError::SignatureInvalid("empty x-request-nonce".into()));
+        }
+        if self.seen.len() > REPLAY_PRUNE_AT {
+            self.seen.retain(|_, until| *until > now);
+        }
+        let until = now + REPLAY_WINDOW.as_millis() as i64;
+        match self.seen.entry((agent_id.to_string(), nonce.to_string())) {
+            dashmap::mapref::entry::Entry::Occupied(mut e) if *e.get() > now => {
+                e.insert(until);
+                Err(HubError::ReplayedRequest)
+            }
+            e => {
+                e.insert(until);
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_tokens_round_trip_and_resist_forgery() {
+        let key = SessionKey::new(Some("a-secret-that-is-long-enough-123456"));
+        let claims = SessionClaims {
+            sub: "alice".into(),
+            kv: 1,
+            ca: 5,
+            exp: 10,
+        };
+        let token = key.seal(&claims);
+        let body = token.strip_prefix(SESSION_TOKEN_PREFIX).unwrap();
+        let opened = key.open(body).unwrap();
+        assert_eq!((opened.sub.as_str(), opened.kv, opened.exp), ("alice", 1, 10));
+        let other = SessionKey::new(None);
+        assert!(matches!(other.open(body), Err(HubError::TokenInvalid)));
+        let (payload, tag) = body.split_once('.').unwrap();
+        let forged_payload = B64URL.encode(br#"{"sub":"eve","kv":1,"ca":5,"exp":10}"#);
+        assert!(key.open(&format!("{forged_payload}.{tag}")).is_err());
+        assert!(key.open(payload).is_err());
+    }
+
+    #[test]
+    fn replay_cache_rejects_second_use_inside_window() {
+        let cache = ReplayCache::default();
+        assert!(cache.check_and_remember("a", "n1", 0).is_ok());
+        assert!(matches!(
+            cache.check_and_remember("a", "n1", 1),
+            Err(HubError::ReplayedRequest)
+        ));
+        assert!(cache.check_and_remember("b", "n1", 1).is_ok());
+        let later = REPLAY_WINDOW.as_millis() as i64 + 10;
+        assert!(cache.check_and_remember("a", "n1", later).is_ok());
+    }
+}

@@ -1,0 +1,257 @@
+//! The consumer side: pull under a lease (with long-poll), ack, nack, dead
+//! letters, reclaim and status (PROTOCOL.md §4–5).
+
+use std::time::Duration;
+
+use super::{Caller, Hub, HubError, HubResult};
+use crate::store::{
+    AckRequest, LeaseRequest, Message, NackAction, NackRequest, Page, ReclaimRequest, StateCounts,
+};
+
+/// Default lease length in seconds.
+pub const DEFAULT_VISIBILITY_SEC: u64 = 60;
+/// Longest lease, and the cap on a lease extended by nack (12 h).
+pub const MAX_VISIBILITY_SEC: u64 = 43_200;
+/// Longest long-poll.
+pub const MAX_WAIT_SEC: u64 = 20;
+/// Largest batch for batch pull and batch ack.
+pub const MAX_BATCH: u64 = 100;
+/// Default page size of the dead-letter listing.
+pub const DEFAULT_DEAD_PAGE: usize = 50;
+
+/// Pull parameters as sent by the client (validated here).
+#[derive(Debug, Default, Clone)]
+pub struct PullInput {
+    pub visibility_timeout: Option<u64>,
+    pub wait_sec: Option<u64>,
+    pub max_messages: Option<u64>,
+}
+
+/// Nack parameters as sent by the client.
+#[derive(Debug, Default, Clone)]
+pub struct NackInput {
+    pub extend_sec: Option<u64>,
+    pub delay_sec: Option<u64>,
+    pub lease_id: Option<String>,
+}
+
+impl Hub {
+    /// Checks that `caller` may act for `agent_id`, and that the agent exists
+    /// when the caller is not the agent itself (operator or legacy mode).
+    pub async fn scope(&self, caller: &Caller, agent_id: &str) -> HubResult<()> {
+        self.authorize_gate(caller)?;
+        self.authorize_agent(caller, agent_id)?;
+        if caller.agent_id() != Some(agent_id) {
+            self.agent(agent_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Leases up to `max_messages` (1 when absent); with `wait_sec` waits for
+    /// the first message to arrive, returning empty at the deadline or on shutdown.
+    pub async fn pull(&self, agent_id: &str, input: &PullInput) -> HubResult<Vec<Message>> {
+        let visibility = input.visibility_timeout.unwrap_or(DEFAULT_VISIBILITY_SEC);
+        if !(1..=MAX_VISIBILITY_SEC).contains(&visibility) {
+            return Err(HubError::invalid(
+                "visibility_timeout",
+                format!("must be between 1 and {MAX_VISIBILITY_SEC} seconds"),
+            ));
+        }
+        let wait = input.wait_sec.unwrap_or(0);
+        if wait > MAX_WAIT_SEC {
+            return Err(HubError::invalid(
+                "wait_sec",
+                format!("must be between 0 and {MAX_WAIT_SEC}"),
+            ));
+        }
+        let max = input.max_messages.unwrap_or(1);
+        if !(1..=MAX_BATCH).contains(&max) {
+            return Err(HubError::invalid(
+                "max_messages",
+                format!("must be between 1 and {MAX_BATCH}"),
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+        let notify = self.wakers.get(agent_id);
+        loop {
+            // Register interest before looking, so a send between the look and
+            // the wait still wakes us.
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let request = LeaseRequest {
+                recipient: agent_id.to_string(),
+                now: self.now(),
+                visibility_ms: (visibility * 1000) as i64,
+                max_messages: max as usize,
+                max_attempts: self.config.max_delivery_attempts,
+            };
+            let leased = self.store.lease(&request).await?;
+            if !leased.is_empty() || wait == 0 || self.shutdown.is_cancelled() {
+                return Ok(leased);
+            }
+            tokio::select! {
+                _ = &mut notified => continue,
+                _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+                _ = self.shutdown.cancelled() => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    /// Acknowledges a leased message.
+    pub async fn ack(
+        &self,
+        agent_id: &str,
+        message_id: &str,
+        lease_id: Option<String>,
+        result: Option<serde_json::Value>,
+    ) -> HubResult<Message> {
+        let request = AckRequest {
+            recipient: agent_id.to_string(),
+            message_id: message_id.to_string(),
+            lease_id,
+            result,
+            now: self.now(),
+        };
+        self.store
+            .ack(&request)
+            .await
+            .map_err(|e| not_found_as(e.into(), message_id))
+    }
+
+    /// Extends a lease, or requeues the message (visible after `delay_sec`).
+    pub async fn nack(
+        &self,
+        agent_id: &str,
+        message_id: &str,
+        input: NackInput,
+    ) -> HubResult<Message> {
+        let now = self.now();
+        let max_lease_until = now + (MAX_VISIBILITY_SEC * 1000) as i64;
+        let action = match (input.extend_sec, input.delay_sec) {
+            (Some(extend), _) if extend > 0 => {
+                if extend > MAX_VISIBILITY_SEC {
+                    return Err(HubError::invalid(
+                        "extend_sec",
+                        format!("must be at most {MAX_VISIBILITY_SEC}"),
+                    ));
+                }
+                NackAction::Extend {
+                    extend_ms: (extend * 1000) as i64,
+                    max_lease_until,
+                }
+            }
+            (_, delay) => {
+                let delay = delay.unwrap_or(0);
+                if delay > MAX_VISIBILITY_SEC {
+                    return Err(HubError::invalid(
+                        "delay_sec",
+                        format!("must be at most {MAX_VISIBILITY_SEC}"),
+                    ));
+                }
+                NackAction::Requeue {
+                    visible_at: now + (delay * 1000) as i64,
+                }
+            }
+        };
+        let request = NackRequest {
+            recipient: agent_id.to_string(),
+            message_id: message_id.to_string(),
+            lease_id: input.lease_id,
+            action,
+            max_attempts: self.config.max_delivery_attempts,
+            now,
+        };
+        let message = self
+            .store
+            .nack(&request)
+            .await
+            .map_err(|e| not_found_as(e.into(), message_id))?;
+        if matches!(action, NackAction::Requeue { visible_at } if visible_at <= now) {
+            self.wakers.wake(agent_id);
+        }
+        Ok(message)
+    }
+
+    /// Message status, visible to its sender, its recipient and the operator.
+    pub async fn message_status(&self, caller: &Caller, message_id: &str) -> HubResult<Message> {
+        let message = self
+            .store
+            .get_message(message_id)
+            .await?
+            .ok_or_else(|| HubError::MessageNotFound(message_id.to_string()))?;
+        match caller {
+            Caller::Master => Ok(message),
+            Caller::Agent { agent_id, .. }
+                if *agent_id == message.sender || *agent_id == message.recipient =>
+            {
+                Ok(message)
+            }
+            Caller::Agent { .. } => Err(HubError::Forbidden(
+                "only the sender or recipient may read a message's status".into(),
+            )),
+            Caller::Anonymous => {
+                self.authorize_agent(caller, &message.recipient)?;
+                Ok(message)
+            }
+        }
+    }
+
+    /// Counts of one inbox by state.
+    pub async fn inbox_stats(&self, agent_id: &str) -> HubResult<StateCounts> {
+        Ok(self.store.inbox_stats(agent_id).await?)
+    }
+
+    /// Ends this agent's expired leases now instead of waiting for the sweeper.
+    pub async fn reclaim(&self, agent_id: &str) -> HubResult<u64> {
+        let counts = self
+            .store
+            .reclaim_expired_leases(&ReclaimRequest {
+                now: self.now(),
+                max_attempts: self.config.max_delivery_attempts,
+                limit: usize::MAX,
+                recipient: Some(agent_id.to_string()),
+            })
+            .await?;
+        if counts.requeued > 0 {
+            self.wakers.wake(agent_id);
+        }
+        Ok(counts.requeued + counts.dead)
+    }
+
+    /// One page of dead letters.
+    pub async fn dead_letters(
+        &self,
+        agent_id: &str,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> HubResult<Page<Message>> {
+        let limit = limit.unwrap_or(DEFAULT_DEAD_PAGE);
+        if !(1..=MAX_BATCH as usize).contains(&limit) {
+            return Err(HubError::invalid(
+                "limit",
+                format!("must be between 1 and {MAX_BATCH}"),
+            ));
+        }
+        Ok(self.store.list_dead(agent_id, limit, cursor).await?)
+    }
+
+    /// Moves a dead letter back to the queue with its attempts reset.
+    pub async fn requeue_dead(&self, agent_id: &str, message_id: &str) -> HubResult<Message> {
+        let message = self
+            .store
+            .requeue_dead(agent_id, message_id, self.now())
+            .await
+            .map_err(|e| not_found_as(e.into(), message_id))?;
+        self.wakers.wake(agent_id);
+        Ok(message)
+    }
+}
+
+/// Store "not found" errors carry no id; name the message the caller asked about.
+fn not_found_as(e: HubError, message_id: &str) -> HubError {
+    match e {
+        HubError::MessageNotFound(_) => HubError::MessageNotFound(message_id.to_string()),
+        e => e,
+    }
+}

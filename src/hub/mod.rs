@@ -1,0 +1,60 @@
+//! Protocol rules: who may do what, envelope validation and signatures,
+//! idempotency, leasing policy, long-poll. No HTTP and no SQL here: the API
+//! layer hands in plain values and the store makes each change atomic.
+
+mod agents;
+pub mod auth;
+mod clock;
+mod error;
+pub mod ids;
+mod inbox;
+mod messages;
+mod wakers;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::store::Store;
+
+pub use agents::{Registered, Registration, RotatedKey};
+pub use auth::{Caller, Credentials};
+pub use clock::Clock;
+pub use error::{HubError, HubResult};
+pub use inbox::{MAX_BATCH, NackInput, PullInput};
+pub use messages::{SendInput, Sent};
+pub use wakers::InboxWakers;
+
+/// The hub: configuration, storage and the shared in-process state the
+/// protocol needs (long-poll wakers, replay cache, session key).
+pub struct Hub {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub clock: Clock,
+    pub wakers: Arc<InboxWakers>,
+    sessions: auth::SessionKey,
+    replays: auth::ReplayCache,
+    /// Cancelled on shutdown so long-polls return at once.
+    pub shutdown: CancellationToken,
+}
+
+impl Hub {
+    /// Builds a hub over `store`.
+    pub fn new(config: Arc<Config>, store: Arc<dyn Store>, clock: Clock) -> Self {
+        let sessions = auth::SessionKey::new(config.session_secret.as_deref());
+        Hub {
+            config,
+            store,
+            clock,
+            wakers: Arc::new(InboxWakers::default()),
+            sessions,
+            replays: auth::ReplayCache::default(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+}

@@ -1,0 +1,36 @@
+//! Per-inbox notifiers that wake long-polls when a message becomes available.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use tokio::sync::Notify;
+
+/// One `Notify` per inbox that someone has waited on.
+#[derive(Default)]
+pub struct InboxWakers {
+    inboxes: DashMap<String, Arc<Notify>>,
+}
+
+impl InboxWakers {
+    /// The notifier of `agent_id`, created on first use.
+    pub fn get(&self, agent_id: &str) -> Arc<Notify> {
+        if let Some(n) = self.inboxes.get(agent_id) {
+            return n.clone();
+        }
+        self.inboxes.entry(agent_id.to_string()).or_default().clone()
+    }
+
+    /// Wakes every long-poll waiting on `agent_id` (cheap when nobody waits).
+    pub fn wake(&self, agent_id: &str) {
+        if let Some(n) = self.inboxes.get(agent_id) {
+            n.notify_waiters();
+        }
+    }
+
+    /// Forgets a deleted agent's notifier after waking its waiters.
+    pub fn remove(&self, agent_id: &str) {
+        if let Some((_, n)) = self.inboxes.remove(agent_id) {
+            n.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Background work that keeps the hub tidy without blocking requests.
+
+pub mod sweeper;

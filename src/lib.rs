@@ -1,0 +1,18 @@
+//! ADMP hub: an inbox for every autonomous agent.
+//!
+//! Request data flows one way: HTTP ([`api`]) → protocol rules ([`hub`]) →
+//! storage ([`store`]). Background work lives in [`jobs`]; signatures shared
+//! with clients in [`signing`]; the command-line client in [`client`].
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod hub;
+pub mod jobs;
+pub mod server;
+pub mod signing;
+pub mod store;
+
+pub use api::{AppState, router as build_app};
+pub use config::Config;
+pub use server::{RunningHub, start};

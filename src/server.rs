@@ -1,0 +1,124 @@
+//! Starting and stopping a hub: open the store, bind, serve, sweep, and shut
+//! down gracefully (stop accepting, finish in-flight requests, exit 0).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+
+use crate::api::{AppState, router};
+use crate::config::{AgentAuth, Config, StorageBackend};
+use crate::hub::{Clock, Hub};
+use crate::jobs::sweeper;
+use crate::store::{Store, memory::MemoryStore};
+
+/// A hub serving in the background.
+pub struct RunningHub {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    pub hub: Arc<Hub>,
+    server: JoinHandle<std::io::Result<()>>,
+    sweeper: JoinHandle<()>,
+}
+
+impl RunningHub {
+    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Graceful shutdown: stop accepting, let in-flight requests finish
+    /// (long-polls return empty at once), stop the sweeper.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.hub.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the server stops (after `hub.shutdown` is cancelled).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.server.await.context("server task")??;
+        self.sweeper.await.context("sweeper task")?;
+        Ok(())
+    }
+}
+
+/// Opens the configured storage backend.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    match config.storage_backend {
+        StorageBackend::Memory => Ok(Arc::new(MemoryStore::new())),
+    }
+}
+
+/// Binds `HOST:PORT` and serves in the background with the given store.
+pub async fn start_with_store(
+    config: Config,
+    store: Arc<dyn Store>,
+    clock: Clock,
+) -> anyhow::Result<RunningHub> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    if config.agent_auth == AgentAuth::Legacy {
+        tracing::warn!(
+            "AGENT_AUTH=legacy: agent routes accept UNAUTHENTICATED requests. \
+             Anyone can read and ack any inbox. Use only for clients that cannot sign."
+        );
+    }
+    let listener = tokio::net::TcpListener::bind((config.host, config.port))
+        .await
+        .with_context(|| format!("binding {}:{}", config.host, config.port))?;
+    let addr = listener.local_addr()?;
+    let hub = Arc::new(Hub::new(Arc::new(config), store, clock));
+    let app = router(AppState { hub: hub.clone() });
+    let stop = hub.shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    });
+    let sweeper = tokio::spawn(sweeper::run(hub.clone()));
+    tracing::info!(%addr, backend = ?hub.config.storage_backend, "admp hub listening");
+    Ok(RunningHub {
+        addr,
+        hub,
+        server,
+        sweeper,
+    })
+}
+
+/// Opens the configured store, then [`start_with_store`].
+pub async fn start(config: Config, clock: Clock) -> anyhow::Result<RunningHub> {
+    let store = open_store(&config).await?;
+    start_with_store(config, store, clock).await
+}
+
+/// `admp serve`: runs until SIGTERM or SIGINT, then shuts down gracefully.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let running = start(config, Clock::system()).await?;
+    let hub = running.hub.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown signal received; draining in-flight requests");
+        hub.shutdown.cancel();
+    });
+    running.wait().await?;
+    tracing::info!("hub stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

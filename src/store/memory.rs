@@ -1,0 +1,507 @@
+//! In-process backend: agents in a concurrent map, one locked inbox per agent.
+//!
+//! Each inbox keeps its live messages in a ready index ordered by
+//! (available_at, sequence), so a pull costs O(log n) whatever the inbox depth,
+//! plus indexes for TTL expiry, dead letters and retention. Every operation
+//! holds exactly one inbox lock for its whole state transition, which is what
+//! makes it atomic. `DashMap` shards the agent map so unrelated agents never
+//! contend; a `parking_lot::Mutex` per inbox is held only for in-memory work
+//! (never across an `.await`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use parking_lot::Mutex;
+
+use super::*;
+
+/// Ordering key inside an inbox index: a time, then the arrival sequence.
+type IndexKey = (Millis, u64);
+
+struct Slot {
+    seq: u64,
+    message: Message,
+}
+
+#[derive(Default)]
+struct Inbox {
+    /// False once the agent is deleted: enqueues are refused.
+    open: bool,
+    messages: HashMap<String, Slot>,
+    /// Live messages by the time a pull may take them.
+    ready: BTreeMap<IndexKey, String>,
+    /// Live messages by TTL deadline.
+    expiry: BTreeMap<IndexKey, String>,
+    /// Dead letters by the time they died (listing order and cursor).
+    dead: BTreeMap<IndexKey, String>,
+    /// Every ended message by end time (retention purge).
+    ended: BTreeMap<IndexKey, String>,
+    idempotency: HashMap<String, String>,
+    live: u64,
+}
+
+impl Inbox {
+    /// Removes a message from the indexes its current state puts it in.
+    fn detach(&mut self, id: &str) {
+        let Some(slot) = self.messages.get(id) else {
+            return;
+        };
+        let (seq, m) = (slot.seq, &slot.message);
+        if m.state.is_live() {
+            self.ready.remove(&(m.available_at(), seq));
+            self.expiry.remove(&(m.expires_at, seq));
+            self.live -= 1;
+        } else {
+            let ended = m.ended_at.unwrap_or(m.updated_at);
+            self.ended.remove(&(ended, seq));
+            if m.state == MessageState::Dead {
+                self.dead.remove(&(ended, seq));
+            }
+        }
+    }
+
+    /// Adds a message to the indexes its current state calls for.
+    fn attach(&mut self, id: &str) {
+        let Some(slot) = self.messages.get(id) else {
+            return;
+        };
+        let (seq, m) = (slot.seq, &slot.message);
+        if m.state.is_live() {
+            self.ready.insert((m.available_at(), seq), id.to_string());
+            self.expiry.insert((m.expires_at, seq), id.to_string());
+            self.live += 1;
+        } else {
+            let ended = m.ended_at.unwrap_or(m.updated_at);
+            self.ended.insert((ended, seq), id.to_string());
+            if m.state == MessageState::Dead {
+                self.dead.insert((ended, seq), id.to_string());
+            }
+        }
+    }
+
+    /// Runs `change` on one message, keeping every index consistent.
+    fn modify<T>(&mut self, id: &str, change: impl FnOnce(&mut Message) -> T) -> Option<T> {
+        if !self.messages.contains_key(id) {
+            return None;
+        }
+        self.detach(id);
+        let out = change(&mut self.messages.get_mut(id)?.message);
+        self.attach(id);
+        Some(out)
+    }
+
+    fn message(&self, id: &str) -> StoreResult<&Message> {
+        self.messages
+            .get(id)
+            .map(|s| &s.message)
+            .ok_or(StoreError::MessageNotFound)
+    }
+
+    /// Checks that `id` is leased under `lease_id` (when one is given).
+    fn check_lease(&self, id: &str, lease_id: Option<&str>) -> StoreResult<()> {
+        let m = self.message(id)?;
+        if m.state != MessageState::Leased {
+            return Err(StoreError::NotLeased);
+        }
+        match lease_id {
+            Some(given) if m.lease_id.as_deref() != Some(given) => Err(StoreError::LeaseMismatch),
+            _ => Ok(()),
+        }
+    }
+
+    /// Ends expired leases of this inbox, at most `limit`.
+    fn reclaim(&mut self, now: Millis, max_attempts: u32, limit: usize) -> ReclaimCounts {
+        let due: Vec<String> = self
+            .ready
+            .range(..=(now, u64::MAX))
+            .map(|(_, id)| id.clone())
+            .filter(|id| {
+                self.messages
+                    .get(id)
+                    .is_some_and(|s| s.message.state == MessageState::Leased)
+            })
+            .take(limit)
+            .collect();
+        let mut counts = ReclaimCounts::default();
+        for id in due {
+            let dead = self.modify(&id, |m| {
+                m.end_lease(max_attempts, now, now);
+                m.state == MessageState::Dead
+            });
+            match dead {
+                Some(true) => counts.dead += 1,
+                Some(false) => counts.requeued += 1,
+                None => {}
+            }
+        }
+        counts
+    }
+}
+
+/// The in-memory backend: fast, and gone when the process exits.
+#[derive(Default)]
+pub struct MemoryStore {
+    agents: DashMap<String, Agent>,
+    inboxes: DashMap<String, Arc<Mutex<Inbox>>>,
+    /// Message id → recipient, so a message can be found by id alone.
+    owners: DashMap<String, String>,
+    seq: AtomicU64,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn inbox(&self, agent_id: &str) -> Option<Arc<Mutex<Inbox>>> {
+        self.inboxes.get(agent_id).map(|i| i.value().clone())
+    }
+
+    fn inbox_or_missing(&self, agent_id: &str) -> StoreResult<Arc<Mutex<Inbox>>> {
+        self.inbox(agent_id).ok_or(StoreError::MessageNotFound)
+    }
+
+    fn all_inboxes(&self) -> Vec<Arc<Mutex<Inbox>>> {
+        self.inboxes.iter().map(|e| e.value().clone()).collect()
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn create_agent(&self, agent: Agent) -> StoreResult<()> {
+        match self.agents.entry(agent.agent_id.clone()) {
+            Entry::Occupied(_) => Err(StoreError::AgentExists),
+            Entry::Vacant(slot) => {
+                // Lock order is always agents → inbox, never the reverse.
+                let inbox = self.inboxes.entry(agent.agent_id.clone()).or_default().clone();
+                inbox.lock().open = true;
+                slot.insert(agent);
+                Ok(())
+            }
+        }
+    }
+
+    async fn get_agent(&self, agent_id: &str) -> StoreResult<Option<Agent>> {
+        Ok(self.agents.get(agent_id).map(|a| a.value().clone()))
+    }
+
+    async fn update_agent(&self, agent_id: &str, change: &AgentChange) -> StoreResult<Agent> {
+        let mut agent = self
+            .agents
+            .get_mut(agent_id)
+            .ok_or(StoreError::AgentNotFound)?;
+        change.apply(&mut agent);
+        Ok(agent.clone())
+    }
+
+    async fn delete_agent(&self, agent_id: &str, now: Millis) -> StoreResult<bool> {
+        if self.agents.remove(agent_id).is_none() {
+            return Ok(false);
+        }
+        if let Some(inbox) = self.inbox(agent_id) {
+            let mut inbox = inbox.lock();
+            inbox.open = false;
+            let live: Vec<String> = inbox.ready.values().cloned().collect();
+            for id in live {
+                inbox.modify(&id, |m| m.kill(dead_reason::RECIPIENT_DELETED, now));
+            }
+        }
+        Ok(true)
+    }
+
+    async fn mark_offline(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        let mut marked = 0;
+        for mut agent in self.agents.iter_mut() {
+            if marked as usize >= limit {
+                break;
+            }
+            let deadline = agent.last_heartbeat + agent.heartbeat_timeout_ms as Millis;
+            if agent.online && deadline <= now {
+                agent.online = false;
+                marked += 1;
+            }
+        }
+        Ok(marked)
+    }
+
+    async fn enqueue(&self, message: Message, quota: u64) -> StoreResult<Enqueued> {
+        let inbox = self
+            .inbox(&message.recipient)
+            .ok_or(StoreError::AgentNotFound)?;
+        let mut inbox = inbox.lock();
+        if !inbox.open {
+            return Err(StoreError::AgentNotFound);
+        }
+        if let Some(key) = &message.idempotency_key
+            && let Some(existing_id) = inbox.idempotency.get(key)
+        {
+            let existing = inbox.message(existing_id)?;
+            return if existing.content_hash == message.content_hash {
+                Ok(Enqueued::Duplicate(existing.clone()))
+            } else {
+                Err(StoreError::IdempotencyConflict)
+            };
+        }
+        if inbox.live >= quota {
+            return Err(StoreError::InboxFull);
+        }
+        match self.owners.entry(message.id.clone()) {
+            Entry::Occupied(_) => return Err(StoreError::MessageIdTaken),
+            Entry::Vacant(slot) => {
+                slot.insert(message.recipient.clone());
+            }
+        }
+        let id = message.id.clone();
+        if let Some(key) = &message.idempotency_key {
+            inbox.idempotency.insert(key.clone(), id.clone());
+        }
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        inbox.messages.insert(
+            id.clone(),
+            Slot {
+                seq,
+                message: message.clone(),
+            },
+        );
+        inbox.attach(&id);
+        Ok(Enqueued::Created(message))
+    }
+
+    async fn lease(&self, request: &LeaseRequest) -> StoreResult<Vec<Message>> {
+        let Some(inbox) = self.inbox(&request.recipient) else {
+            return Ok(Vec::new());
+        };
+        let mut inbox = inbox.lock();
+        let now = request.now;
+        let mut leased = Vec::new();
+        while leased.len() < request.max_messages {
+            let Some((&(available_at, _), id)) = inbox.ready.first_key_value() else {
+                break;
+            };
+            if available_at > now {
+                break;
+            }
+            let id = id.clone();
+            let granted = inbox.modify(&id, |m| {
+                if m.expires_at <= now {
+                    m.end(MessageState::Expired, now);
+                    None
+                } else if m.state == MessageState::Leased && m.attempts >= request.max_attempts {
+                    m.kill(dead_reason::MAX_ATTEMPTS, now);
+                    None
+                } else {
+                    m.grant_lease(now, request.visibility_ms);
+                    Some(m.clone())
+                }
+            });
+            leased.extend(granted.flatten());
+        }
+        Ok(leased)
+    }
+
+    async fn ack(&self, request: &AckRequest) -> StoreResult<Message> {
+        let inbox = self.inbox_or_missing(&request.recipient)?;
+        let mut inbox = inbox.lock();
+        inbox.check_lease(&request.message_id, request.lease_id.as_deref())?;
+        inbox
+            .modify(&request.message_id, |m| {
+                m.end(MessageState::Acked, request.now);
+                m.result = request.result.clone();
+                m.clone()
+            })
+            .ok_or(StoreError::MessageNotFound)
+    }
+
+    async fn nack(&self, request: &NackRequest) -> StoreResult<Message> {
+        let inbox = self.inbox_or_missing(&request.recipient)?;
+        let mut inbox = inbox.lock();
+        inbox.check_lease(&request.message_id, request.lease_id.as_deref())?;
+        inbox
+            .modify(&request.message_id, |m| {
+                m.apply_nack(request.action, request.max_attempts, request.now);
+                m.clone()
+            })
+            .ok_or(StoreError::MessageNotFound)
+    }
+
+    async fn requeue_dead(
+        &self,
+        recipient: &str,
+        message_id: &str,
+        now: Millis,
+    ) -> StoreResult<Message> {
+        let inbox = self.inbox_or_missing(recipient)?;
+        let mut inbox = inbox.lock();
+        if inbox.message(message_id)?.state != MessageState::Dead {
+            return Err(StoreError::NotDead);
+        }
+        inbox
+            .modify(message_id, |m| {
+                m.release(now, now);
+                m.attempts = 0;
+                m.ended_at = None;
+                m.dead_reason = None;
+                m.clone()
+            })
+            .ok_or(StoreError::MessageNotFound)
+    }
+
+    async fn get_message(&self, message_id: &str) -> StoreResult<Option<Message>> {
+        let Some(recipient) = self.owners.get(message_id).map(|r| r.value().clone()) else {
+            return Ok(None);
+        };
+        let Some(inbox) = self.inbox(&recipient) else {
+            return Ok(None);
+        };
+        let inbox = inbox.lock();
+        Ok(inbox.messages.get(message_id).map(|s| s.message.clone()))
+    }
+
+    async fn list_dead(
+        &self,
+        recipient: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Message>> {
+        let Some(inbox) = self.inbox(recipient) else {
+            return Ok(Page {
+                items: Vec::new(),
+                next_cursor: None,
+            });
+        };
+        let inbox = inbox.lock();
+        let start = match cursor.map(parse_cursor) {
+            Some(Some((at, seq))) => std::ops::Bound::Excluded((at, seq)),
+            Some(None) => return Err(StoreError::InvalidCursor),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut page: Vec<(IndexKey, Message)> = inbox
+            .dead
+            .range((start, std::ops::Bound::Unbounded))
+            .take(limit + 1)
+            .filter_map(|(k, id)| inbox.messages.get(id).map(|s| (*k, s.message.clone())))
+            .collect();
+        let next_cursor = if page.len() > limit {
+            page.truncate(limit);
+            page.last().map(|((at, seq), _)| format!("{at}.{seq}"))
+        } else {
+            None
+        };
+        Ok(Page {
+            items: page.into_iter().map(|(_, m)| m).collect(),
+            next_cursor,
+        })
+    }
+
+    async fn inbox_stats(&self, recipient: &str) -> StoreResult<StateCounts> {
+        let mut counts = StateCounts::default();
+        if let Some(inbox) = self.inbox(recipient) {
+            for slot in inbox.lock().messages.values() {
+                counts.add(slot.message.state, 1);
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn stats(&self) -> StoreResult<HubStats> {
+        let mut stats = HubStats::default();
+        for agent in self.agents.iter() {
+            stats.agents_total += 1;
+            stats.agents_online += u64::from(agent.online);
+        }
+        for inbox in self.all_inboxes() {
+            for slot in inbox.lock().messages.values() {
+                stats.messages.add(slot.message.state, 1);
+            }
+        }
+        Ok(stats)
+    }
+
+    async fn reclaim_expired_leases(
+        &self,
+        request: &ReclaimRequest,
+    ) -> StoreResult<ReclaimCounts> {
+        let inboxes = match &request.recipient {
+            Some(agent) => self.inbox(agent).into_iter().collect(),
+            None => self.all_inboxes(),
+        };
+        let mut total = ReclaimCounts::default();
+        for inbox in inboxes {
+            let budget = request.limit - (total.requeued + total.dead) as usize;
+            if budget == 0 {
+                break;
+            }
+            let counts = inbox
+                .lock()
+                .reclaim(request.now, request.max_attempts, budget);
+            total.requeued += counts.requeued;
+            total.dead += counts.dead;
+        }
+        Ok(total)
+    }
+
+    async fn expire_messages(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        let mut expired = 0u64;
+        for inbox in self.all_inboxes() {
+            let mut inbox = inbox.lock();
+            let due: Vec<String> = inbox
+                .expiry
+                .range(..=(now, u64::MAX))
+                .map(|(_, id)| id.clone())
+                .take(limit - expired as usize)
+                .collect();
+            for id in due {
+                inbox.modify(&id, |m| m.end(MessageState::Expired, now));
+                expired += 1;
+            }
+            if expired as usize >= limit {
+                break;
+            }
+        }
+        Ok(expired)
+    }
+
+    async fn purge_retained(&self, ended_before: Millis, limit: usize) -> StoreResult<u64> {
+        let mut purged = 0u64;
+        for inbox in self.all_inboxes() {
+            let mut inbox = inbox.lock();
+            let due: Vec<String> = inbox
+                .ended
+                .range(..(ended_before, 0))
+                .map(|(_, id)| id.clone())
+                .take(limit - purged as usize)
+                .collect();
+            for id in due {
+                inbox.detach(&id);
+                if let Some(slot) = inbox.messages.remove(&id) {
+                    if let Some(key) = &slot.message.idempotency_key
+                        && inbox.idempotency.get(key) == Some(&id)
+                    {
+                        inbox.idempotency.remove(key);
+                    }
+                    self.owners.remove(&id);
+                    purged += 1;
+                }
+            }
+            if purged as usize >= limit {
+                break;
+            }
+        }
+        Ok(purged)
+    }
+}
+
+/// Parses a dead-letter cursor of the form `<ended_at>.<seq>`.
+fn parse_cursor(cursor: &str) -> Option<IndexKey> {
+    let (at, seq) = cursor.split_once('.')?;
+    Some((at.parse().ok()?, seq.parse().ok()?))
+}

@@ -1,0 +1,101 @@
+//! Storage: one trait of whole, atomic operations and one module per backend.
+//!
+//! The old server read a whole inbox, sorted it in the service layer and wrote
+//! records back one by one, which double-leased under concurrency. Every
+//! operation here is a complete state transition that the backend makes atomic,
+//! so correctness never depends on the caller.
+
+pub mod memory;
+mod model;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+pub use model::*;
+
+/// Why a store operation failed; the hub turns these into protocol errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("agent already exists")]
+    AgentExists,
+    #[error("agent not found")]
+    AgentNotFound,
+    #[error("message not found")]
+    MessageNotFound,
+    #[error("message is not leased")]
+    NotLeased,
+    #[error("lease_id does not match the current lease")]
+    LeaseMismatch,
+    #[error("message is not dead-lettered")]
+    NotDead,
+    #[error("recipient inbox is full")]
+    InboxFull,
+    #[error("idempotency key reused with different content")]
+    IdempotencyConflict,
+    #[error("message id already used by another inbox")]
+    MessageIdTaken,
+    #[error("invalid cursor")]
+    InvalidCursor,
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage failure: {0}")]
+    Internal(String),
+}
+
+/// Result alias for store calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The storage contract every backend implements; see `tests/store_conformance.rs`.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap round trip used by `/ready`.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Inserts a new agent; fails with `AgentExists` if the id is taken.
+    async fn create_agent(&self, agent: Agent) -> StoreResult<()>;
+    /// Fetches one agent.
+    async fn get_agent(&self, agent_id: &str) -> StoreResult<Option<Agent>>;
+    /// Applies one change to an agent atomically and returns the new record.
+    async fn update_agent(&self, agent_id: &str, change: &AgentChange) -> StoreResult<Agent>;
+    /// Deletes an agent and dead-letters its live inbox in the same step.
+    async fn delete_agent(&self, agent_id: &str, now: Millis) -> StoreResult<bool>;
+    /// Marks agents whose heartbeat is older than their timeout offline; returns how many.
+    async fn mark_offline(&self, now: Millis, limit: usize) -> StoreResult<u64>;
+
+    /// Stores a message unless its idempotency key was seen (then returns the
+    /// original), enforcing the recipient's live-message quota.
+    async fn enqueue(&self, message: Message, quota: u64) -> StoreResult<Enqueued>;
+    /// Atomically leases the oldest visible messages of one inbox.
+    async fn lease(&self, request: &LeaseRequest) -> StoreResult<Vec<Message>>;
+    /// Acknowledges a leased message.
+    async fn ack(&self, request: &AckRequest) -> StoreResult<Message>;
+    /// Extends a lease or puts the message back (possibly delayed, possibly to the dead letters).
+    async fn nack(&self, request: &NackRequest) -> StoreResult<Message>;
+    /// Moves a dead-lettered message back to `queued` with its attempts reset.
+    async fn requeue_dead(&self, recipient: &str, message_id: &str, now: Millis)
+    -> StoreResult<Message>;
+    /// Fetches one message by id.
+    async fn get_message(&self, message_id: &str) -> StoreResult<Option<Message>>;
+    /// Pages through an inbox's dead letters, oldest first.
+    async fn list_dead(
+        &self,
+        recipient: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Message>>;
+    /// Counts one inbox's messages by state.
+    async fn inbox_stats(&self, recipient: &str) -> StoreResult<StateCounts>;
+    /// Counts agents and messages across the hub.
+    async fn stats(&self) -> StoreResult<HubStats>;
+
+    /// Ends expired leases: back to `queued`, or `dead` once attempts reached the maximum.
+    async fn reclaim_expired_leases(&self, request: &ReclaimRequest)
+    -> StoreResult<ReclaimCounts>;
+    /// Marks live messages past their TTL `expired`.
+    async fn expire_messages(&self, now: Millis, limit: usize) -> StoreResult<u64>;
+    /// Deletes acked, expired and dead records that ended before `ended_before`.
+    async fn purge_retained(&self, ended_before: Millis, limit: usize) -> StoreResult<u64>;
+}
+
+/// Free-form agent metadata (a JSON object).
+pub type Metadata = serde_json::Map<String, Value>;

@@ -1,0 +1,398 @@
+//! Records and requests shared by every backend.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::Metadata;
+
+/// Epoch milliseconds: the unit of every stored time (compat with the Node server).
+pub type Millis = i64;
+
+/// One public key of an agent; several are active during a rotation overlap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentKey {
+    /// Standard base64 of the 32-byte Ed25519 public key.
+    pub public_key: String,
+    /// 1 for the key given at registration, +1 per rotation.
+    pub version: u32,
+    /// When this key stops verifying; `None` for the current key.
+    pub valid_until: Option<Millis>,
+}
+
+/// A registered agent as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Agent {
+    pub agent_id: String,
+    pub agent_type: String,
+    pub metadata: Metadata,
+    /// Current key last; older keys carry `valid_until`.
+    pub keys: Vec<AgentKey>,
+    pub webhook_url: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub trusted_agents: Vec<String>,
+    pub last_heartbeat: Millis,
+    pub online: bool,
+    pub heartbeat_interval_ms: u64,
+    pub heartbeat_timeout_ms: u64,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+impl Agent {
+    /// The key new signatures should use.
+    pub fn current_key(&self) -> Option<&AgentKey> {
+        self.keys.iter().find(|k| k.valid_until.is_none())
+    }
+
+    /// Version of the current key (0 if the agent somehow has none).
+    pub fn key_version(&self) -> u32 {
+        self.current_key().map_or(0, |k| k.version)
+    }
+
+    /// Keys that still verify at `now`: the current one plus those inside their overlap window.
+    pub fn active_keys(&self, now: Millis) -> impl Iterator<Item = &AgentKey> {
+        self.keys
+            .iter()
+            .filter(move |k| k.valid_until.is_none_or(|until| until > now))
+    }
+}
+
+/// A single atomic change to an agent record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentChange {
+    /// Refreshes the heartbeat and merges metadata shallowly.
+    Heartbeat { now: Millis, metadata: Option<Metadata> },
+    /// Adds an id to the trust list (no duplicates).
+    AddTrusted { agent_id: String, now: Millis },
+    /// Removes an id from the trust list.
+    RemoveTrusted { agent_id: String, now: Millis },
+    /// Sets or clears the webhook.
+    SetWebhook {
+        url: Option<String>,
+        secret: Option<String>,
+        now: Millis,
+    },
+    /// Makes `public_key` current; the old current key verifies until `overlap_until`.
+    RotateKey {
+        public_key: String,
+        overlap_until: Millis,
+        now: Millis,
+    },
+}
+
+impl AgentChange {
+    /// Applies the change in place; every backend calls this inside its own transaction or lock.
+    pub fn apply(&self, agent: &mut Agent) {
+        match self {
+            AgentChange::Heartbeat { now, metadata } => {
+                agent.last_heartbeat = *now;
+                agent.online = true;
+                if let Some(patch) = metadata {
+                    for (k, v) in patch {
+                        agent.metadata.insert(k.clone(), v.clone());
+                    }
+                }
+                agent.updated_at = *now;
+            }
+            AgentChange::AddTrusted { agent_id, now } => {
+                if !agent.trusted_agents.contains(agent_id) {
+                    agent.trusted_agents.push(agent_id.clone());
+                }
+                agent.updated_at = *now;
+            }
+            AgentChange::RemoveTrusted { agent_id, now } => {
+                agent.trusted_agents.retain(|a| a != agent_id);
+                agent.updated_at = *now;
+            }
+            AgentChange::SetWebhook { url, secret, now } => {
+                agent.webhook_url = url.clone();
+                agent.webhook_secret = secret.clone();
+                agent.updated_at = *now;
+            }
+            AgentChange::RotateKey {
+                public_key,
+                overlap_until,
+                now,
+            } => {
+                let next_version = agent.keys.iter().map(|k| k.version).max().unwrap_or(0) + 1;
+                agent
+                    .keys
+                    .retain(|k| k.valid_until.is_none_or(|until| until > *now));
+                for key in &mut agent.keys {
+                    if key.valid_until.is_none() {
+                        key.valid_until = Some(*overlap_until);
+                    }
+                }
+                agent.keys.push(AgentKey {
+                    public_key: public_key.clone(),
+                    version: next_version,
+                    valid_until: None,
+                });
+                agent.updated_at = *now;
+            }
+        }
+    }
+}
+
+/// Lifecycle state of a message (PROTOCOL.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageState {
+    Queued,
+    Leased,
+    Acked,
+    Expired,
+    Dead,
+}
+
+impl MessageState {
+    /// Wire and storage name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageState::Queued => "queued",
+            MessageState::Leased => "leased",
+            MessageState::Acked => "acked",
+            MessageState::Expired => "expired",
+            MessageState::Dead => "dead",
+        }
+    }
+
+    /// Parses a stored state name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => MessageState::Queued,
+            "leased" => MessageState::Leased,
+            "acked" => MessageState::Acked,
+            "expired" => MessageState::Expired,
+            "dead" => MessageState::Dead,
+            _ => return None,
+        })
+    }
+
+    /// Live messages count against the quota and can still be delivered.
+    pub fn is_live(self) -> bool {
+        matches!(self, MessageState::Queued | MessageState::Leased)
+    }
+}
+
+/// Why a message was dead-lettered.
+pub mod dead_reason {
+    /// Its lease ended without ack after `MAX_DELIVERY_ATTEMPTS` pulls.
+    pub const MAX_ATTEMPTS: &str = "max_attempts";
+    /// Its recipient was deleted.
+    pub const RECIPIENT_DELETED: &str = "recipient_deleted";
+}
+
+/// A stored message and its delivery state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: String,
+    /// Normalised recipient agent id.
+    pub recipient: String,
+    /// Normalised sender agent id.
+    pub sender: String,
+    /// The envelope as accepted (server-filled defaults included), delivered verbatim.
+    pub envelope: Value,
+    pub state: MessageState,
+    /// Number of leases issued; only pulls add to it.
+    pub attempts: u32,
+    pub lease_id: Option<String>,
+    pub lease_until: Option<Millis>,
+    /// When a queued message becomes visible to pulls (nack delay).
+    pub visible_at: Millis,
+    /// TTL deadline for live messages.
+    pub expires_at: Millis,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub acked_at: Option<Millis>,
+    /// When the message reached acked, expired or dead; retention counts from here.
+    pub ended_at: Option<Millis>,
+    pub dead_reason: Option<String>,
+    /// The consumer's ack `result`.
+    pub result: Option<Value>,
+    /// Scope: the recipient.
+    pub idempotency_key: Option<String>,
+    /// Hash of (from, subject, type, correlation_id, body hash) to tell a retry from a conflict.
+    pub content_hash: String,
+}
+
+impl Message {
+    /// Moves the message to an end state.
+    pub fn end(&mut self, state: MessageState, now: Millis) {
+        self.state = state;
+        self.lease_id = None;
+        self.lease_until = None;
+        self.ended_at = Some(now);
+        self.updated_at = now;
+        if state == MessageState::Acked {
+            self.acked_at = Some(now);
+        }
+    }
+
+    /// Moves the message to the dead letters.
+    pub fn kill(&mut self, reason: &str, now: Millis) {
+        self.end(MessageState::Dead, now);
+        self.dead_reason = Some(reason.to_string());
+    }
+
+    /// Issues a fresh lease.
+    pub fn grant_lease(&mut self, now: Millis, visibility_ms: i64) {
+        self.state = MessageState::Leased;
+        self.attempts += 1;
+        self.lease_id = Some(uuid::Uuid::new_v4().to_string());
+        self.lease_until = Some(now + visibility_ms);
+        self.updated_at = now;
+    }
+
+    /// Applies a nack (the lease is already checked).
+    pub fn apply_nack(&mut self, action: NackAction, max_attempts: u32, now: Millis) {
+        match action {
+            NackAction::Extend {
+                extend_ms,
+                max_lease_until,
+            } => {
+                let base = self.lease_until.unwrap_or(now).max(now);
+                self.lease_until = Some((base + extend_ms).min(max_lease_until));
+                self.updated_at = now;
+            }
+            NackAction::Requeue { visible_at } => self.end_lease(max_attempts, visible_at, now),
+        }
+    }
+
+    /// Puts the message back in the queue, visible at `visible_at`.
+    pub fn release(&mut self, visible_at: Millis, now: Millis) {
+        self.state = MessageState::Queued;
+        self.lease_id = None;
+        self.lease_until = None;
+        self.visible_at = visible_at;
+        self.updated_at = now;
+    }
+
+    /// Time from which a pull may take this message (queued: visible_at, leased: lease end).
+    pub fn available_at(&self) -> Millis {
+        match self.state {
+            MessageState::Leased => self.lease_until.unwrap_or(self.visible_at),
+            _ => self.visible_at,
+        }
+    }
+
+    /// What a lease that ends without ack does to this message: requeue, or dead-letter at the limit.
+    pub fn end_lease(&mut self, max_attempts: u32, visible_at: Millis, now: Millis) {
+        if self.attempts >= max_attempts {
+            self.kill(dead_reason::MAX_ATTEMPTS, now);
+        } else {
+            self.release(visible_at, now);
+        }
+    }
+}
+
+/// Outcome of `enqueue`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Enqueued {
+    /// A new message was stored.
+    Created(Message),
+    /// The idempotency key was seen with the same content: the original message.
+    Duplicate(Message),
+}
+
+/// Parameters of one pull.
+#[derive(Debug, Clone)]
+pub struct LeaseRequest {
+    pub recipient: String,
+    pub now: Millis,
+    pub visibility_ms: i64,
+    pub max_messages: usize,
+    /// Expired leases found on the way are dead-lettered at this many attempts.
+    pub max_attempts: u32,
+}
+
+/// Parameters of one ack.
+#[derive(Debug, Clone)]
+pub struct AckRequest {
+    pub recipient: String,
+    pub message_id: String,
+    pub lease_id: Option<String>,
+    pub result: Option<Value>,
+    pub now: Millis,
+}
+
+/// What a nack does with the lease.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NackAction {
+    /// Keeps the lease, extended by `extend_ms` from its end (or from now if it
+    /// already ended), but never past `max_lease_until`.
+    Extend {
+        extend_ms: i64,
+        max_lease_until: Millis,
+    },
+    /// Ends the lease; the message is visible again at `visible_at`.
+    Requeue { visible_at: Millis },
+}
+
+/// Parameters of one nack.
+#[derive(Debug, Clone)]
+pub struct NackRequest {
+    pub recipient: String,
+    pub message_id: String,
+    pub lease_id: Option<String>,
+    pub action: NackAction,
+    pub max_attempts: u32,
+    pub now: Millis,
+}
+
+/// Parameters of a lease-reclaim sweep.
+#[derive(Debug, Clone)]
+pub struct ReclaimRequest {
+    pub now: Millis,
+    pub max_attempts: u32,
+    pub limit: usize,
+    /// Restricts the sweep to one inbox (the agent's own reclaim route).
+    pub recipient: Option<String>,
+}
+
+/// What a reclaim sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReclaimCounts {
+    pub requeued: u64,
+    pub dead: u64,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// Message counts by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StateCounts {
+    pub total: u64,
+    pub queued: u64,
+    pub leased: u64,
+    pub acked: u64,
+    pub expired: u64,
+    pub dead: u64,
+}
+
+impl StateCounts {
+    /// Adds one message in `state`.
+    pub fn add(&mut self, state: MessageState, n: u64) {
+        self.total += n;
+        match state {
+            MessageState::Queued => self.queued += n,
+            MessageState::Leased => self.leased += n,
+            MessageState::Acked => self.acked += n,
+            MessageState::Expired => self.expired += n,
+            MessageState::Dead => self.dead += n,
+        }
+    }
+}
+
+/// Hub-wide counts for `/api/stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HubStats {
+    pub agents_total: u64,
+    pub agents_online: u64,
+    pub messages: StateCounts,
+}
