@@ -5,6 +5,7 @@
 //! with clients in [`signing`]; the command-line client in [`client`].
 
 pub mod api;
+pub mod audit;
 pub mod client;
 pub mod config;
 pub mod hub;

@@ -181,7 +181,7 @@ impl Hub {
         };
         let quota = self.config.max_messages_per_agent;
         let outcome = loop {
-            match self.store.enqueue(message.clone(), quota).await {
+            match self.store.enqueue(message.clone(), quota, None).await {
                 // The envelope id is taken by another inbox's message: this one gets its own id.
                 Err(StoreError::MessageIdTaken) => message.id = new_message_id(),
                 Err(StoreError::AgentNotFound) => return Err(HubError::AgentNotFound(to)),

@@ -8,7 +8,7 @@
 //! contend; a `parking_lot::Mutex` per inbox is held only for in-memory work
 //! (never across an `.await`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -142,6 +142,39 @@ impl Inbox {
     }
 }
 
+/// Attempts remembered per agent for the deliveries listing.
+const ATTEMPTS_KEPT_PER_AGENT: usize = 100;
+
+#[derive(Default)]
+struct DeliveryBook {
+    deliveries: HashMap<String, Delivery>,
+    /// Pending deliveries by due time.
+    due: BTreeSet<(Millis, String)>,
+    /// Recent attempts per agent, newest last.
+    attempts: HashMap<String, VecDeque<DeliveryAttempt>>,
+}
+
+impl DeliveryBook {
+    fn insert(&mut self, delivery: Delivery) {
+        if delivery.state == DeliveryState::Pending {
+            self.due
+                .insert((delivery.next_attempt_at, delivery.id.clone()));
+        }
+        self.deliveries.insert(delivery.id.clone(), delivery);
+    }
+
+    /// Runs `change` on one delivery, keeping the due index consistent.
+    fn modify(&mut self, id: &str, change: impl FnOnce(&mut Delivery)) {
+        let Some(mut delivery) = self.deliveries.remove(id) else {
+            return;
+        };
+        self.due
+            .remove(&(delivery.next_attempt_at, delivery.id.clone()));
+        change(&mut delivery);
+        self.insert(delivery);
+    }
+}
+
 /// The in-memory backend: fast, and gone when the process exits.
 #[derive(Default)]
 pub struct MemoryStore {
@@ -150,6 +183,8 @@ pub struct MemoryStore {
     /// Message id → recipient, so a message can be found by id alone.
     owners: DashMap<String, String>,
     seq: AtomicU64,
+    deliveries: Mutex<DeliveryBook>,
+    audit: Mutex<Vec<AuditEvent>>,
 }
 
 impl MemoryStore {
@@ -168,6 +203,17 @@ impl MemoryStore {
 
     fn all_inboxes(&self) -> Vec<Arc<Mutex<Inbox>>> {
         self.inboxes.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// Inserts a message into a locked inbox with its indexes.
+    fn insert_message(&self, inbox: &mut Inbox, message: Message) {
+        let id = message.id.clone();
+        if let Some(key) = &message.idempotency_key {
+            inbox.idempotency.insert(key.clone(), id.clone());
+        }
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        inbox.messages.insert(id.clone(), Slot { seq, message });
+        inbox.attach(&id);
     }
 }
 
@@ -215,6 +261,7 @@ impl Store for MemoryStore {
                 inbox.modify(&id, |m| m.kill(dead_reason::RECIPIENT_DELETED, now));
             }
         }
+        self.cancel_deliveries(agent_id, now).await?;
         Ok(true)
     }
 
@@ -233,7 +280,12 @@ impl Store for MemoryStore {
         Ok(marked)
     }
 
-    async fn enqueue(&self, message: Message, quota: u64) -> StoreResult<Enqueued> {
+    async fn enqueue(
+        &self,
+        message: Message,
+        quota: u64,
+        delivery: Option<Delivery>,
+    ) -> StoreResult<Enqueued> {
         let inbox = self
             .inbox(&message.recipient)
             .ok_or(StoreError::AgentNotFound)?;
@@ -260,19 +312,10 @@ impl Store for MemoryStore {
                 slot.insert(message.recipient.clone());
             }
         }
-        let id = message.id.clone();
-        if let Some(key) = &message.idempotency_key {
-            inbox.idempotency.insert(key.clone(), id.clone());
+        self.insert_message(&mut inbox, message.clone());
+        if let Some(delivery) = delivery {
+            self.deliveries.lock().insert(delivery);
         }
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        inbox.messages.insert(
-            id.clone(),
-            Slot {
-                seq,
-                message: message.clone(),
-            },
-        );
-        inbox.attach(&id);
         Ok(Enqueued::Created(message))
     }
 
@@ -497,6 +540,187 @@ impl Store for MemoryStore {
             }
         }
         Ok(purged)
+    }
+
+    async fn claim_due_deliveries(
+        &self,
+        now: Millis,
+        limit: usize,
+        claim_ms: i64,
+    ) -> StoreResult<Vec<Delivery>> {
+        let mut book = self.deliveries.lock();
+        let due: Vec<String> = book
+            .due
+            .range(..(now + 1, String::new()))
+            .take(limit)
+            .map(|(_, id)| id.clone())
+            .collect();
+        let mut claimed = Vec::with_capacity(due.len());
+        for id in due {
+            book.modify(&id, |d| {
+                d.next_attempt_at = now + claim_ms;
+                claimed.push(d.clone());
+            });
+        }
+        Ok(claimed)
+    }
+
+    async fn record_attempt(
+        &self,
+        attempt: &DeliveryAttempt,
+        outcome: AttemptOutcome,
+    ) -> StoreResult<()> {
+        let mut book = self.deliveries.lock();
+        book.modify(&attempt.delivery_id, |d| {
+            d.attempts = d.attempts.max(attempt.attempt);
+            d.last_status = attempt.status_code;
+            d.last_error = attempt.error.clone();
+            d.updated_at = attempt.at;
+            if d.state != DeliveryState::Pending {
+                return;
+            }
+            match outcome {
+                AttemptOutcome::Delivered => d.state = DeliveryState::Delivered,
+                AttemptOutcome::Failed => d.state = DeliveryState::Failed,
+                AttemptOutcome::RetryAt(at) => d.next_attempt_at = at,
+            }
+        });
+        let log = book.attempts.entry(attempt.agent_id.clone()).or_default();
+        log.push_back(attempt.clone());
+        while log.len() > ATTEMPTS_KEPT_PER_AGENT {
+            log.pop_front();
+        }
+        Ok(())
+    }
+
+    async fn cancel_deliveries(&self, agent_id: &str, now: Millis) -> StoreResult<u64> {
+        let mut book = self.deliveries.lock();
+        let pending: Vec<String> = book
+            .deliveries
+            .values()
+            .filter(|d| d.agent_id == agent_id && d.state == DeliveryState::Pending)
+            .map(|d| d.id.clone())
+            .collect();
+        for id in &pending {
+            book.modify(id, |d| {
+                d.state = DeliveryState::Cancelled;
+                d.updated_at = now;
+            });
+        }
+        Ok(pending.len() as u64)
+    }
+
+    async fn get_delivery(&self, delivery_id: &str) -> StoreResult<Option<Delivery>> {
+        Ok(self.deliveries.lock().deliveries.get(delivery_id).cloned())
+    }
+
+    async fn list_attempts(
+        &self,
+        agent_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<DeliveryAttempt>> {
+        let book = self.deliveries.lock();
+        Ok(book
+            .attempts
+            .get(agent_id)
+            .map(|log| log.iter().rev().take(limit).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn append_audit(&self, event: NewAuditEvent) -> StoreResult<AuditEvent> {
+        let mut log = self.audit.lock();
+        let prev = log
+            .last()
+            .map_or(crate::audit::GENESIS_HASH.to_string(), |e| e.hash.clone());
+        let seq = log.len() as u64 + 1;
+        let hash = crate::audit::chain_hash(
+            &prev,
+            seq,
+            event.at,
+            &event.kind,
+            event.agent_id.as_deref(),
+            &event.detail,
+        );
+        let stored = AuditEvent {
+            seq,
+            at: event.at,
+            kind: event.kind,
+            agent_id: event.agent_id,
+            detail: event.detail,
+            hash,
+        };
+        log.push(stored.clone());
+        Ok(stored)
+    }
+
+    async fn list_audit(&self, after: Option<u64>, limit: usize) -> StoreResult<Vec<AuditEvent>> {
+        let log = self.audit.lock();
+        let start = after.unwrap_or(0) as usize;
+        Ok(log.iter().skip(start).take(limit).cloned().collect())
+    }
+
+    async fn export_agents(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<Agent>> {
+        let mut ids: Vec<String> = self
+            .agents
+            .iter()
+            .map(|a| a.key().clone())
+            .filter(|id| after.is_none_or(|after| id.as_str() > after))
+            .collect();
+        ids.sort();
+        ids.truncate(limit);
+        Ok(ids
+            .iter()
+            .filter_map(|id| self.agents.get(id).map(|a| a.value().clone()))
+            .collect())
+    }
+
+    async fn export_messages(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>> {
+        let mut ids: Vec<(String, String)> = self
+            .owners
+            .iter()
+            .filter(|e| after.is_none_or(|after| e.key().as_str() > after))
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        ids.sort();
+        ids.truncate(limit);
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, recipient) in ids {
+            if let Some(inbox) = self.inbox(&recipient)
+                && let Some(slot) = inbox.lock().messages.get(&id)
+            {
+                out.push(slot.message.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn import_agent(&self, agent: Agent) -> StoreResult<bool> {
+        match self.create_agent(agent).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::AgentExists) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn import_message(&self, message: Message) -> StoreResult<bool> {
+        let inbox = self
+            .inboxes
+            .entry(message.recipient.clone())
+            .or_default()
+            .clone();
+        let mut inbox = inbox.lock();
+        match self.owners.entry(message.id.clone()) {
+            Entry::Occupied(_) => return Ok(false),
+            Entry::Vacant(slot) => {
+                slot.insert(message.recipient.clone());
+            }
+        }
+        self.insert_message(&mut inbox, message);
+        Ok(true)
     }
 }
 

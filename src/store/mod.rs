@@ -63,8 +63,15 @@ pub trait Store: Send + Sync + 'static {
     async fn mark_offline(&self, now: Millis, limit: usize) -> StoreResult<u64>;
 
     /// Stores a message unless its idempotency key was seen (then returns the
-    /// original), enforcing the recipient's live-message quota.
-    async fn enqueue(&self, message: Message, quota: u64) -> StoreResult<Enqueued>;
+    /// original), enforcing the recipient's live-message quota. A new message's
+    /// webhook `delivery` is recorded in the same step (same transaction where
+    /// the backend has them); a duplicate schedules nothing.
+    async fn enqueue(
+        &self,
+        message: Message,
+        quota: u64,
+        delivery: Option<Delivery>,
+    ) -> StoreResult<Enqueued>;
     /// Atomically leases the oldest visible messages of one inbox.
     async fn lease(&self, request: &LeaseRequest) -> StoreResult<Vec<Message>>;
     /// Acknowledges a leased message.
@@ -95,6 +102,46 @@ pub trait Store: Send + Sync + 'static {
     async fn expire_messages(&self, now: Millis, limit: usize) -> StoreResult<u64>;
     /// Deletes acked, expired and dead records that ended before `ended_before`.
     async fn purge_retained(&self, ended_before: Millis, limit: usize) -> StoreResult<u64>;
+
+    /// Claims pending deliveries due at `now`: each is returned once and its
+    /// `next_attempt_at` moves to `now + claim_ms`, so a worker that dies
+    /// mid-attempt only delays the retry. Safe with several workers/instances.
+    async fn claim_due_deliveries(
+        &self,
+        now: Millis,
+        limit: usize,
+        claim_ms: i64,
+    ) -> StoreResult<Vec<Delivery>>;
+    /// Records one attempt and moves the delivery to its next state.
+    async fn record_attempt(
+        &self,
+        attempt: &DeliveryAttempt,
+        outcome: AttemptOutcome,
+    ) -> StoreResult<()>;
+    /// Cancels an agent's pending deliveries (webhook removed or agent deleted).
+    async fn cancel_deliveries(&self, agent_id: &str, now: Millis) -> StoreResult<u64>;
+    /// Fetches one delivery.
+    async fn get_delivery(&self, delivery_id: &str) -> StoreResult<Option<Delivery>>;
+    /// The agent's most recent attempts, newest first.
+    async fn list_attempts(&self, agent_id: &str, limit: usize)
+    -> StoreResult<Vec<DeliveryAttempt>>;
+
+    /// Appends to the audit log, assigning the next `seq` and chaining the hash
+    /// (`crate::audit::chain_hash`) atomically.
+    async fn append_audit(&self, event: NewAuditEvent) -> StoreResult<AuditEvent>;
+    /// Audit events with `seq > after`, oldest first.
+    async fn list_audit(&self, after: Option<u64>, limit: usize) -> StoreResult<Vec<AuditEvent>>;
+
+    /// Agents ordered by id, after `after` (export).
+    async fn export_agents(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<Agent>>;
+    /// Messages of every state ordered by id, after `after` (export).
+    async fn export_messages(&self, after: Option<&str>, limit: usize)
+    -> StoreResult<Vec<Message>>;
+    /// Inserts an exported agent as is; false (and no change) if the id exists.
+    async fn import_agent(&self, agent: Agent) -> StoreResult<bool>;
+    /// Inserts an exported message as is (state, attempts, lease, idempotency
+    /// key); false (and no change) if the id exists.
+    async fn import_message(&self, message: Message) -> StoreResult<bool>;
 }
 
 /// Free-form agent metadata (a JSON object).

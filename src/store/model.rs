@@ -396,3 +396,104 @@ pub struct HubStats {
     pub agents_online: u64,
     pub messages: StateCounts,
 }
+
+/// Where a webhook delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    /// Waiting for its next attempt (or being attempted under a claim).
+    Pending,
+    /// A 2xx was received.
+    Delivered,
+    /// Every retry failed.
+    Failed,
+    /// The agent or its webhook was removed.
+    Cancelled,
+}
+
+impl DeliveryState {
+    /// Storage name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+            DeliveryState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => DeliveryState::Pending,
+            "delivered" => DeliveryState::Delivered,
+            "failed" => DeliveryState::Failed,
+            "cancelled" => DeliveryState::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// A durable webhook notification for one stored message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Standard Webhooks `webhook-id`, stable across retries.
+    pub id: String,
+    pub message_id: String,
+    pub agent_id: String,
+    pub state: DeliveryState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due (a claim pushes it forward).
+    pub next_attempt_at: Millis,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+}
+
+/// One HTTP attempt of a delivery, kept for `GET …/webhook/deliveries`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryAttempt {
+    pub delivery_id: String,
+    pub message_id: String,
+    pub agent_id: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub at: Millis,
+    pub status_code: Option<u16>,
+    pub latency_ms: u64,
+    pub error: Option<String>,
+}
+
+/// What an attempt means for its delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Delivered,
+    /// Try again at this time.
+    RetryAt(Millis),
+    /// Give up.
+    Failed,
+}
+
+/// An audit event before the store gives it a place in the chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAuditEvent {
+    pub at: Millis,
+    pub kind: String,
+    pub agent_id: Option<String>,
+    pub detail: Value,
+}
+
+/// An audit event in the hash chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// 1, 2, 3… in append order.
+    pub seq: u64,
+    pub at: Millis,
+    pub kind: String,
+    pub agent_id: Option<String>,
+    pub detail: Value,
+    /// `crate::audit::chain_hash(previous hash, this event)`.
+    pub hash: String,
+}
