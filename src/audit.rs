@@ -32,7 +32,14 @@ pub fn chain_hash(
 pub fn first_broken_link(prev_hash: &str, events: &[AuditEvent]) -> Option<u64> {
     let mut prev = prev_hash.to_string();
     for e in events {
-        let expected = chain_hash(&prev, e.seq, e.at, &e.kind, e.agent_id.as_deref(), &e.detail);
+        let expected = chain_hash(
+            &prev,
+            e.seq,
+            e.at,
+            &e.kind,
+            e.agent_id.as_deref(),
+            &e.detail,
+        );
         if expected != e.hash {
             return Some(e.seq);
         }

@@ -180,7 +180,9 @@ mod tests {
             let value = value.to_string_lossy().to_lowercase();
             let field = arg.get_id().as_str();
             let needle = format!("{field}: ");
-            let at = debug.find(&needle).unwrap_or_else(|| panic!("{field} missing"));
+            let at = debug
+                .find(&needle)
+                .unwrap_or_else(|| panic!("{field} missing"));
             let rest = &debug[at + needle.len()..];
             let shown = rest.split([',', ' ']).next().unwrap().trim_matches('"');
             let shown = shown.replace('_', "").to_lowercase();

@@ -149,10 +149,300 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Codes produced outside `status_and_code` (request parsing and routing).
-pub const TRANSPORT_CODES: &[(u16, &str)] = &[
-    (400, "INVALID_JSON"),
-    (404, "NOT_FOUND"),
-    (405, "METHOD_NOT_ALLOWED"),
-    (413, "PAYLOAD_TOO_LARGE"),
+/// Every error code the hub answers with: status, code, meaning. The single
+/// source of `docs/ERROR-CODES.md` (a test renders it and compares).
+pub const ERROR_CODES: &[(u16, &str, &str)] = &[
+    (400, "INVALID_JSON", "The body is not valid JSON."),
+    (
+        400,
+        "INVALID_INPUT",
+        "A field has the wrong type or an out-of-range value; `field` names it.",
+    ),
+    (
+        400,
+        "INVALID_ENVELOPE",
+        "The envelope is not an object, lacks a required field or has an unsupported `version`.",
+    ),
+    (
+        400,
+        "INVALID_TIMESTAMP",
+        "The envelope `timestamp` is unparsable or more than 300 s from server time.",
+    ),
+    (
+        400,
+        "RECIPIENT_MISMATCH",
+        "The envelope `to` names another agent than the request path.",
+    ),
+    (
+        400,
+        "REPLY_MISMATCH",
+        "A reply's `from`, `to` or `correlation_id` contradicts the original message.",
+    ),
+    (
+        400,
+        "INVALID_SIGNATURE_HEADER",
+        "The `Signature` header is malformed.",
+    ),
+    (
+        400,
+        "UNSUPPORTED_ALGORITHM",
+        "The `Signature` header names an algorithm other than ed25519.",
+    ),
+    (
+        400,
+        "INSUFFICIENT_SIGNED_HEADERS",
+        "The signed headers do not include `(request-target)` and `date`.",
+    ),
+    (
+        401,
+        "AUTH_REQUIRED",
+        "An agent route was called without credentials.",
+    ),
+    (
+        401,
+        "API_KEY_REQUIRED",
+        "`API_KEY_REQUIRED=true` and the request carries no API key or agent credentials.",
+    ),
+    (401, "INVALID_API_KEY", "The API key is wrong."),
+    (
+        401,
+        "SIGNATURE_INVALID",
+        "The HTTP signature does not verify, names an unknown keyId, or a signed header is missing.",
+    ),
+    (
+        401,
+        "REQUEST_EXPIRED",
+        "The `Date` header is missing, unparsable or more than 300 s from server time.",
+    ),
+    (
+        401,
+        "DIGEST_MISMATCH",
+        "A signed `Digest`/`Content-Digest` does not match the body.",
+    ),
+    (
+        401,
+        "REPLAYED_REQUEST",
+        "A signed `x-request-nonce` was already used inside the replay window.",
+    ),
+    (
+        401,
+        "TOKEN_EXPIRED",
+        "The session token expired or was revoked (key rotation, agent deletion).",
+    ),
+    (
+        401,
+        "TOKEN_INVALID",
+        "The session token is malformed or forged.",
+    ),
+    (
+        403,
+        "FORBIDDEN",
+        "The caller is authenticated but may not act on this resource.",
+    ),
+    (
+        403,
+        "UNKNOWN_SENDER",
+        "The envelope `from` is not a registered agent.",
+    ),
+    (
+        403,
+        "INVALID_SIGNATURE",
+        "The envelope signature is missing or does not verify with the sender's active keys.",
+    ),
+    (
+        403,
+        "SIGNER_MISMATCH",
+        "The HTTP signer (or session agent) is not the envelope sender.",
+    ),
+    (
+        403,
+        "SENDER_NOT_TRUSTED",
+        "The recipient's trust list does not include the sender.",
+    ),
+    (404, "NOT_FOUND", "No such route."),
+    (404, "AGENT_NOT_FOUND", "No such agent."),
+    (404, "MESSAGE_NOT_FOUND", "No such message (in this inbox)."),
+    (
+        405,
+        "METHOD_NOT_ALLOWED",
+        "The route exists but not with this method.",
+    ),
+    (409, "AGENT_EXISTS", "The agent id is taken."),
+    (
+        409,
+        "NOT_LEASED",
+        "Ack or nack of a message that is not leased.",
+    ),
+    (
+        409,
+        "LEASE_MISMATCH",
+        "The `lease_id` is not the message's current lease.",
+    ),
+    (
+        409,
+        "NOT_DEAD",
+        "Requeue of a message that is not dead-lettered.",
+    ),
+    (
+        409,
+        "DUPLICATE_MESSAGE_ID",
+        "The idempotency key was used for a message with different content.",
+    ),
+    (
+        413,
+        "PAYLOAD_TOO_LARGE",
+        "The body exceeds `MAX_MESSAGE_SIZE_KB`.",
+    ),
+    (
+        429,
+        "INBOX_FULL",
+        "The recipient holds `MAX_MESSAGES_PER_AGENT` live messages; see `Retry-After`.",
+    ),
+    (500, "INTERNAL_ERROR", "A bug; logged with the request id."),
+    (
+        503,
+        "STORAGE_UNAVAILABLE",
+        "The storage backend is unreachable; see `Retry-After`.",
+    ),
 ];
+
+/// Renders `docs/ERROR-CODES.md` from [`ERROR_CODES`].
+pub fn error_codes_markdown() -> String {
+    let mut out = String::from(
+        "# Error codes\n\n\
+         Every error body is `{\"error\": \"<CODE>\", \"message\": \"<text>\"}`, \
+         sometimes with `field` (the input at fault) or `retry_after_sec`.\n\
+         Codes are stable. This file is generated from `ERROR_CODES` in \
+         `src/api/error.rs`; a test fails when they differ \
+         (`cargo run -- error-codes > docs/ERROR-CODES.md` regenerates it).\n\n\
+         | Status | Code | Meaning |\n|---|---|---|\n",
+    );
+    for (status, code, meaning) in ERROR_CODES {
+        out.push_str(&format!("| {status} | `{code}` | {meaning} |\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    /// One instance of every `HubError` variant. The exhaustive match in
+    /// `witness` stops compiling when a variant is added, pointing here.
+    fn every_hub_error() -> Vec<HubError> {
+        fn witness(e: &HubError) {
+            use HubError::*;
+            match e {
+                InvalidInput { .. }
+                | InvalidEnvelope(_)
+                | InvalidTimestamp
+                | RecipientMismatch
+                | ReplyMismatch(_)
+                | UnknownSender(_)
+                | InvalidSignature
+                | SignerMismatch { .. }
+                | SenderNotTrusted(_)
+                | AgentNotFound(_)
+                | AgentExists(_)
+                | MessageNotFound(_)
+                | NotLeased
+                | LeaseMismatch
+                | NotDead
+                | DuplicateMessageId
+                | InboxFull { .. }
+                | Forbidden(_)
+                | AuthRequired
+                | ApiKeyRequired
+                | InvalidApiKey
+                | SignatureInvalid(_)
+                | RequestExpired(_)
+                | InvalidSignatureHeader(_)
+                | UnsupportedAlgorithm(_)
+                | InsufficientSignedHeaders
+                | DigestMismatch
+                | ReplayedRequest
+                | TokenExpired
+                | TokenInvalid
+                | StorageUnavailable(_)
+                | Internal(_) => {}
+            }
+        }
+        use HubError::*;
+        let s = String::new;
+        let all = vec![
+            HubError::invalid("f", "m"),
+            InvalidEnvelope(s()),
+            InvalidTimestamp,
+            RecipientMismatch,
+            ReplyMismatch(s()),
+            UnknownSender(s()),
+            InvalidSignature,
+            SignerMismatch {
+                signer: s(),
+                from: s(),
+            },
+            SenderNotTrusted(s()),
+            AgentNotFound(s()),
+            AgentExists(s()),
+            MessageNotFound(s()),
+            NotLeased,
+            LeaseMismatch,
+            NotDead,
+            DuplicateMessageId,
+            InboxFull { retry_after_sec: 1 },
+            Forbidden(s()),
+            AuthRequired,
+            ApiKeyRequired,
+            InvalidApiKey,
+            SignatureInvalid(s()),
+            RequestExpired(s()),
+            InvalidSignatureHeader(s()),
+            UnsupportedAlgorithm(s()),
+            InsufficientSignedHeaders,
+            DigestMismatch,
+            ReplayedRequest,
+            TokenExpired,
+            TokenInvalid,
+            StorageUnavailable(s()),
+            Internal(s()),
+        ];
+        all.iter().for_each(witness);
+        all
+    }
+
+    #[test]
+    fn every_hub_error_has_a_documented_code() {
+        for e in every_hub_error() {
+            let (status, code) = status_and_code(&e);
+            assert!(
+                ERROR_CODES.contains(&(
+                    status.as_u16(),
+                    code,
+                    ERROR_CODES.iter().find(|c| c.1 == code).map_or("", |c| c.2)
+                )),
+                "{code} ({status}) missing from ERROR_CODES"
+            );
+        }
+        let from_store = HubError::from(StoreError::InboxFull);
+        assert_eq!(status_and_code(&from_store).1, "INBOX_FULL");
+    }
+
+    #[test]
+    fn codes_are_unique() {
+        let mut codes: Vec<_> = ERROR_CODES.iter().map(|c| c.1).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), ERROR_CODES.len());
+    }
+
+    #[test]
+    fn error_codes_doc_matches_the_code() {
+        let doc = include_str!("../../docs/ERROR-CODES.md");
+        assert_eq!(
+            doc,
+            error_codes_markdown(),
+            "docs/ERROR-CODES.md is stale: run `cargo run -- error-codes > docs/ERROR-CODES.md`"
+        );
+    }
+}

@@ -100,9 +100,20 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
         serde_json::from_slice(text).map_err(|e| ApiError::invalid_json(e.to_string()))?;
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { "body".to_string() } else { path };
-        ApiError::invalid_input(&field, e.into_inner().to_string())
+        let message = e.into_inner().to_string();
+        let field = match missing_field(&message) {
+            Some(name) if path == "." => name.to_string(),
+            Some(name) => format!("{path}.{name}"),
+            None if path == "." => "body".to_string(),
+            None => path,
+        };
+        ApiError::invalid_input(&field, message)
     })
+}
+
+/// serde reports a missing field at its parent's path; recover the name.
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
 }
 
 /// `axum::extract::Path` with a JSON rejection.

@@ -77,8 +77,14 @@ pub fn router(state: AppState) -> Router {
                 .get(agents::get_webhook)
                 .delete(agents::delete_webhook),
         )
-        .route("/api/agents/{agent_id}/rotate-key", post(agents::rotate_key))
-        .route("/api/agents/{agent_id}/session", post(agents::create_session))
+        .route(
+            "/api/agents/{agent_id}/rotate-key",
+            post(agents::rotate_key),
+        )
+        .route(
+            "/api/agents/{agent_id}/session",
+            post(agents::create_session),
+        )
         .route("/api/agents/{agent_id}/messages", post(messages::send))
         .route(
             "/api/agents/{agent_id}/messages/{message_id}/reply",
@@ -97,10 +103,22 @@ pub fn router(state: AppState) -> Router {
             post(messages::requeue),
         )
         .route("/api/agents/{agent_id}/inbox/pull", post(messages::pull))
-        .route("/api/agents/{agent_id}/inbox/ack", post(messages::batch_ack))
-        .route("/api/agents/{agent_id}/inbox/stats", get(messages::inbox_stats))
-        .route("/api/agents/{agent_id}/inbox/reclaim", post(messages::reclaim))
-        .route("/api/agents/{agent_id}/inbox/dead", get(messages::dead_letters))
+        .route(
+            "/api/agents/{agent_id}/inbox/ack",
+            post(messages::batch_ack),
+        )
+        .route(
+            "/api/agents/{agent_id}/inbox/stats",
+            get(messages::inbox_stats),
+        )
+        .route(
+            "/api/agents/{agent_id}/inbox/reclaim",
+            post(messages::reclaim),
+        )
+        .route(
+            "/api/agents/{agent_id}/inbox/dead",
+            get(messages::dead_letters),
+        )
         .route("/api/messages/{message_id}/status", get(messages::status))
         .with_state(state);
 

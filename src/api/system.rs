@@ -83,7 +83,12 @@ pub struct StatsResponse {
     responses((status = 200, body = StatsResponse), (status = 401, body = ErrorBody)))]
 pub async fn stats(State(app): State<AppState>, req: Authed) -> ApiResult<Json<StatsResponse>> {
     app.hub.authorize_gate(&req.caller)?;
-    let s = app.hub.store.stats().await.map_err(crate::hub::HubError::from)?;
+    let s = app
+        .hub
+        .store
+        .stats()
+        .await
+        .map_err(crate::hub::HubError::from)?;
     Ok(Json(StatsResponse {
         agents: AgentCounts {
             total: s.agents_total,

@@ -32,6 +32,8 @@ enum Command {
     Serve(Config),
     /// Print a fresh Ed25519 key pair (base64), for clients that register with `public_key`.
     Keygen,
+    /// Print docs/ERROR-CODES.md (generated from the code).
+    ErrorCodes,
     /// Agent management.
     #[command(subcommand)]
     Agent(AgentCommand),
@@ -182,6 +184,7 @@ pub fn init_tracing(format: LogFormat) {
 async fn client_command(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(_) => unreachable!("handled by run"),
+        Command::ErrorCodes => print!("{}", crate::api::error::error_codes_markdown()),
         Command::Keygen => {
             let key = keys::generate();
             print_json(&json!({

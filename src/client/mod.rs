@@ -59,7 +59,10 @@ impl AgentClient {
             .context("registering")?;
         let status = response.status();
         let record: Value = response.json().await.context("registration response")?;
-        anyhow::ensure!(status.as_u16() == 201, "registration failed: {status} {record}");
+        anyhow::ensure!(
+            status.as_u16() == 201,
+            "registration failed: {status} {record}"
+        );
         let id = record["agent_id"]
             .as_str()
             .context("agent_id in registration response")?;
@@ -77,7 +80,12 @@ impl AgentClient {
     }
 
     /// A request authenticated as this agent: session token if open, else an HTTP signature.
-    pub fn request(&self, method: Method, path: &str, body: Option<&Value>) -> reqwest::RequestBuilder {
+    pub fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> reqwest::RequestBuilder {
         self.request_at(method, path, body, SystemTime::now())
     }
 
@@ -143,7 +151,9 @@ impl AgentClient {
     /// Sends a signed envelope to `to`.
     pub async fn send(&self, to: &str, envelope: &Value) -> reqwest::Result<reqwest::Response> {
         let path = format!("/api/agents/{}/messages", urlencoding::encode(to));
-        self.request(Method::POST, &path, Some(envelope)).send().await
+        self.request(Method::POST, &path, Some(envelope))
+            .send()
+            .await
     }
 
     /// Pulls with the given options (`{}` for the defaults).

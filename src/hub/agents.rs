@@ -138,7 +138,10 @@ impl Hub {
     pub async fn trust(&self, agent_id: &str, other: &str) -> HubResult<Agent> {
         let other = ids::normalize(other);
         if other.is_empty() || other.len() > ids::MAX_AGENT_ID_LEN {
-            return Err(HubError::invalid("agent_id", "must be a non-empty agent id"));
+            return Err(HubError::invalid(
+                "agent_id",
+                "must be a non-empty agent id",
+            ));
         }
         let change = AgentChange::AddTrusted {
             agent_id: other.to_string(),
@@ -164,8 +167,14 @@ impl Hub {
         secret: Option<String>,
     ) -> HubResult<Agent> {
         self.validate_webhook_url(&url)?;
-        if secret.as_ref().is_some_and(|s| s.is_empty() || s.len() > 512) {
-            return Err(HubError::invalid("webhook_secret", "must be 1-512 characters"));
+        if secret
+            .as_ref()
+            .is_some_and(|s| s.is_empty() || s.len() > 512)
+        {
+            return Err(HubError::invalid(
+                "webhook_secret",
+                "must be 1-512 characters",
+            ));
         }
         let change = AgentChange::SetWebhook {
             url: Some(url),
@@ -198,11 +207,7 @@ impl Hub {
             now,
         };
         let agent = self.change_agent(agent_id, change).await?;
-        let previous_key_valid_until = agent
-            .keys
-            .iter()
-            .filter_map(|k| k.valid_until)
-            .max();
+        let previous_key_valid_until = agent.keys.iter().filter_map(|k| k.valid_until).max();
         Ok(RotatedKey {
             agent,
             previous_key_valid_until,
@@ -227,7 +232,9 @@ impl Hub {
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(invalid("must use http or https"));
         }
-        let host = parsed.host_str().ok_or_else(|| invalid("must have a host"))?;
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| invalid("must have a host"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if !self.config.webhook_allow_private
             && let Ok(ip) = host.parse::<IpAddr>()

@@ -169,8 +169,8 @@ impl Hub {
             return Err(HubError::TokenExpired);
         }
         let agent = self.store.get_agent(&claims.sub).await?;
-        let still_valid = agent
-            .is_some_and(|a| a.created_at == claims.ca && a.key_version() == claims.kv);
+        let still_valid =
+            agent.is_some_and(|a| a.created_at == claims.ca && a.key_version() == claims.kv);
         if !still_valid {
             return Err(HubError::TokenExpired);
         }
@@ -181,7 +181,11 @@ impl Hub {
     }
 
     /// Issues a session token to an agent that proved itself with a signature.
-    pub async fn create_session(&self, caller: &Caller, agent_id: &str) -> HubResult<(String, i64)> {
+    pub async fn create_session(
+        &self,
+        caller: &Caller,
+        agent_id: &str,
+    ) -> HubResult<(String, i64)> {
         match caller {
             Caller::Agent {
                 agent_id: who,
@@ -341,7 +345,10 @@ mod tests {
         let token = key.seal(&claims);
         let body = token.strip_prefix(SESSION_TOKEN_PREFIX).unwrap();
         let opened = key.open(body).unwrap();
-        assert_eq!((opened.sub.as_str(), opened.kv, opened.exp), ("alice", 1, 10));
+        assert_eq!(
+            (opened.sub.as_str(), opened.kv, opened.exp),
+            ("alice", 1, 10)
+        );
         let other = SessionKey::new(None);
         assert!(matches!(other.open(body), Err(HubError::TokenInvalid)));
         let (payload, tag) = body.split_once('.').unwrap();

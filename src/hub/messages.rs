@@ -314,7 +314,7 @@ fn ttl_sec(value: Option<&Value>) -> HubResult<Option<u64>> {
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_f64() {
-            Some(n) if n == 0.0 => Ok(None),
+            Some(0.0) => Ok(None),
             Some(n) if n.fract() == 0.0 && n > 0.0 && n <= MAX_TTL_SEC as f64 => Ok(Some(n as u64)),
             _ => Err(HubError::invalid(
                 "ttl_sec",
@@ -342,7 +342,9 @@ fn signature_value(envelope: &Map<String, Value>) -> HubResult<&str> {
         .and_then(Value::as_object)
         .ok_or(HubError::InvalidSignature)?;
     if let Some(alg) = signature.get("alg")
-        && !alg.as_str().is_some_and(|a| a.eq_ignore_ascii_case("ed25519"))
+        && !alg
+            .as_str()
+            .is_some_and(|a| a.eq_ignore_ascii_case("ed25519"))
     {
         return Err(HubError::InvalidSignature);
     }

@@ -17,7 +17,10 @@ impl InboxWakers {
         if let Some(n) = self.inboxes.get(agent_id) {
             return n.clone();
         }
-        self.inboxes.entry(agent_id.to_string()).or_default().clone()
+        self.inboxes
+            .entry(agent_id.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Wakes every long-poll waiting on `agent_id` (cheap when nobody waits).

@@ -41,14 +41,18 @@ pub async fn sweep_once(hub: &Hub) -> StoreResult<SweepReport> {
             break;
         }
     }
-    report.expired = repeat_batches(batch, || hub.store.expire_messages(hub.clock.now_ms(), batch)).await?;
+    report.expired = repeat_batches(batch, || {
+        hub.store.expire_messages(hub.clock.now_ms(), batch)
+    })
+    .await?;
     let retention_ms = (config.message_retention_sec * 1000) as i64;
     report.purged = repeat_batches(batch, || {
         hub.store
             .purge_retained(hub.clock.now_ms() - retention_ms, batch)
     })
     .await?;
-    report.offline = repeat_batches(batch, || hub.store.mark_offline(hub.clock.now_ms(), batch)).await?;
+    report.offline =
+        repeat_batches(batch, || hub.store.mark_offline(hub.clock.now_ms(), batch)).await?;
     Ok(report)
 }
 

@@ -228,7 +228,11 @@ impl Store for MemoryStore {
             Entry::Occupied(_) => Err(StoreError::AgentExists),
             Entry::Vacant(slot) => {
                 // Lock order is always agents → inbox, never the reverse.
-                let inbox = self.inboxes.entry(agent.agent_id.clone()).or_default().clone();
+                let inbox = self
+                    .inboxes
+                    .entry(agent.agent_id.clone())
+                    .or_default()
+                    .clone();
                 inbox.lock().open = true;
                 slot.insert(agent);
                 Ok(())
@@ -469,10 +473,7 @@ impl Store for MemoryStore {
         Ok(stats)
     }
 
-    async fn reclaim_expired_leases(
-        &self,
-        request: &ReclaimRequest,
-    ) -> StoreResult<ReclaimCounts> {
+    async fn reclaim_expired_leases(&self, request: &ReclaimRequest) -> StoreResult<ReclaimCounts> {
         let inboxes = match &request.recipient {
             Some(agent) => self.inbox(agent).into_iter().collect(),
             None => self.all_inboxes(),

@@ -79,8 +79,12 @@ pub trait Store: Send + Sync + 'static {
     /// Extends a lease or puts the message back (possibly delayed, possibly to the dead letters).
     async fn nack(&self, request: &NackRequest) -> StoreResult<Message>;
     /// Moves a dead-lettered message back to `queued` with its attempts reset.
-    async fn requeue_dead(&self, recipient: &str, message_id: &str, now: Millis)
-    -> StoreResult<Message>;
+    async fn requeue_dead(
+        &self,
+        recipient: &str,
+        message_id: &str,
+        now: Millis,
+    ) -> StoreResult<Message>;
     /// Fetches one message by id.
     async fn get_message(&self, message_id: &str) -> StoreResult<Option<Message>>;
     /// Pages through an inbox's dead letters, oldest first.
@@ -96,8 +100,7 @@ pub trait Store: Send + Sync + 'static {
     async fn stats(&self) -> StoreResult<HubStats>;
 
     /// Ends expired leases: back to `queued`, or `dead` once attempts reached the maximum.
-    async fn reclaim_expired_leases(&self, request: &ReclaimRequest)
-    -> StoreResult<ReclaimCounts>;
+    async fn reclaim_expired_leases(&self, request: &ReclaimRequest) -> StoreResult<ReclaimCounts>;
     /// Marks live messages past their TTL `expired`.
     async fn expire_messages(&self, now: Millis, limit: usize) -> StoreResult<u64>;
     /// Deletes acked, expired and dead records that ended before `ended_before`.
@@ -123,8 +126,11 @@ pub trait Store: Send + Sync + 'static {
     /// Fetches one delivery.
     async fn get_delivery(&self, delivery_id: &str) -> StoreResult<Option<Delivery>>;
     /// The agent's most recent attempts, newest first.
-    async fn list_attempts(&self, agent_id: &str, limit: usize)
-    -> StoreResult<Vec<DeliveryAttempt>>;
+    async fn list_attempts(
+        &self,
+        agent_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<DeliveryAttempt>>;
 
     /// Appends to the audit log, assigning the next `seq` and chaining the hash
     /// (`crate::audit::chain_hash`) atomically.

@@ -61,7 +61,10 @@ impl Agent {
 #[derive(Debug, Clone, PartialEq)]
 pub enum AgentChange {
     /// Refreshes the heartbeat and merges metadata shallowly.
-    Heartbeat { now: Millis, metadata: Option<Metadata> },
+    Heartbeat {
+        now: Millis,
+        metadata: Option<Metadata>,
+    },
     /// Adds an id to the trust list (no duplicates).
     AddTrusted { agent_id: String, now: Millis },
     /// Removes an id from the trust list.
