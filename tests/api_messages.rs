@@ -485,6 +485,23 @@ async fn idempotent_sends_return_the_original() {
 }
 
 #[tokio::test]
+async fn a_replayed_envelope_without_id_is_never_delivered_twice() {
+    let hub = TestHub::default().await;
+    let alice = hub.agent("alice").await;
+    let bob = hub.agent("bob").await;
+    let mut envelope = alice.envelope("bob", "no id", json!({"n": 1}));
+    envelope.as_object_mut().unwrap().remove("id");
+    let (status, first) = read(alice.send("bob", &envelope).await.unwrap()).await;
+    assert_eq!(status, 201);
+    let (status, replay) = read(alice.send("bob", &envelope).await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(replay["duplicate"], true);
+    assert_eq!(replay["message_id"], first["message_id"]);
+    pull_one(&bob).await;
+    assert_eq!(bob.pull(&json!({})).await.unwrap().status(), 204);
+}
+
+#[tokio::test]
 async fn same_envelope_id_to_two_recipients_makes_two_messages() {
     let hub = TestHub::default().await;
     let alice = hub.agent("alice").await;

@@ -153,7 +153,13 @@ impl Hub {
                 ));
             }
             Some(key) => Some(key),
-            None => fields.id.map(str::to_string),
+            // Without a key or an envelope id, the signature itself identifies
+            // the envelope, so a replayed request is a duplicate, never a second delivery.
+            None => Some(
+                fields
+                    .id
+                    .map_or_else(|| format!("sig:{signature}"), str::to_string),
+            ),
         };
         let ttl_ms = fields.ttl_sec.unwrap_or(self.config.message_ttl_sec) as i64 * 1000;
         let mut message = Message {
