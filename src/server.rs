@@ -50,6 +50,20 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     }
 }
 
+/// Opens a store named by URL (`memory://`, and the durable backends' URLs),
+/// with `base` supplying every other setting. Used by export/import/migrate.
+pub async fn open_store_url(url: &str, base: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let backend = match url.split_once("://").map(|(scheme, _)| scheme) {
+        Some("memory") => StorageBackend::Memory,
+        _ => anyhow::bail!("unsupported storage URL {url:?} (expected memory://)"),
+    };
+    let config = Config {
+        storage_backend: backend,
+        ..base.clone()
+    };
+    open_store(&config).await
+}
+
 /// Binds `HOST:PORT` and serves in the background with the given store.
 pub async fn start_with_store(
     config: Config,

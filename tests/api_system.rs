@@ -60,6 +60,7 @@ async fn openapi_describes_every_route() {
         ("get", "/health"),
         ("get", "/ready"),
         ("get", "/api/stats"),
+        ("get", "/api/admin/export"),
         ("post", "/api/agents/register"),
         ("get", "/api/agents/{agent_id}"),
         ("delete", "/api/agents/{agent_id}"),

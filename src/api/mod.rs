@@ -2,6 +2,7 @@
 //! error-to-response mapping. Handlers translate HTTP to hub calls and back;
 //! they hold no protocol rules.
 
+pub mod admin;
 pub mod agents;
 pub mod error;
 pub mod extract;
@@ -37,7 +38,7 @@ pub struct AppState {
 #[openapi(
     info(title = "ADMP hub", description = "Agent Dispatch Messaging Protocol: an inbox for every agent."),
     paths(
-        system::health, system::ready, system::stats,
+        system::health, system::ready, system::stats, admin::export_store,
         agents::register, agents::get_agent, agents::delete_agent, agents::heartbeat,
         agents::list_trusted, agents::add_trusted, agents::remove_trusted,
         agents::set_webhook, agents::get_webhook, agents::delete_webhook,
@@ -57,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
         .route("/api/stats", get(system::stats))
+        .route("/api/admin/export", get(admin::export_store))
         .route("/api/agents/register", post(agents::register))
         .route(
             "/api/agents/{agent_id}",

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::AgentClient;
+use super::transfer::{self, Location};
 use crate::config::{Config, LogFormat};
 use crate::signing::keys;
 
@@ -34,6 +35,41 @@ enum Command {
     Keygen,
     /// Print docs/ERROR-CODES.md (generated from the code).
     ErrorCodes,
+    /// Write every agent and message as NDJSON (from a running hub or a storage URL).
+    Export {
+        /// `http(s)://hub` (needs --api-key) or a storage URL (`sqlite://admp.db`, `postgres://…`).
+        #[arg(long)]
+        from: String,
+        /// The hub's master key, for `--from http(s)://…`.
+        #[arg(long, env = "MASTER_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Output file (stdout when absent).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Load an NDJSON export into a storage URL (idempotent; verifies counts).
+    Import {
+        /// Storage URL to import into.
+        #[arg(long)]
+        to: String,
+        /// Input file (stdin when absent).
+        #[arg(long = "in")]
+        input: Option<PathBuf>,
+        /// Import into a target that already holds data.
+        #[arg(long)]
+        merge: bool,
+    },
+    /// Export from one place and import into another in one step.
+    Migrate {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long, env = "MASTER_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        #[arg(long)]
+        merge: bool,
+    },
     /// Agent management.
     #[command(subcommand)]
     Agent(AgentCommand),
@@ -185,6 +221,26 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(_) => unreachable!("handled by run"),
         Command::ErrorCodes => print!("{}", crate::api::error::error_codes_markdown()),
+        Command::Export { from, api_key, out } => {
+            let lines = transfer::read_export(&Location::parse(&from), api_key.as_deref()).await?;
+            transfer::write_export(&lines, out.as_deref())?;
+            eprintln!("exported {} records", lines.len().saturating_sub(2));
+        }
+        Command::Import { to, input, merge } => {
+            let lines = transfer::read_file(input.as_deref())?;
+            let report = transfer::import_into(&to, lines, merge).await?;
+            print_json(&serde_json::to_value(report)?);
+        }
+        Command::Migrate {
+            from,
+            to,
+            api_key,
+            merge,
+        } => {
+            let lines = transfer::read_export(&Location::parse(&from), api_key.as_deref()).await?;
+            let report = transfer::import_into(&to, lines, merge).await?;
+            print_json(&serde_json::to_value(report)?);
+        }
         Command::Keygen => {
             let key = keys::generate();
             print_json(&json!({

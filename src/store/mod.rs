@@ -7,6 +7,7 @@
 
 pub mod memory;
 mod model;
+pub mod transfer;
 
 use async_trait::async_trait;
 use serde_json::Value;
