@@ -46,7 +46,7 @@ pub struct WebhookCounts {
     pub delivered: u64,
     /// Failed attempts with a retry scheduled.
     pub retried: u64,
-    /// Deliveries given up after the last retry.
+    /// Deliveries given up: the schedule ran out, or the message was gone.
     pub failed: u64,
     /// Deliveries cancelled at attempt time because the agent or webhook was gone.
     pub cancelled: u64,
@@ -64,10 +64,17 @@ impl WebhookStats {
             cancelled: read(&self.cancelled),
         }
     }
-}
 
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+    /// Counts one attempt and what it meant for its delivery.
+    fn count(&self, outcome: AttemptOutcome) {
+        let bump = |counter: &AtomicU64| counter.fetch_add(1, Ordering::Relaxed);
+        bump(&self.attempts);
+        bump(match outcome {
+            AttemptOutcome::Delivered => &self.delivered,
+            AttemptOutcome::RetryAt(_) => &self.retried,
+            AttemptOutcome::Failed => &self.failed,
+        });
+    }
 }
 
 /// Attempts due deliveries until `hub.shutdown`, then waits for the attempts
@@ -89,6 +96,12 @@ struct Worker {
     hub: Arc<Hub>,
     http: reqwest::Client,
     stats: Arc<WebhookStats>,
+}
+
+/// Where and with which secret an attempt is sent.
+struct Target {
+    url: String,
+    secret: String,
 }
 
 impl Worker {
@@ -150,21 +163,13 @@ impl Worker {
 
     async fn try_attempt(&self, delivery: &Delivery) -> StoreResult<()> {
         let hub = &self.hub;
-        let store = &hub.store;
-        let agent = store.get_agent(&delivery.agent_id).await?;
-        let Some((url, secret)) = agent.and_then(|a| Some((a.webhook_url?, a.webhook_secret)))
-        else {
-            let cancelled = store
-                .cancel_deliveries(&delivery.agent_id, hub.clock.now_ms())
-                .await?;
-            self.stats.cancelled.fetch_add(cancelled, Ordering::Relaxed);
-            tracing::info!(delivery = %delivery.id, agent = %delivery.agent_id, "agent or webhook gone; deliveries cancelled");
+        let Some(target) = self.current_target(delivery).await? else {
             return Ok(());
         };
         let number = delivery.attempts + 1;
         let at = hub.clock.now_ms();
         let started = Instant::now();
-        let result = match store.get_message(&delivery.message_id).await? {
+        let result = match hub.store.get_message(&delivery.message_id).await? {
             Some(message) => {
                 let request = Notification {
                     delivery_id: &delivery.id,
@@ -173,8 +178,8 @@ impl Worker {
                     attempt: number,
                     at_ms: at,
                 }
-                .build(secret.as_deref().unwrap_or_default());
-                self.send(&url, request).await
+                .build(&target.secret);
+                self.send(&target.url, request).await
             }
             None => Err(Failure {
                 permanent: true,
@@ -183,31 +188,12 @@ impl Worker {
         };
         let latency_ms = started.elapsed().as_millis() as u64;
 
-        bump(&self.stats.attempts);
-        let (status_code, error, outcome) = match result {
-            Ok(status) => (Some(status), None, AttemptOutcome::Delivered),
-            Err(failure) => {
-                let delay = webhook::next_attempt_delay(
-                    &hub.config.webhook_retry_schedule,
-                    number,
-                    failure.retry_after,
-                    rand::thread_rng().gen_range(-1.0..=1.0),
-                )
-                .filter(|_| !failure.permanent);
-                let outcome = match delay {
-                    Some(delay) => {
-                        AttemptOutcome::RetryAt(hub.clock.now_ms() + delay.as_millis() as i64)
-                    }
-                    None => AttemptOutcome::Failed,
-                };
-                (failure.status, Some(failure.error), outcome)
-            }
+        let (status_code, error) = match &result {
+            Ok(status) => (Some(*status), None),
+            Err(failure) => (failure.status, Some(failure.error.clone())),
         };
-        match outcome {
-            AttemptOutcome::Delivered => bump(&self.stats.delivered),
-            AttemptOutcome::RetryAt(_) => bump(&self.stats.retried),
-            AttemptOutcome::Failed => bump(&self.stats.failed),
-        }
+        let outcome = self.outcome(number, result.err());
+        self.stats.count(outcome);
         tracing::info!(
             delivery = %delivery.id,
             message = %delivery.message_id,
@@ -229,7 +215,51 @@ impl Worker {
             latency_ms,
             error,
         };
-        store.record_attempt(&record, outcome).await
+        hub.store.record_attempt(&record, outcome).await
+    }
+
+    /// The agent's webhook as it is now; `None` (after cancelling the agent's
+    /// pending deliveries) when the agent or its webhook is gone.
+    async fn current_target(&self, delivery: &Delivery) -> StoreResult<Option<Target>> {
+        let store = &self.hub.store;
+        let agent = store.get_agent(&delivery.agent_id).await?;
+        if let Some(agent) = agent
+            && let Some(url) = agent.webhook_url
+        {
+            return Ok(Some(Target {
+                url,
+                secret: agent.webhook_secret.unwrap_or_default(),
+            }));
+        }
+        let cancelled = store
+            .cancel_deliveries(&delivery.agent_id, self.hub.clock.now_ms())
+            .await?;
+        self.stats.cancelled.fetch_add(cancelled, Ordering::Relaxed);
+        tracing::info!(agent = %delivery.agent_id, cancelled, "agent or webhook gone; deliveries cancelled");
+        Ok(None)
+    }
+
+    /// Delivered, or when to retry (jittered schedule, never before
+    /// `Retry-After`), or failed once the schedule is exhausted.
+    fn outcome(&self, attempts_made: u32, failure: Option<Failure>) -> AttemptOutcome {
+        let Some(failure) = failure else {
+            return AttemptOutcome::Delivered;
+        };
+        if failure.permanent {
+            return AttemptOutcome::Failed;
+        }
+        let delay = webhook::next_attempt_delay(
+            &self.hub.config.webhook_retry_schedule,
+            attempts_made,
+            failure.retry_after,
+            rand::thread_rng().gen_range(-1.0..=1.0),
+        );
+        match delay {
+            Some(delay) => {
+                AttemptOutcome::RetryAt(self.hub.clock.now_ms() + delay.as_millis() as i64)
+            }
+            None => AttemptOutcome::Failed,
+        }
     }
 
     /// Sends one request; `Ok(status)` for a 2xx, otherwise why it failed.
