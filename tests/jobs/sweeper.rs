@@ -6,8 +6,7 @@ use std::sync::Arc;
 use admp::config::Config;
 use admp::hub::{Clock, Hub, Registration};
 use admp::jobs::sweeper::{self, SweepStats};
-use admp::store::Enqueued;
-use admp::store::{AckRequest, LeaseRequest, MessageState, Store, memory::MemoryStore};
+use admp::store::{AckRequest, Enqueued, LeaseRequest, MessageState, Store, memory::MemoryStore};
 
 use crate::support::message;
 
@@ -244,10 +243,9 @@ async fn a_backlog_larger_than_a_batch_is_drained_in_one_pass() {
 
 /// Two hub instances sweeping one store at the same time (as two instances on
 /// one database would) handle and count every record exactly once, because
-/// each bulk call is an atomic transition of records still due.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_sweepers_on_one_store_count_each_record_once() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+/// each bulk call is an atomic transition of records still due. Written
+/// against the store trait so the PostgreSQL backend can run it as well.
+async fn two_sweepers_count_each_record_once_on(store: Arc<dyn Store>) {
     let clock = Clock::manual();
     let config = Config {
         sweep_batch_size: 7,
@@ -264,17 +262,18 @@ async fn two_sweepers_on_one_store_count_each_record_once() {
     assert_eq!(lease(&first, "bob", 100, 1_000).await.len(), 100);
     clock.advance_ms(1_000);
 
-    let a = tokio::spawn({
-        let hub = first.clone();
-        async move { sweeper::sweep_once(&hub).await.unwrap() }
-    });
-    let b = tokio::spawn({
-        let hub = second.clone();
-        async move { sweeper::sweep_once(&hub).await.unwrap() }
-    });
+    let sweep =
+        |hub: Arc<Hub>| tokio::spawn(async move { sweeper::sweep_once(&hub).await.unwrap() });
+    let (a, b) = (sweep(first), sweep(second));
     let (a, b) = (a.await.unwrap(), b.await.unwrap());
     assert_eq!(a.reclaimed.requeued + b.reclaimed.requeued, 200);
+    assert_eq!(a.reclaimed.dead + b.reclaimed.dead, 0);
     assert_eq!(store.stats().await.unwrap().messages.queued, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sweepers_on_one_store_count_each_record_once() {
+    two_sweepers_count_each_record_once_on(Arc::new(MemoryStore::new())).await;
 }
 
 /// The task runs a pass at start and then every interval, records what each
