@@ -17,8 +17,9 @@ async fn hub(config: Config) -> Arc<Hub> {
     hub_on(config, Arc::new(MemoryStore::new()), Clock::manual()).await
 }
 
+/// A hub over `store` with agents `alice` and `bob` registered.
 async fn hub_on(config: Config, store: Arc<dyn Store>, clock: Clock) -> Arc<Hub> {
-    let hub = Arc::new(Hub::new(Arc::new(config), store, clock));
+    let hub = new_hub(config, store, clock);
     for id in ["alice", "bob"] {
         hub.register(Registration {
             agent_id: Some(id.into()),
@@ -28,6 +29,11 @@ async fn hub_on(config: Config, store: Arc<dyn Store>, clock: Clock) -> Arc<Hub>
         .unwrap();
     }
     hub
+}
+
+/// A hub instance over `store` (several over one store act like several processes).
+fn new_hub(config: Config, store: Arc<dyn Store>, clock: Clock) -> Arc<Hub> {
+    Arc::new(Hub::new(Arc::new(config), store, clock))
 }
 
 async fn enqueue(hub: &Hub, id: &str, recipient: &str, ttl_ms: i64) {
@@ -253,7 +259,7 @@ async fn two_sweepers_count_each_record_once_on(store: Arc<dyn Store>) {
         ..Config::default()
     };
     let first = hub_on(config.clone(), store.clone(), clock.clone()).await;
-    let second = Arc::new(Hub::new(Arc::new(config), store.clone(), clock.clone()));
+    let second = new_hub(config, store.clone(), clock.clone());
     for n in 0..200 {
         let to = if n % 2 == 0 { "alice" } else { "bob" };
         enqueue(&first, &format!("m{n}"), to, 600 * MINUTE).await;
