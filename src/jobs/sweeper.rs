@@ -31,9 +31,13 @@ const MAX_BATCHES_PER_STEP: usize = 100;
 /// What one pass did and how long each step took.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepReport {
+    /// Expired leases put back in the queue or dead-lettered.
     pub reclaimed: ReclaimCounts,
+    /// Live messages past their TTL, now `expired`.
     pub expired: u64,
+    /// Ended records past retention, deleted.
     pub purged: u64,
+    /// Agents newly marked offline.
     pub offline: u64,
     pub durations: StepDurations,
 }
@@ -61,6 +65,7 @@ pub struct SweepTotals {
     pub passes: u64,
     /// Passes cut short by a store error (retried at the next interval).
     pub failures: u64,
+    /// Sums of the [`SweepReport`] counts over all completed passes.
     pub requeued: u64,
     pub dead: u64,
     pub expired: u64,

@@ -378,7 +378,7 @@ async fn removing_the_webhook_or_the_agent_cancels_pending_retries() {
 async fn pending_retries_use_the_current_webhook_url() {
     let old = Receiver::start(vec![], Reply::Status(500)).await;
     let new = Receiver::start(vec![], Reply::Status(200)).await;
-    let s = setup(config(&[300]), &old.url()).await;
+    let s = setup(config(&[1_000]), &old.url()).await;
     s.send().await;
     let first = old.wait_for(1).await.remove(0);
 
@@ -415,7 +415,7 @@ where
     Fut: std::future::Future<Output = Arc<dyn Store>>,
 {
     let receiver = Receiver::start(vec![Reply::Status(503)], Reply::Status(200)).await;
-    let s = setup_on(config(&[1_000]), first_store, &receiver.url()).await;
+    let s = setup_on(config(&[1_500]), first_store, &receiver.url()).await;
     let (message_id, _) = s.send().await;
     let first: Received = receiver.wait_for(1).await.remove(0);
     s.wait_for_attempts(1).await;
@@ -426,7 +426,7 @@ where
         "the first hub stopped before its retry"
     );
 
-    let restarted = start_with_store(config(&[1_000]), reopen().await, Clock::system())
+    let restarted = start_with_store(config(&[1_500]), reopen().await, Clock::system())
         .await
         .unwrap();
     let retry = receiver.wait_for(2).await.remove(1);
