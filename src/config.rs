@@ -84,9 +84,27 @@ pub struct Config {
     /// How long a rotated-out key keeps verifying.
     #[arg(long, env = "KEY_ROTATION_OVERLAP_SEC", default_value_t = 86_400)]
     pub key_rotation_overlap_sec: u64,
+    /// Sweep batches one step may run at the same time.
+    #[arg(long, env = "SWEEP_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub sweep_concurrency: u64,
     /// Allow webhook targets on private, loopback and link-local addresses.
     #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
     pub webhook_allow_private: bool,
+    /// Time a webhook receiver has to answer one attempt.
+    #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=300_000))]
+    pub webhook_timeout_ms: u64,
+    /// Webhook attempts one hub instance makes at the same time.
+    #[arg(long, env = "WEBHOOK_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub webhook_concurrency: u64,
+    /// How often the webhook worker looks for due retries and for deliveries
+    /// scheduled by other instances (its own sends wake it at once).
+    #[arg(long, env = "WEBHOOK_POLL_INTERVAL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub webhook_poll_interval_ms: u64,
+    /// Delays before each webhook retry (PROTOCOL.md §6), jittered ±20 %.
+    /// Not a flag: production always uses the protocol's schedule; tests pass
+    /// a short one as a plain value instead of waiting minutes.
+    #[arg(skip = default_webhook_retry_schedule())]
+    pub webhook_retry_schedule: Vec<Duration>,
     /// Secret that signs session tokens; random per start when unset.
     #[arg(long, env = "SESSION_SECRET", hide_env_values = true)]
     pub session_secret: Option<String>,
@@ -100,6 +118,18 @@ pub struct Config {
 
 /// Allowed clock skew for envelope timestamps and HTTP `Date` headers.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
+
+/// Webhook retry delays of PROTOCOL.md §6 in seconds: 5 s, 30 s, 2 min,
+/// 10 min, 30 min, 1 h, 2 h, 4 h; after the last one fails the delivery is failed.
+pub const WEBHOOK_RETRY_SCHEDULE_SEC: [u64; 8] = [5, 30, 120, 600, 1_800, 3_600, 7_200, 14_400];
+
+/// The protocol's retry schedule as durations.
+pub fn default_webhook_retry_schedule() -> Vec<Duration> {
+    WEBHOOK_RETRY_SCHEDULE_SEC
+        .iter()
+        .map(|&s| Duration::from_secs(s))
+        .collect()
+}
 
 impl Default for Config {
     /// The documented defaults, as a starting point for tests and embedders
@@ -123,7 +153,12 @@ impl Default for Config {
             cleanup_interval_ms: 60_000,
             sweep_batch_size: 500,
             key_rotation_overlap_sec: 86_400,
+            sweep_concurrency: 16,
             webhook_allow_private: false,
+            webhook_timeout_ms: 10_000,
+            webhook_concurrency: 16,
+            webhook_poll_interval_ms: 1_000,
+            webhook_retry_schedule: default_webhook_retry_schedule(),
             session_secret: None,
             session_ttl_sec: 900,
             log_format: LogFormat::Json,
@@ -148,6 +183,11 @@ impl Config {
             return Err("SESSION_SECRET must be at least 32 characters".into());
         }
         Ok(())
+    }
+
+    /// Webhook attempt timeout.
+    pub fn webhook_timeout(&self) -> Duration {
+        Duration::from_millis(self.webhook_timeout_ms)
     }
 
     /// Largest accepted request body in bytes.

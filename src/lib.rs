@@ -1,8 +1,9 @@
 //! ADMP hub: an inbox for every autonomous agent.
 //!
 //! Request data flows one way: HTTP ([`api`]) → protocol rules ([`hub`]) →
-//! storage ([`store`]). Background work lives in [`jobs`]; signatures shared
-//! with clients in [`signing`]; the command-line client in [`client`].
+//! storage ([`store`]). Background work lives in [`jobs`]; webhook payloads,
+//! signatures and the receiver's verification helper in [`webhook`];
+//! signatures shared with clients in [`signing`]; the command-line client in [`client`].
 
 pub mod api;
 pub mod audit;
@@ -13,6 +14,7 @@ pub mod jobs;
 pub mod server;
 pub mod signing;
 pub mod store;
+pub mod webhook;
 
 pub use api::{AppState, router as build_app};
 pub use config::Config;

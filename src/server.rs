@@ -1,5 +1,6 @@
-//! Starting and stopping a hub: open the store, bind, serve, sweep, and shut
-//! down gracefully (stop accepting, finish in-flight requests, exit 0).
+//! Starting and stopping a hub: open the store, bind, serve, run the sweeper
+//! and the webhook worker, and shut down gracefully (stop accepting, finish
+//! in-flight requests, sweeps and webhook attempts, exit 0).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use tokio::task::JoinHandle;
 use crate::api::{AppState, router};
 use crate::config::{AgentAuth, Config, StorageBackend};
 use crate::hub::{Clock, Hub};
-use crate::jobs::sweeper;
+use crate::jobs::{JobStats, sweeper, webhooks};
 use crate::store::{Store, memory::MemoryStore};
 
 /// A hub serving in the background.
@@ -18,8 +19,11 @@ pub struct RunningHub {
     /// The bound address (useful with port 0).
     pub addr: SocketAddr,
     pub hub: Arc<Hub>,
+    /// Counters of the sweeper and the webhook worker.
+    pub jobs: JobStats,
     server: JoinHandle<std::io::Result<()>>,
     sweeper: JoinHandle<()>,
+    webhooks: JoinHandle<()>,
 }
 
 impl RunningHub {
@@ -29,7 +33,8 @@ impl RunningHub {
     }
 
     /// Graceful shutdown: stop accepting, let in-flight requests finish
-    /// (long-polls return empty at once), stop the sweeper.
+    /// (long-polls return empty at once), finish the sweep pass and the
+    /// webhook attempts in progress.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.hub.shutdown.cancel();
         self.wait().await
@@ -39,6 +44,7 @@ impl RunningHub {
     pub async fn wait(self) -> anyhow::Result<()> {
         self.server.await.context("server task")??;
         self.sweeper.await.context("sweeper task")?;
+        self.webhooks.await.context("webhook worker task")?;
         Ok(())
     }
 }
@@ -92,13 +98,17 @@ pub async fn start_with_store(
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
     });
-    let sweeper = tokio::spawn(sweeper::run(hub.clone()));
+    let jobs = JobStats::default();
+    let sweeper = tokio::spawn(sweeper::run(hub.clone(), jobs.sweep.clone()));
+    let webhooks = tokio::spawn(webhooks::run(hub.clone(), jobs.webhooks.clone()));
     tracing::info!(%addr, backend = ?hub.config.storage_backend, "admp hub listening");
     Ok(RunningHub {
         addr,
         hub,
+        jobs,
         server,
         sweeper,
+        webhooks,
     })
 }
 

@@ -6,13 +6,13 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiResult, ErrorBody};
-use super::extract::{ApiPath, Authed};
+use super::extract::{ApiPath, ApiQuery, Authed};
 use crate::hub::Registration;
-use crate::store::Agent;
+use crate::store::{Agent, DeliveryAttempt};
 
 /// `POST /api/agents/register` body.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -373,6 +373,72 @@ pub async fn delete_webhook(
     Ok(Json(WebhookRemoved {
         message: "Webhook removed",
         webhook_configured: false,
+    }))
+}
+
+/// Webhook attempts listing query.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct DeliveriesQuery {
+    /// How many attempts (1..100, default 50).
+    pub limit: Option<usize>,
+}
+
+/// One webhook attempt as the agent sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptView {
+    /// The delivery (`webhook-id`); its retries share it.
+    pub delivery_id: String,
+    pub message_id: String,
+    /// 1 for the first attempt of the delivery.
+    pub attempt: u32,
+    /// When the attempt started, epoch milliseconds.
+    pub at: i64,
+    /// The receiver's HTTP status; absent when no response arrived.
+    pub status_code: Option<u16>,
+    pub latency_ms: u64,
+    /// Why the attempt failed (timeout, refused target, non-2xx status…).
+    pub error: Option<String>,
+    /// The receiver answered 2xx.
+    pub success: bool,
+}
+
+impl From<DeliveryAttempt> for AttemptView {
+    fn from(a: DeliveryAttempt) -> Self {
+        AttemptView {
+            success: a.error.is_none() && a.status_code.is_some_and(|s| (200..300).contains(&s)),
+            delivery_id: a.delivery_id,
+            message_id: a.message_id,
+            attempt: a.attempt,
+            at: a.at,
+            status_code: a.status_code,
+            latency_ms: a.latency_ms,
+            error: a.error,
+        }
+    }
+}
+
+/// Webhook attempts listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptsPage {
+    /// Newest first.
+    pub attempts: Vec<AttemptView>,
+}
+
+/// Recent webhook attempts for this agent, newest first: when, status, latency, error.
+#[utoipa::path(get, path = "/api/agents/{agent_id}/webhook/deliveries", tag = "agents",
+    params(("agent_id" = String, Path), DeliveriesQuery),
+    responses((status = 200, body = AttemptsPage), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody)))]
+pub async fn webhook_deliveries(
+    State(app): State<AppState>,
+    ApiPath(agent_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<DeliveriesQuery>,
+    req: Authed,
+) -> ApiResult<Json<AttemptsPage>> {
+    app.hub.scope(&req.caller, &agent_id).await?;
+    let attempts = app.hub.webhook_attempts(&agent_id, query.limit).await?;
+    Ok(Json(AttemptsPage {
+        attempts: attempts.into_iter().map(AttemptView::from).collect(),
     }))
 }
 

@@ -41,7 +41,7 @@ pub struct AppState {
         system::health, system::ready, system::stats, admin::export_store,
         agents::register, agents::get_agent, agents::delete_agent, agents::heartbeat,
         agents::list_trusted, agents::add_trusted, agents::remove_trusted,
-        agents::set_webhook, agents::get_webhook, agents::delete_webhook,
+        agents::set_webhook, agents::get_webhook, agents::delete_webhook, agents::webhook_deliveries,
         agents::rotate_key, agents::create_session,
         messages::send, messages::reply, messages::status,
         messages::pull, messages::ack, messages::batch_ack, messages::nack,
@@ -78,6 +78,10 @@ pub fn router(state: AppState) -> Router {
             post(agents::set_webhook)
                 .get(agents::get_webhook)
                 .delete(agents::delete_webhook),
+        )
+        .route(
+            "/api/agents/{agent_id}/webhook/deliveries",
+            get(agents::webhook_deliveries),
         )
         .route(
             "/api/agents/{agent_id}/rotate-key",

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::{Hub, HubError, HubResult, ids};
 use crate::signing::keys;
-use crate::store::{Agent, AgentChange, AgentKey, Metadata, StoreError};
+use crate::store::{Agent, AgentChange, AgentKey, DeliveryAttempt, Metadata, StoreError};
 
 /// A registration request, validated here.
 #[derive(Debug, Default, Clone)]
@@ -40,6 +40,11 @@ pub struct RotatedKey {
 const MAX_AGENT_TYPE_LEN: usize = 64;
 /// Longest accepted webhook URL.
 const MAX_WEBHOOK_URL_LEN: usize = 2048;
+/// Longest accepted webhook secret.
+const MAX_WEBHOOK_SECRET_LEN: usize = 512;
+/// Default and largest page of the webhook attempts listing.
+const DEFAULT_ATTEMPTS_PAGE: usize = 50;
+const MAX_ATTEMPTS_PAGE: usize = 100;
 
 impl Hub {
     /// Registers an agent with a client-held key or a freshly generated pair.
@@ -76,6 +81,7 @@ impl Hub {
         let (webhook_url, webhook_secret) = match reg.webhook_url {
             Some(url) => {
                 self.validate_webhook_url(&url)?;
+                validate_webhook_secret(reg.webhook_secret.as_deref())?;
                 let secret = reg.webhook_secret.unwrap_or_else(generate_webhook_secret);
                 (Some(url), Some(secret))
             }
@@ -167,15 +173,7 @@ impl Hub {
         secret: Option<String>,
     ) -> HubResult<Agent> {
         self.validate_webhook_url(&url)?;
-        if secret
-            .as_ref()
-            .is_some_and(|s| s.is_empty() || s.len() > 512)
-        {
-            return Err(HubError::invalid(
-                "webhook_secret",
-                "must be 1-512 characters",
-            ));
-        }
+        validate_webhook_secret(secret.as_deref())?;
         let change = AgentChange::SetWebhook {
             url: Some(url),
             secret: Some(secret.unwrap_or_else(generate_webhook_secret)),
@@ -184,14 +182,33 @@ impl Hub {
         self.change_agent(agent_id, change).await
     }
 
-    /// Removes the webhook.
+    /// Removes the webhook and cancels the deliveries still pending for it.
     pub async fn clear_webhook(&self, agent_id: &str) -> HubResult<Agent> {
+        let now = self.now();
         let change = AgentChange::SetWebhook {
             url: None,
             secret: None,
-            now: self.now(),
+            now,
         };
-        self.change_agent(agent_id, change).await
+        let agent = self.change_agent(agent_id, change).await?;
+        self.store.cancel_deliveries(agent_id, now).await?;
+        Ok(agent)
+    }
+
+    /// The agent's most recent webhook attempts, newest first (1..=100, default 50).
+    pub async fn webhook_attempts(
+        &self,
+        agent_id: &str,
+        limit: Option<usize>,
+    ) -> HubResult<Vec<DeliveryAttempt>> {
+        let limit = limit.unwrap_or(DEFAULT_ATTEMPTS_PAGE);
+        if !(1..=MAX_ATTEMPTS_PAGE).contains(&limit) {
+            return Err(HubError::invalid(
+                "limit",
+                format!("must be between 1 and {MAX_ATTEMPTS_PAGE}"),
+            ));
+        }
+        Ok(self.store.list_attempts(agent_id, limit).await?)
     }
 
     /// Makes `public_key` current; the old key verifies during the overlap window.
@@ -246,6 +263,29 @@ impl Hub {
         }
         Ok(())
     }
+}
+
+/// 1-512 characters; a `whsec_` secret must carry base64 after the prefix,
+/// since receivers decode it to get the Standard Webhooks key.
+fn validate_webhook_secret(secret: Option<&str>) -> HubResult<()> {
+    let Some(secret) = secret else {
+        return Ok(());
+    };
+    if secret.is_empty() || secret.len() > MAX_WEBHOOK_SECRET_LEN {
+        return Err(HubError::invalid(
+            "webhook_secret",
+            "must be 1-512 characters",
+        ));
+    }
+    if let Some(rest) = secret.strip_prefix("whsec_")
+        && BASE64.decode(rest).is_err()
+    {
+        return Err(HubError::invalid(
+            "webhook_secret",
+            "a whsec_ secret must be followed by standard base64",
+        ));
+    }
+    Ok(())
 }
 
 /// `whsec_` + base64 of 32 random bytes (Standard Webhooks secret format).
@@ -306,6 +346,16 @@ mod tests {
         for public in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
             assert!(is_public_ip(public.parse().unwrap()), "{public}");
         }
+    }
+
+    #[test]
+    fn webhook_secret_rules() {
+        assert!(validate_webhook_secret(None).is_ok());
+        assert!(validate_webhook_secret(Some("plain secret")).is_ok());
+        assert!(validate_webhook_secret(Some("whsec_AAEC")).is_ok());
+        assert!(validate_webhook_secret(Some("")).is_err());
+        assert!(validate_webhook_secret(Some("whsec_not base64!")).is_err());
+        assert!(validate_webhook_secret(Some(&"x".repeat(513))).is_err());
     }
 
     #[test]

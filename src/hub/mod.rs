@@ -13,12 +13,13 @@ mod wakers;
 
 use std::sync::Arc;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::store::Store;
 
-pub use agents::{Registered, Registration, RotatedKey};
+pub use agents::{Registered, Registration, RotatedKey, is_public_ip};
 pub use auth::{Caller, Credentials};
 pub use clock::Clock;
 pub use error::{HubError, HubResult};
@@ -37,6 +38,9 @@ pub struct Hub {
     replays: auth::ReplayCache,
     /// Cancelled on shutdown so long-polls return at once.
     pub shutdown: CancellationToken,
+    /// Poked when a send schedules a webhook delivery, so the worker attempts
+    /// it at once instead of at its next poll.
+    pub webhook_wake: Notify,
 }
 
 impl Hub {
@@ -51,6 +55,7 @@ impl Hub {
             sessions,
             replays: auth::ReplayCache::default(),
             shutdown: CancellationToken::new(),
+            webhook_wake: Notify::new(),
         }
     }
 
