@@ -3,6 +3,7 @@
 //! tests build configurations as plain values and run in parallel.
 
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -45,6 +46,15 @@ pub struct Config {
     /// Operator key: acts on any agent and calls admin routes.
     #[arg(long, env = "MASTER_API_KEY", hide_env_values = true)]
     pub master_api_key: Option<String>,
+    /// File holding the operator key (Docker/Kubernetes secrets); excludes `MASTER_API_KEY`.
+    #[arg(long, env = "MASTER_API_KEY_FILE")]
+    pub master_api_key_file: Option<PathBuf>,
+    /// The previous operator key, still accepted during a rotation overlap.
+    #[arg(long, env = "MASTER_API_KEY_PREVIOUS", hide_env_values = true)]
+    pub master_api_key_previous: Option<String>,
+    /// File holding the previous operator key; excludes `MASTER_API_KEY_PREVIOUS`.
+    #[arg(long, env = "MASTER_API_KEY_PREVIOUS_FILE")]
+    pub master_api_key_previous_file: Option<PathBuf>,
     /// Require an API key or agent signature on every /api route except registration.
     #[arg(long, env = "API_KEY_REQUIRED", default_value_t = false, action = clap::ArgAction::Set)]
     pub api_key_required: bool,
@@ -108,12 +118,49 @@ pub struct Config {
     /// Secret that signs session tokens; random per start when unset.
     #[arg(long, env = "SESSION_SECRET", hide_env_values = true)]
     pub session_secret: Option<String>,
+    /// File holding the session secret; excludes `SESSION_SECRET`.
+    #[arg(long, env = "SESSION_SECRET_FILE")]
+    pub session_secret_file: Option<PathBuf>,
     /// Session token lifetime.
     #[arg(long, env = "SESSION_TTL_SEC", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub session_ttl_sec: u64,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
+}
+
+/// Moves the content of `file` into `value` (see [`Config::resolve_secret_files`]).
+fn resolve_secret_file(
+    name: &str,
+    value: &mut Option<String>,
+    file: &mut Option<PathBuf>,
+) -> Result<(), String> {
+    let Some(path) = file.take() else {
+        return Ok(());
+    };
+    if value.is_some() {
+        return Err(format!(
+            "both {name} and {name}_FILE are set; use one of them"
+        ));
+    }
+    *value = Some(read_secret_file(name, &path)?);
+    Ok(())
+}
+
+/// A secret file's content without its trailing newline; empty is an error.
+fn read_secret_file(name: &str, path: &Path) -> Result<String, String> {
+    let mut text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{name}_FILE: cannot read {}: {e}", path.display()))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.is_empty() {
+        return Err(format!("{name}_FILE: {} is empty", path.display()));
+    }
+    Ok(text)
 }
 
 /// Allowed clock skew for envelope timestamps and HTTP `Date` headers.
@@ -140,6 +187,9 @@ impl Default for Config {
             host: IpAddr::from([0, 0, 0, 0]),
             storage_backend: StorageBackend::Memory,
             master_api_key: None,
+            master_api_key_file: None,
+            master_api_key_previous: None,
+            master_api_key_previous_file: None,
             api_key_required: false,
             agent_auth: AgentAuth::Signature,
             cors_origin: "*".into(),
@@ -160,6 +210,7 @@ impl Default for Config {
             webhook_poll_interval_ms: 1_000,
             webhook_retry_schedule: default_webhook_retry_schedule(),
             session_secret: None,
+            session_secret_file: None,
             session_ttl_sec: 900,
             log_format: LogFormat::Json,
         }
@@ -167,12 +218,61 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Reads the secrets given as files (`MASTER_API_KEY_FILE`,
+    /// `MASTER_API_KEY_PREVIOUS_FILE`, `SESSION_SECRET_FILE`) into their
+    /// values, once, at start-up and before [`validate`](Self::validate).
+    ///
+    /// One trailing newline (`\n` or `\r\n`, as editors and `echo` add) is
+    /// removed; nothing else is trimmed. Setting both a variable and its
+    /// `_FILE` twin is an error naming both. A resolved file field is cleared,
+    /// so calling this again is a no-op. Error messages name the variable and
+    /// the path, never the content.
+    pub fn resolve_secret_files(&mut self) -> Result<(), String> {
+        resolve_secret_file(
+            "MASTER_API_KEY",
+            &mut self.master_api_key,
+            &mut self.master_api_key_file,
+        )?;
+        resolve_secret_file(
+            "MASTER_API_KEY_PREVIOUS",
+            &mut self.master_api_key_previous,
+            &mut self.master_api_key_previous_file,
+        )?;
+        resolve_secret_file(
+            "SESSION_SECRET",
+            &mut self.session_secret,
+            &mut self.session_secret_file,
+        )
+    }
+
     /// Cross-field checks that clap cannot express; the message names the variable.
     pub fn validate(&self) -> Result<(), String> {
+        for (name, file) in [
+            ("MASTER_API_KEY_FILE", &self.master_api_key_file),
+            (
+                "MASTER_API_KEY_PREVIOUS_FILE",
+                &self.master_api_key_previous_file,
+            ),
+            ("SESSION_SECRET_FILE", &self.session_secret_file),
+        ] {
+            if file.is_some() {
+                return Err(format!(
+                    "{name} is set but was not read (call Config::resolve_secret_files first)"
+                ));
+            }
+        }
         if let Some(key) = &self.master_api_key
             && key.len() < 16
         {
             return Err("MASTER_API_KEY must be at least 16 characters".into());
+        }
+        if let Some(key) = &self.master_api_key_previous {
+            if self.master_api_key.is_none() {
+                return Err("MASTER_API_KEY_PREVIOUS needs MASTER_API_KEY (the new key)".into());
+            }
+            if key.len() < 16 {
+                return Err("MASTER_API_KEY_PREVIOUS must be at least 16 characters".into());
+            }
         }
         if self.api_key_required && self.master_api_key.is_none() {
             return Err("API_KEY_REQUIRED=true needs MASTER_API_KEY".into());
@@ -242,5 +342,181 @@ mod tests {
             ..Config::default()
         };
         assert!(config.validate().unwrap_err().contains("MASTER_API_KEY"));
+    }
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!("admp-config-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn file(&self, name: &str, content: &str) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, content).unwrap();
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn secret_files_are_read_without_their_trailing_newline() {
+        let dir = TempDir::new();
+        let mut config = Config {
+            master_api_key_file: Some(dir.file("master", "master-key-0123456789\n")),
+            master_api_key_previous_file: Some(
+                dir.file("previous", "old-master-key-0123456789\r\n"),
+            ),
+            session_secret_file: Some(
+                dir.file("session", "  a session secret, 32 chars or more  "),
+            ),
+            ..Config::default()
+        };
+        config.resolve_secret_files().unwrap();
+        assert_eq!(
+            config.master_api_key.as_deref(),
+            Some("master-key-0123456789")
+        );
+        assert_eq!(
+            config.master_api_key_previous.as_deref(),
+            Some("old-master-key-0123456789")
+        );
+        // Only a trailing newline goes: other whitespace is part of the secret.
+        assert_eq!(
+            config.session_secret.as_deref(),
+            Some("  a session secret, 32 chars or more  ")
+        );
+        assert!(config.master_api_key_file.is_none());
+        config.validate().unwrap();
+        // Resolving again is a no-op, not a "both set" error.
+        config.resolve_secret_files().unwrap();
+        assert_eq!(
+            config.master_api_key.as_deref(),
+            Some("master-key-0123456789")
+        );
+    }
+
+    #[test]
+    fn only_one_trailing_newline_is_removed() {
+        let dir = TempDir::new();
+        let mut config = Config {
+            master_api_key_file: Some(dir.file("master", "master-key-0123456789\n\n")),
+            ..Config::default()
+        };
+        config.resolve_secret_files().unwrap();
+        assert_eq!(
+            config.master_api_key.as_deref(),
+            Some("master-key-0123456789\n")
+        );
+    }
+
+    #[test]
+    fn a_variable_and_its_file_together_are_an_error_naming_both() {
+        let dir = TempDir::new();
+        let mut config = Config {
+            session_secret: Some("x".repeat(40)),
+            session_secret_file: Some(dir.file("session", &"y".repeat(40))),
+            ..Config::default()
+        };
+        let err = config.resolve_secret_files().unwrap_err();
+        assert!(
+            err.contains("SESSION_SECRET and SESSION_SECRET_FILE"),
+            "{err}"
+        );
+        let mut config = Config {
+            master_api_key: Some("master-key-0123456789".into()),
+            master_api_key_file: Some(dir.file("master", "master-key-0123456789")),
+            ..Config::default()
+        };
+        let err = config.resolve_secret_files().unwrap_err();
+        assert!(
+            err.contains("MASTER_API_KEY and MASTER_API_KEY_FILE"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_or_empty_secret_files_are_errors_that_do_not_leak_content() {
+        let dir = TempDir::new();
+        let mut config = Config {
+            master_api_key_file: Some(dir.0.join("absent")),
+            ..Config::default()
+        };
+        let err = config.resolve_secret_files().unwrap_err();
+        assert!(err.starts_with("MASTER_API_KEY_FILE: cannot read"), "{err}");
+        let mut config = Config {
+            session_secret_file: Some(dir.file("empty", "\n")),
+            ..Config::default()
+        };
+        let err = config.resolve_secret_files().unwrap_err();
+        assert!(
+            err.contains("SESSION_SECRET_FILE") && err.contains("empty"),
+            "{err}"
+        );
+        // A secret read from a file is validated like one from the variable,
+        // and the message does not echo it.
+        let mut config = Config {
+            master_api_key_file: Some(dir.file("short", "tooshort\n")),
+            ..Config::default()
+        };
+        config.resolve_secret_files().unwrap();
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.contains("MASTER_API_KEY") && !err.contains("tooshort"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unresolved_secret_files_fail_validation() {
+        let config = Config {
+            master_api_key_file: Some(PathBuf::from("/run/secrets/master")),
+            ..Config::default()
+        };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("MASTER_API_KEY_FILE")
+        );
+    }
+
+    #[test]
+    fn previous_master_key_needs_a_current_one_and_a_real_length() {
+        let config = Config {
+            master_api_key_previous: Some("old-master-key-0123456789".into()),
+            ..Config::default()
+        };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("MASTER_API_KEY_PREVIOUS")
+        );
+        let config = Config {
+            master_api_key: Some("new-master-key-0123456789".into()),
+            master_api_key_previous: Some("short".into()),
+            ..Config::default()
+        };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("MASTER_API_KEY_PREVIOUS")
+        );
+        let config = Config {
+            master_api_key: Some("new-master-key-0123456789".into()),
+            master_api_key_previous: Some("old-master-key-0123456789".into()),
+            ..Config::default()
+        };
+        config.validate().unwrap();
     }
 }

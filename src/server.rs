@@ -70,12 +70,14 @@ pub async fn open_store_url(url: &str, base: &Config) -> anyhow::Result<Arc<dyn 
     open_store(&config).await
 }
 
-/// Binds `HOST:PORT` and serves in the background with the given store.
+/// Reads `*_FILE` secrets, validates, binds `HOST:PORT` and serves in the
+/// background with the given store.
 pub async fn start_with_store(
-    config: Config,
+    mut config: Config,
     store: Arc<dyn Store>,
     clock: Clock,
 ) -> anyhow::Result<RunningHub> {
+    config.resolve_secret_files().map_err(anyhow::Error::msg)?;
     config.validate().map_err(anyhow::Error::msg)?;
     if config.agent_auth == AgentAuth::Legacy {
         tracing::warn!(

@@ -629,6 +629,55 @@ async fn master_key_acts_for_any_agent_and_wrong_keys_are_refused() {
     assert_eq!(response.status(), 200);
 }
 
+/// Master key rotation without downtime: the new key from a file
+/// (`MASTER_API_KEY_FILE`), the old one still accepted through
+/// `MASTER_API_KEY_PREVIOUS`; once the previous key is dropped it is refused.
+#[tokio::test]
+async fn previous_master_key_works_during_a_rotation_overlap() {
+    let dir = std::env::temp_dir().join(format!("admp-rotation-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("master_api_key");
+    std::fs::write(&key_file, "new-master-key-0123456789\n").unwrap();
+    let get_agent = |hub: &TestHub, key: &str| {
+        hub.http
+            .get(hub.url("/api/agents/bob"))
+            .header("x-api-key", key)
+            .send()
+    };
+
+    let overlap = Config {
+        master_api_key: None,
+        master_api_key_file: Some(key_file.clone()),
+        master_api_key_previous: Some(MASTER_KEY.into()),
+        ..test_config()
+    };
+    let hub = TestHub::start(overlap).await;
+    hub.agent("bob").await;
+    for key in [MASTER_KEY, "new-master-key-0123456789"] {
+        assert_eq!(get_agent(&hub, key).await.unwrap().status(), 200, "{key}");
+    }
+    let response = get_agent(&hub, "wrong-key").await.unwrap();
+    expect_error(response, 401, "INVALID_API_KEY").await;
+
+    let after = Config {
+        master_api_key: None,
+        master_api_key_file: Some(key_file),
+        ..test_config()
+    };
+    let hub = TestHub::start(after).await;
+    hub.agent("bob").await;
+    assert_eq!(
+        get_agent(&hub, "new-master-key-0123456789")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let response = get_agent(&hub, MASTER_KEY).await.unwrap();
+    expect_error(response, 401, "INVALID_API_KEY").await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn api_key_required_gates_every_route_but_registration() {
     let config = Config {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -70,6 +70,9 @@ enum Command {
         #[arg(long)]
         merge: bool,
     },
+    /// Probe a hub's `/health`: exit 0 on 200, 1 otherwise (the Docker
+    /// `HEALTHCHECK`; no curl needed in the image).
+    Healthcheck(HealthcheckArgs),
     /// Agent management.
     #[command(subcommand)]
     Agent(AgentCommand),
@@ -109,6 +112,28 @@ enum Command {
         as_agent: String,
         message_id: String,
     },
+}
+
+/// `admp healthcheck` options.
+#[derive(Args)]
+struct HealthcheckArgs {
+    /// URL to probe [default: http://127.0.0.1:$PORT/health].
+    #[arg(long)]
+    url: Option<String>,
+    /// Port of the local hub when `--url` is absent (the hub's own `PORT`).
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    port: u16,
+    /// Give up after this many milliseconds (connect and response).
+    #[arg(long, default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    timeout_ms: u64,
+}
+
+impl HealthcheckArgs {
+    fn url(&self) -> String {
+        self.url
+            .clone()
+            .unwrap_or_else(|| format!("http://127.0.0.1:{}/health", self.port))
+    }
 }
 
 #[derive(Subcommand)]
@@ -200,8 +225,9 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(mut config: Config) -> anyhow::Result<()> {
     init_tracing(config.log_format);
+    config.resolve_secret_files().map_err(anyhow::Error::msg)?;
     config.validate().map_err(anyhow::Error::msg)?;
     crate::server::serve(config).await
 }
@@ -241,6 +267,7 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
             let report = transfer::import_into(&to, lines, merge).await?;
             print_json(&serde_json::to_value(report)?);
         }
+        Command::Healthcheck(args) => healthcheck(&args).await?,
         Command::Keygen => {
             let key = keys::generate();
             print_json(&json!({
@@ -302,6 +329,29 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
             print_response(client.request(Method::GET, &path, None).send().await?).await?;
         }
     }
+    Ok(())
+}
+
+/// GETs the health URL once; `Ok` only on exactly 200. Proxies from the
+/// environment and redirects are ignored: the probe is about this hub.
+async fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<()> {
+    let url = args.url();
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(args.timeout_ms))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()?;
+    let response = http
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = response.status();
+    anyhow::ensure!(
+        status == reqwest::StatusCode::OK,
+        "GET {url} answered {status}"
+    );
+    println!("healthy: GET {url} answered {status}");
     Ok(())
 }
 

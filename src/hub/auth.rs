@@ -116,14 +116,16 @@ impl Hub {
         }
     }
 
+    /// `MASTER_API_KEY`, or `MASTER_API_KEY_PREVIOUS` during a rotation overlap.
     fn is_master_key(&self, given: &str) -> bool {
         let Some(master) = &self.config.master_api_key else {
             return false;
         };
-        // Hash both sides so the comparison takes the same time whatever the lengths.
-        let given = Sha256::digest(given.as_bytes());
-        let master = Sha256::digest(master.as_bytes());
-        given.ct_eq(&master).into()
+        master_key_matches(
+            given,
+            master,
+            self.config.master_api_key_previous.as_deref(),
+        )
     }
 
     async fn authenticate_signature(
@@ -212,6 +214,19 @@ impl Hub {
         };
         Ok((self.sessions.seal(&claims), exp))
     }
+}
+
+/// Whether `given` is the operator key `current` or, during a rotation
+/// overlap, `previous`. Both sides are hashed so the comparison takes the
+/// same time whatever the lengths, and both comparisons always run (`|` and
+/// `&` on [`subtle::Choice`] do not short-circuit), so timing does not tell
+/// which key matched.
+fn master_key_matches(given: &str, current: &str, previous: Option<&str>) -> bool {
+    let given = Sha256::digest(given.as_bytes());
+    let current = Sha256::digest(current.as_bytes());
+    let previous_set = subtle::Choice::from(u8::from(previous.is_some()));
+    let previous = Sha256::digest(previous.unwrap_or_default().as_bytes());
+    (given.ct_eq(&current) | (given.ct_eq(&previous) & previous_set)).into()
 }
 
 /// Signed header carrying a per-request nonce for replay protection.
@@ -355,6 +370,19 @@ mod tests {
         let forged_payload = B64URL.encode(br#"{"sub":"eve","kv":1,"ca":5,"exp":10}"#);
         assert!(key.open(&format!("{forged_payload}.{tag}")).is_err());
         assert!(key.open(payload).is_err());
+    }
+
+    #[test]
+    fn master_key_accepts_the_previous_key_only_when_configured() {
+        let (new, old) = ("new-master-key-0123456789", "old-master-key-0123456789");
+        assert!(master_key_matches(new, new, None));
+        assert!(!master_key_matches(old, new, None));
+        assert!(!master_key_matches("", new, None));
+        assert!(master_key_matches(new, new, Some(old)));
+        assert!(master_key_matches(old, new, Some(old)));
+        assert!(!master_key_matches("other-key-0123456789", new, Some(old)));
+        assert!(!master_key_matches("", new, Some(old)));
+        assert!(!master_key_matches(&format!("{new}x"), new, Some(old)));
     }
 
     #[test]
