@@ -30,7 +30,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the hub (the default).
-    Serve(Config),
+    Serve(Box<Config>),
     /// Print a fresh Ed25519 key pair (base64), for clients that register with `public_key`.
     Keygen,
     /// Print docs/ERROR-CODES.md (generated from the code).
@@ -212,7 +212,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             None => serve(cli.serve).await,
-            Some(Command::Serve(config)) => serve(config).await,
+            Some(Command::Serve(config)) => serve(*config).await,
             Some(command) => client_command(command).await,
         }
     });
