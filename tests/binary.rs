@@ -68,3 +68,40 @@ fn a_bad_setting_stops_start_up_naming_the_variable() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("MASTER_API_KEY"), "{stderr}");
 }
+
+/// Secrets from files, through the real environment of the real binary (set
+/// on the child only): a variable and its `_FILE` twin together, or an
+/// unreadable file, stop start-up with a message naming the variables.
+#[test]
+fn secret_file_mistakes_stop_start_up_naming_the_variables() {
+    let dir = std::env::temp_dir().join(format!("admp-binary-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("master_api_key");
+    std::fs::write(&key_file, "file-master-key-0123456789\n").unwrap();
+
+    let output = Command::new(env!("CARGO_BIN_EXE_admp"))
+        .args(["serve", "--port", "0"])
+        .current_dir(&dir)
+        .env("MASTER_API_KEY", "env-master-key-0123456789")
+        .env("MASTER_API_KEY_FILE", &key_file)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("MASTER_API_KEY and MASTER_API_KEY_FILE"),
+        "{stderr}"
+    );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_admp"))
+        .args(["serve", "--port", "0"])
+        .current_dir(&dir)
+        .env_remove("SESSION_SECRET")
+        .env("SESSION_SECRET_FILE", dir.join("missing"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("SESSION_SECRET_FILE"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
