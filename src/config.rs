@@ -11,8 +11,22 @@ use clap::{Args, ValueEnum};
 /// Where messages and agents are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StorageBackend {
+    /// Embedded SQLite file (`DATABASE_URL=sqlite://…`): survives restarts, one hub instance.
+    Sqlite,
+    /// PostgreSQL (`DATABASE_URL=postgres://…`): several hub instances on one database.
+    Postgres,
     /// In-process maps; lost on exit.
     Memory,
+}
+
+/// SQLite's `synchronous` setting: what an acknowledged write survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SqliteSynchronous {
+    /// Sync the WAL on every commit: survives process crash and power loss.
+    Full,
+    /// Sync at checkpoints only: survives a process crash; a power loss may
+    /// drop the last commits.
+    Normal,
 }
 
 /// How agent-scoped routes authenticate.
@@ -41,8 +55,18 @@ pub struct Config {
     #[arg(long, env = "HOST", default_value = "0.0.0.0")]
     pub host: IpAddr,
     /// Storage backend.
-    #[arg(long, env = "STORAGE_BACKEND", value_enum, default_value_t = StorageBackend::Memory)]
+    #[arg(long, env = "STORAGE_BACKEND", value_enum, default_value_t = StorageBackend::Sqlite)]
     pub storage_backend: StorageBackend,
+    /// Database of the sqlite and postgres backends, e.g. `sqlite://admp.db?mode=rwc`
+    /// (`mode=rwc` creates the file) or `postgres://user@host/db`.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+    /// Connection pool size (sqlite: readers beside the single writer).
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: u32,
+    /// SQLite durability (see docs/STORAGE.md).
+    #[arg(long, env = "SQLITE_SYNCHRONOUS", value_enum, default_value_t = SqliteSynchronous::Full)]
+    pub sqlite_synchronous: SqliteSynchronous,
     /// Operator key: acts on any agent and calls admin routes.
     #[arg(long, env = "MASTER_API_KEY", hide_env_values = true)]
     pub master_api_key: Option<String>,
@@ -163,6 +187,9 @@ fn read_secret_file(name: &str, path: &Path) -> Result<String, String> {
     Ok(text)
 }
 
+/// Where the default backend keeps its data: `admp.db` in the working directory, created if missing.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://admp.db?mode=rwc";
+
 /// Allowed clock skew for envelope timestamps and HTTP `Date` headers.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 
@@ -185,7 +212,10 @@ impl Default for Config {
         Config {
             port: 8080,
             host: IpAddr::from([0, 0, 0, 0]),
-            storage_backend: StorageBackend::Memory,
+            storage_backend: StorageBackend::Sqlite,
+            database_url: DEFAULT_DATABASE_URL.into(),
+            database_max_connections: 10,
+            sqlite_synchronous: SqliteSynchronous::Full,
             master_api_key: None,
             master_api_key_file: None,
             master_api_key_previous: None,
@@ -276,6 +306,22 @@ impl Config {
         }
         if self.api_key_required && self.master_api_key.is_none() {
             return Err("API_KEY_REQUIRED=true needs MASTER_API_KEY".into());
+        }
+        let url = self.database_url.as_str();
+        match self.storage_backend {
+            StorageBackend::Sqlite if !url.starts_with("sqlite:") => {
+                return Err(
+                    "DATABASE_URL must be a sqlite:// URL when STORAGE_BACKEND=sqlite".into(),
+                );
+            }
+            StorageBackend::Postgres
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) =>
+            {
+                return Err(
+                    "DATABASE_URL must be a postgres:// URL when STORAGE_BACKEND=postgres".into(),
+                );
+            }
+            _ => {}
         }
         if let Some(secret) = &self.session_secret
             && secret.len() < 32
@@ -518,5 +564,25 @@ mod tests {
             ..Config::default()
         };
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn database_url_must_match_the_backend() {
+        let config = Config {
+            storage_backend: StorageBackend::Postgres,
+            ..Config::default()
+        };
+        assert!(config.validate().unwrap_err().contains("DATABASE_URL"));
+        let config = Config {
+            database_url: "postgres://localhost/admp".into(),
+            ..Config::default()
+        };
+        assert!(config.validate().unwrap_err().contains("DATABASE_URL"));
+        let config = Config {
+            storage_backend: StorageBackend::Memory,
+            database_url: "postgres://localhost/admp".into(),
+            ..Config::default()
+        };
+        assert!(config.validate().is_ok());
     }
 }

@@ -10,9 +10,9 @@ use tokio::task::JoinHandle;
 
 use crate::api::{AppState, router};
 use crate::config::{AgentAuth, Config, StorageBackend};
-use crate::hub::{Clock, Hub};
+use crate::hub::{Clock, Hub, InboxWakers};
 use crate::jobs::{JobStats, sweeper, webhooks};
-use crate::store::{Store, memory::MemoryStore};
+use crate::store::{Store, memory::MemoryStore, postgres::PostgresStore, sqlite::SqliteStore};
 
 /// A hub serving in the background.
 pub struct RunningHub {
@@ -49,32 +49,67 @@ impl RunningHub {
     }
 }
 
-/// Opens the configured storage backend.
-pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    match config.storage_backend {
-        StorageBackend::Memory => Ok(Arc::new(MemoryStore::new())),
-    }
+/// Opens the configured storage backend (applying migrations for the SQL
+/// ones). `wakers` receive the wake-ups other instances send through the
+/// database, so they must be the ones the hub's long-polls wait on.
+pub async fn open_store(
+    config: &Config,
+    wakers: Arc<InboxWakers>,
+) -> anyhow::Result<Arc<dyn Store>> {
+    let url = &config.database_url;
+    let max_connections = config.database_max_connections;
+    Ok(match config.storage_backend {
+        StorageBackend::Memory => Arc::new(MemoryStore::new()),
+        StorageBackend::Sqlite => Arc::new(
+            SqliteStore::open(url, max_connections, config.sqlite_synchronous)
+                .await
+                .context("opening the SQLite database (DATABASE_URL)")?,
+        ),
+        StorageBackend::Postgres => Arc::new(
+            PostgresStore::open(url, max_connections, wakers)
+                .await
+                .context("opening the PostgreSQL database (DATABASE_URL)")?,
+        ),
+    })
 }
 
-/// Opens a store named by URL (`memory://`, and the durable backends' URLs),
-/// with `base` supplying every other setting. Used by export/import/migrate.
+/// Opens a store named by URL (`memory://`, `sqlite://…`, `postgres://…`),
+/// with `base` supplying every other setting. Used by export/import/migrate,
+/// which run outside a hub: nobody long-polls, so the wakers are throwaway.
 pub async fn open_store_url(url: &str, base: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    let backend = match url.split_once("://").map(|(scheme, _)| scheme) {
+    let backend = match url.split_once(':').map(|(scheme, _)| scheme) {
         Some("memory") => StorageBackend::Memory,
-        _ => anyhow::bail!("unsupported storage URL {url:?} (expected memory://)"),
+        Some("sqlite") => StorageBackend::Sqlite,
+        Some("postgres" | "postgresql") => StorageBackend::Postgres,
+        _ => anyhow::bail!(
+            "unsupported storage URL {url:?} (expected memory://, sqlite://… or postgres://…)"
+        ),
     };
     let config = Config {
         storage_backend: backend,
+        database_url: url.to_string(),
         ..base.clone()
     };
-    open_store(&config).await
+    open_store(&config, Arc::default()).await
 }
 
 /// Reads `*_FILE` secrets, validates, binds `HOST:PORT` and serves in the
-/// background with the given store.
+/// background with the given store and fresh long-poll wakers (right for
+/// stores that relay no wake-ups).
 pub async fn start_with_store(
+    config: Config,
+    store: Arc<dyn Store>,
+    clock: Clock,
+) -> anyhow::Result<RunningHub> {
+    start_with_wakers(config, store, Arc::default(), clock).await
+}
+
+/// Reads `*_FILE` secrets, validates, binds `HOST:PORT` and serves in the
+/// background with the given store and the wakers that store relays wake-ups to.
+pub async fn start_with_wakers(
     mut config: Config,
     store: Arc<dyn Store>,
+    wakers: Arc<InboxWakers>,
     clock: Clock,
 ) -> anyhow::Result<RunningHub> {
     config.resolve_secret_files().map_err(anyhow::Error::msg)?;
@@ -89,7 +124,7 @@ pub async fn start_with_store(
         .await
         .with_context(|| format!("binding {}:{}", config.host, config.port))?;
     let addr = listener.local_addr()?;
-    let hub = Arc::new(Hub::new(Arc::new(config), store, clock));
+    let hub = Arc::new(Hub::new(Arc::new(config), store, clock, wakers));
     let app = router(AppState { hub: hub.clone() });
     let stop = hub.shutdown.clone();
     let server = tokio::spawn(async move {
@@ -114,10 +149,13 @@ pub async fn start_with_store(
     })
 }
 
-/// Opens the configured store, then [`start_with_store`].
-pub async fn start(config: Config, clock: Clock) -> anyhow::Result<RunningHub> {
-    let store = open_store(&config).await?;
-    start_with_store(config, store, clock).await
+/// Opens the configured store, then [`start_with_wakers`].
+pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<RunningHub> {
+    config.resolve_secret_files().map_err(anyhow::Error::msg)?;
+    config.validate().map_err(anyhow::Error::msg)?;
+    let wakers = Arc::new(InboxWakers::default());
+    let store = open_store(&config, wakers.clone()).await?;
+    start_with_wakers(config, store, wakers, clock).await
 }
 
 /// `admp serve`: runs until SIGTERM or SIGINT, then shuts down gracefully.

@@ -44,14 +44,20 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Builds a hub over `store`.
-    pub fn new(config: Arc<Config>, store: Arc<dyn Store>, clock: Clock) -> Self {
+    /// Builds a hub over `store`. `wakers` are shared with the store when it
+    /// relays wake-ups between instances (PostgreSQL LISTEN/NOTIFY).
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        clock: Clock,
+        wakers: Arc<InboxWakers>,
+    ) -> Self {
         let sessions = auth::SessionKey::new(config.session_secret.as_deref());
         Hub {
             config,
             store,
             clock,
-            wakers: Arc::new(InboxWakers::default()),
+            wakers,
             sessions,
             replays: auth::ReplayCache::default(),
             shutdown: CancellationToken::new(),

@@ -30,6 +30,14 @@ impl InboxWakers {
         }
     }
 
+    /// Wakes every long-poll: after a lost cross-instance notification
+    /// channel, when any inbox may have changed unseen.
+    pub fn wake_all(&self) {
+        for n in self.inboxes.iter() {
+            n.value().notify_waiters();
+        }
+    }
+
     /// Forgets a deleted agent's notifier after waking its waiters.
     pub fn remove(&self, agent_id: &str) {
         if let Some((_, n)) = self.inboxes.remove(agent_id) {

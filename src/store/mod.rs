@@ -7,6 +7,9 @@
 
 pub mod memory;
 mod model;
+pub mod postgres;
+mod sql;
+pub mod sqlite;
 pub mod transfer;
 
 use async_trait::async_trait;

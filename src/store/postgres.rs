@@ -1,0 +1,1010 @@
+//! PostgreSQL backend: the scale-out path, several hub instances on one database.
+//!
+//! - **Leasing** is one statement: a CTE picks the oldest available messages
+//!   of the inbox `FOR UPDATE SKIP LOCKED` and the `UPDATE` leases them, so
+//!   concurrent pulls on any number of instances never lease a message twice
+//!   and never wait on each other's rows.
+//! - **Sweeps** (lease reclaim, TTL, retention, offline) pick their batch the
+//!   same way, so every instance may sweep at once: a row is handled by
+//!   whichever transaction locks it first and re-checked after the lock, so
+//!   nothing is counted twice or updated from a stale read.
+//! - **Writes that read first** (enqueue's quota and idempotency checks,
+//!   agent updates) lock the agent row; the audit chain locks its head row.
+//! - **Wake-ups**: enqueue and every requeue `NOTIFY` a channel with the
+//!   recipient id (delivered at commit); a listener task on each instance
+//!   wakes that instance's long-polls. If the listener loses its connection
+//!   it reconnects and wakes every long-poll, since notifications may have
+//!   been missed meanwhile.
+//!
+//! Tables live in the connection's current schema (`search_path`, e.g.
+//! `?options=-c%20search_path%3Dadmp` in `DATABASE_URL`), and the channel is
+//! named after it, so several hubs can share one database in separate schemas.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{PgExecutor, Postgres, Row};
+use tokio::task::JoinHandle;
+
+use super::sql::{self, db_error, limit, to_json, to_json_opt};
+use super::*;
+use crate::hub::InboxWakers;
+
+/// Migrations embedded in the binary, applied at open.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How long a call waits for a pooled connection before reporting `Unavailable`.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest pause between attempts to re-establish a broken `LISTEN`.
+const MAX_LISTEN_BACKOFF: Duration = Duration::from_secs(30);
+/// PostgreSQL truncates identifiers (and refuses channel names) beyond this.
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+type PgQuery = sqlx::query::Query<'static, Postgres, PgArguments>;
+
+/// A PostgreSQL schema holding the whole hub; safe to share between instances.
+pub struct PostgresStore {
+    pool: PgPool,
+    /// Wake-up channel of this schema.
+    channel: String,
+    /// The task that turns notifications into long-poll wake-ups.
+    listener: JoinHandle<()>,
+}
+
+impl PostgresStore {
+    /// Connects to `url`, applies pending migrations (under sqlx's advisory
+    /// lock, so instances starting together migrate once) and starts
+    /// listening for wake-ups on behalf of `wakers`.
+    pub async fn open(
+        url: &str,
+        max_connections: u32,
+        wakers: Arc<InboxWakers>,
+    ) -> StoreResult<Self> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Internal(format!("DATABASE_URL: {e}")))?
+            .application_name("admp");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await
+            .map_err(db_error)?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Internal(format!("migrating the PostgreSQL schema: {e}")))?;
+        let schema: Option<String> = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&pool)
+            .await
+            .map_err(db_error)?;
+        let schema = schema.ok_or_else(|| {
+            StoreError::Internal("no current schema: check search_path in DATABASE_URL".into())
+        })?;
+        let channel = channel_name(&schema);
+
+        // The listener keeps its own connection so it never starves the pool.
+        let listener_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(db_error)?;
+        let mut listener = PgListener::connect_with(&listener_pool)
+            .await
+            .map_err(db_error)?;
+        listener.listen(&channel).await.map_err(db_error)?;
+        let listener = tokio::spawn(forward_wakeups(listener, wakers));
+        Ok(PostgresStore {
+            pool,
+            channel,
+            listener,
+        })
+    }
+
+    /// Stops listening and closes every connection.
+    pub async fn close(&self) {
+        self.listener.abort();
+        self.pool.close().await;
+    }
+
+    /// Wakes long-polls of `recipients` on every instance (at commit when
+    /// `executor` is a transaction).
+    async fn notify(
+        &self,
+        executor: impl PgExecutor<'_>,
+        recipients: &[String],
+    ) -> StoreResult<()> {
+        if recipients.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("SELECT pg_notify($1, r) FROM unnest($2::text[]) AS r")
+            .bind(&self.channel)
+            .bind(recipients)
+            .execute(executor)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Message state and lease id as seen by a fresh read, to explain a refused ack/nack.
+    async fn lease_state(
+        &self,
+        recipient: &str,
+        message_id: &str,
+    ) -> StoreResult<Option<(String, Option<String>)>> {
+        let row =
+            sqlx::query("SELECT state, lease_id FROM messages WHERE id = $1 AND recipient = $2")
+                .bind(message_id)
+                .bind(recipient)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?;
+        row.map(|r| {
+            Ok((
+                r.try_get("state").map_err(db_error)?,
+                r.try_get("lease_id").map_err(db_error)?,
+            ))
+        })
+        .transpose()
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// `admp_wake_<schema>`, cut to PostgreSQL's identifier length (a shared
+/// prefix only costs spurious wake-ups).
+fn channel_name(schema: &str) -> String {
+    let mut name = format!("admp_wake_{schema}");
+    while name.len() > MAX_IDENTIFIER_BYTES {
+        name.pop();
+    }
+    name
+}
+
+/// Wakes the long-polls of each notified recipient until the task is aborted.
+async fn forward_wakeups(mut listener: PgListener, wakers: Arc<InboxWakers>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => {
+                wakers.wake(notification.payload());
+                backoff = Duration::from_millis(100);
+            }
+            Ok(None) => {
+                tracing::warn!("LISTEN connection lost and re-established; waking every long-poll");
+                wakers.wake_all();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                    "LISTEN connection failed; long-polls fall back to their deadline");
+                wakers.wake_all();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_LISTEN_BACKOFF);
+            }
+        }
+    }
+}
+
+fn message(row: &PgRow) -> StoreResult<Message> {
+    sql::message_from_row(row).map(|(_, m)| m)
+}
+
+/// `INSERT` of a whole message; conflicts (id or idempotency key) insert nothing.
+fn insert_message(m: &Message) -> StoreResult<PgQuery> {
+    Ok(sqlx::query(
+        "INSERT INTO messages (id, recipient, sender, envelope, state, attempts, lease_id, \
+         lease_until, visible_at, expires_at, created_at, updated_at, acked_at, ended_at, \
+         dead_reason, result, idempotency_key, content_hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(m.id.clone())
+    .bind(m.recipient.clone())
+    .bind(m.sender.clone())
+    .bind(to_json(&m.envelope)?)
+    .bind(m.state.as_str())
+    .bind(i64::from(m.attempts))
+    .bind(m.lease_id.clone())
+    .bind(m.lease_until)
+    .bind(m.visible_at)
+    .bind(m.expires_at)
+    .bind(m.created_at)
+    .bind(m.updated_at)
+    .bind(m.acked_at)
+    .bind(m.ended_at)
+    .bind(m.dead_reason.clone())
+    .bind(to_json_opt(m.result.as_ref())?)
+    .bind(m.idempotency_key.clone())
+    .bind(m.content_hash.clone()))
+}
+
+/// `INSERT` of a whole agent; a taken id inserts nothing.
+fn insert_agent(a: &Agent) -> StoreResult<PgQuery> {
+    Ok(sqlx::query(
+        "INSERT INTO agents (agent_id, agent_type, metadata, keys, webhook_url, webhook_secret, \
+         trusted_agents, last_heartbeat, online, heartbeat_interval_ms, heartbeat_timeout_ms, \
+         created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(a.agent_id.clone())
+    .bind(a.agent_type.clone())
+    .bind(to_json(&a.metadata)?)
+    .bind(to_json(&a.keys)?)
+    .bind(a.webhook_url.clone())
+    .bind(a.webhook_secret.clone())
+    .bind(to_json(&a.trusted_agents)?)
+    .bind(a.last_heartbeat)
+    .bind(a.online)
+    .bind(a.heartbeat_interval_ms as i64)
+    .bind(a.heartbeat_timeout_ms as i64)
+    .bind(a.created_at)
+    .bind(a.updated_at))
+}
+
+fn insert_delivery(d: &Delivery) -> PgQuery {
+    sqlx::query(
+        "INSERT INTO deliveries (id, message_id, agent_id, state, attempts, next_attempt_at, \
+         created_at, updated_at, last_status, last_error) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(d.id.clone())
+    .bind(d.message_id.clone())
+    .bind(d.agent_id.clone())
+    .bind(d.state.as_str())
+    .bind(i64::from(d.attempts))
+    .bind(d.next_attempt_at)
+    .bind(d.created_at)
+    .bind(d.updated_at)
+    .bind(d.last_status.map(i64::from))
+    .bind(d.last_error.clone())
+}
+
+/// Lease statement: locks the oldest available messages of one inbox
+/// (skipping rows other pulls hold) and moves each to `leased` (fresh lease
+/// id), `expired` (past TTL) or `dead` (an expired lease at the attempt limit).
+/// Binds: recipient, now, visibility_ms, max_attempts, limit.
+const LEASE: &str = "\
+WITH picked AS (
+    SELECT seq,
+           available_at AS was_available_at,
+           CASE WHEN expires_at <= $2 THEN 'expired'
+                WHEN state = 'leased' AND attempts >= $4 THEN 'dead'
+                ELSE 'leased' END AS next_state
+    FROM messages
+    WHERE recipient = $1 AND state IN ('queued', 'leased') AND available_at <= $2
+    ORDER BY available_at, seq
+    LIMIT $5
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE messages m SET
+    state = picked.next_state,
+    attempts = CASE WHEN picked.next_state = 'leased' THEN m.attempts + 1 ELSE m.attempts END,
+    lease_id = CASE WHEN picked.next_state = 'leased' THEN gen_random_uuid()::text END,
+    lease_until = CASE WHEN picked.next_state = 'leased' THEN $2 + $3 END,
+    visible_at = picked.was_available_at,
+    ended_at = CASE WHEN picked.next_state = 'leased' THEN m.ended_at ELSE $2 END,
+    dead_reason = CASE WHEN picked.next_state = 'dead' THEN 'max_attempts' ELSE m.dead_reason END,
+    updated_at = $2
+FROM picked
+WHERE m.seq = picked.seq
+RETURNING m.*";
+
+/// Reclaim of expired leases, all inboxes. Binds: now, max_attempts, limit.
+const RECLAIM_ALL: &str = "\
+WITH due AS (
+    SELECT seq FROM messages
+    WHERE state = 'leased' AND lease_until <= $1
+    ORDER BY lease_until
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE messages m SET
+    state = CASE WHEN m.attempts >= $2 THEN 'dead' ELSE 'queued' END,
+    lease_id = NULL,
+    lease_until = NULL,
+    visible_at = CASE WHEN m.attempts >= $2 THEN m.visible_at ELSE $1 END,
+    ended_at = CASE WHEN m.attempts >= $2 THEN $1 ELSE m.ended_at END,
+    dead_reason = CASE WHEN m.attempts >= $2 THEN 'max_attempts' ELSE m.dead_reason END,
+    updated_at = $1
+FROM due
+WHERE m.seq = due.seq
+RETURNING m.state, m.recipient";
+
+/// Reclaim of expired leases, one inbox. Binds: now, max_attempts, limit, recipient.
+const RECLAIM_INBOX: &str = "\
+WITH due AS (
+    SELECT seq FROM messages
+    WHERE recipient = $4 AND state = 'leased' AND lease_until <= $1
+    ORDER BY lease_until
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE messages m SET
+    state = CASE WHEN m.attempts >= $2 THEN 'dead' ELSE 'queued' END,
+    lease_id = NULL,
+    lease_until = NULL,
+    visible_at = CASE WHEN m.attempts >= $2 THEN m.visible_at ELSE $1 END,
+    ended_at = CASE WHEN m.attempts >= $2 THEN $1 ELSE m.ended_at END,
+    dead_reason = CASE WHEN m.attempts >= $2 THEN 'max_attempts' ELSE m.dead_reason END,
+    updated_at = $1
+FROM due
+WHERE m.seq = due.seq
+RETURNING m.state, m.recipient";
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn create_agent(&self, agent: Agent) -> StoreResult<()> {
+        let inserted = insert_agent(&agent)?
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::AgentExists);
+        }
+        Ok(())
+    }
+
+    async fn get_agent(&self, agent_id: &str) -> StoreResult<Option<Agent>> {
+        sqlx::query("SELECT * FROM agents WHERE agent_id = $1")
+            .bind(agent_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?
+            .map(|r| sql::agent_from_row(&r))
+            .transpose()
+    }
+
+    async fn update_agent(&self, agent_id: &str, change: &AgentChange) -> StoreResult<Agent> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let row = sqlx::query("SELECT * FROM agents WHERE agent_id = $1 FOR UPDATE")
+            .bind(agent_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .ok_or(StoreError::AgentNotFound)?;
+        let mut agent = sql::agent_from_row(&row)?;
+        change.apply(&mut agent);
+        sqlx::query(
+            "UPDATE agents SET agent_type = $2, metadata = $3, keys = $4, webhook_url = $5, \
+             webhook_secret = $6, trusted_agents = $7, last_heartbeat = $8, online = $9, \
+             heartbeat_interval_ms = $10, heartbeat_timeout_ms = $11, updated_at = $12 \
+             WHERE agent_id = $1",
+        )
+        .bind(agent_id)
+        .bind(&agent.agent_type)
+        .bind(to_json(&agent.metadata)?)
+        .bind(to_json(&agent.keys)?)
+        .bind(&agent.webhook_url)
+        .bind(&agent.webhook_secret)
+        .bind(to_json(&agent.trusted_agents)?)
+        .bind(agent.last_heartbeat)
+        .bind(agent.online)
+        .bind(agent.heartbeat_interval_ms as i64)
+        .bind(agent.heartbeat_timeout_ms as i64)
+        .bind(agent.updated_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(agent)
+    }
+
+    async fn delete_agent(&self, agent_id: &str, now: Millis) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        // Deleting the row waits for in-flight enqueues (they lock it), and
+        // later enqueues find no recipient: nothing slips in after the sweep below.
+        let deleted = sqlx::query("DELETE FROM agents WHERE agent_id = $1")
+            .bind(agent_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        if deleted.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE messages SET state = 'dead', dead_reason = $3, lease_id = NULL, \
+             lease_until = NULL, ended_at = $2, updated_at = $2 \
+             WHERE recipient = $1 AND state IN ('queued', 'leased')",
+        )
+        .bind(agent_id)
+        .bind(now)
+        .bind(dead_reason::RECIPIENT_DELETED)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        sqlx::query(
+            "UPDATE deliveries SET state = 'cancelled', updated_at = $2 \
+             WHERE agent_id = $1 AND state = 'pending'",
+        )
+        .bind(agent_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(true)
+    }
+
+    async fn mark_offline(&self, now: Millis, batch: usize) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "WITH due AS ( \
+                 SELECT agent_id FROM agents WHERE online AND offline_at <= $1 \
+                 ORDER BY offline_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE agents a SET online = FALSE FROM due \
+             WHERE a.agent_id = due.agent_id AND a.online AND a.offline_at <= $1",
+        )
+        .bind(now)
+        .bind(limit(batch))
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn enqueue(
+        &self,
+        message: Message,
+        quota: u64,
+        delivery: Option<Delivery>,
+    ) -> StoreResult<Enqueued> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        // Locking the recipient serialises enqueues per inbox, which makes the
+        // idempotency and quota checks below exact.
+        let recipient_exists = sqlx::query("SELECT 1 FROM agents WHERE agent_id = $1 FOR UPDATE")
+            .bind(&message.recipient)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        if recipient_exists.is_none() {
+            return Err(StoreError::AgentNotFound);
+        }
+        if let Some(key) = &message.idempotency_key {
+            let existing =
+                sqlx::query("SELECT * FROM messages WHERE recipient = $1 AND idempotency_key = $2")
+                    .bind(&message.recipient)
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+            if let Some(row) = existing {
+                let existing = self::message(&row)?;
+                return if existing.content_hash == message.content_hash {
+                    Ok(Enqueued::Duplicate(existing))
+                } else {
+                    Err(StoreError::IdempotencyConflict)
+                };
+            }
+        }
+        let live: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM messages \
+             WHERE recipient = $1 AND state IN ('queued', 'leased') LIMIT $2) AS live",
+        )
+        .bind(&message.recipient)
+        .bind(i64::try_from(quota).unwrap_or(i64::MAX))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if live as u64 >= quota {
+            return Err(StoreError::InboxFull);
+        }
+        let inserted = insert_message(&message)?
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::MessageIdTaken);
+        }
+        if let Some(delivery) = &delivery {
+            insert_delivery(delivery)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        self.notify(&mut *tx, std::slice::from_ref(&message.recipient))
+            .await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(Enqueued::Created(message))
+    }
+
+    async fn lease(&self, request: &LeaseRequest) -> StoreResult<Vec<Message>> {
+        let mut leased = Vec::new();
+        // Messages expired or dead-lettered on the way do not count against
+        // `max_messages`: lease again for the remainder while the statement
+        // keeps finding candidates. Each round is one atomic statement.
+        while leased.len() < request.max_messages {
+            let wanted = request.max_messages - leased.len();
+            let rows = sqlx::query(LEASE)
+                .bind(&request.recipient)
+                .bind(request.now)
+                .bind(request.visibility_ms)
+                .bind(i64::from(request.max_attempts))
+                .bind(limit(wanted))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error)?;
+            let touched = rows.len();
+            let rows = rows
+                .iter()
+                .map(sql::message_from_row)
+                .collect::<StoreResult<Vec<_>>>()?;
+            leased.extend(sql::granted_in_order(rows));
+            if touched < wanted {
+                break;
+            }
+        }
+        Ok(leased)
+    }
+
+    async fn ack(&self, request: &AckRequest) -> StoreResult<Message> {
+        let row = sqlx::query(
+            "UPDATE messages SET state = 'acked', lease_id = NULL, lease_until = NULL, \
+             acked_at = $4, ended_at = $4, updated_at = $4, result = $5 \
+             WHERE id = $1 AND recipient = $2 AND state = 'leased' \
+               AND ($3::text IS NULL OR lease_id = $3) \
+             RETURNING *",
+        )
+        .bind(&request.message_id)
+        .bind(&request.recipient)
+        .bind(&request.lease_id)
+        .bind(request.now)
+        .bind(to_json_opt(request.result.as_ref())?)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        match row {
+            Some(row) => message(&row),
+            None => Err(sql::lease_refusal(
+                self.lease_state(&request.recipient, &request.message_id)
+                    .await?,
+                request.lease_id.as_deref(),
+            )),
+        }
+    }
+
+    async fn nack(&self, request: &NackRequest) -> StoreResult<Message> {
+        let query = match request.action {
+            NackAction::Extend {
+                extend_ms,
+                max_lease_until,
+            } => sqlx::query(
+                "UPDATE messages SET \
+                     lease_until = LEAST(GREATEST(COALESCE(lease_until, $4), $4) + $5, $6), \
+                     updated_at = $4 \
+                 WHERE id = $1 AND recipient = $2 AND state = 'leased' \
+                   AND ($3::text IS NULL OR lease_id = $3) \
+                 RETURNING *",
+            )
+            .bind(&request.message_id)
+            .bind(&request.recipient)
+            .bind(&request.lease_id)
+            .bind(request.now)
+            .bind(extend_ms)
+            .bind(max_lease_until),
+            NackAction::Requeue { visible_at } => sqlx::query(
+                "UPDATE messages SET \
+                     state = CASE WHEN attempts >= $5 THEN 'dead' ELSE 'queued' END, \
+                     lease_id = NULL, \
+                     lease_until = NULL, \
+                     visible_at = CASE WHEN attempts >= $5 THEN visible_at ELSE $6 END, \
+                     ended_at = CASE WHEN attempts >= $5 THEN $4 ELSE ended_at END, \
+                     dead_reason = CASE WHEN attempts >= $5 THEN 'max_attempts' ELSE dead_reason END, \
+                     updated_at = $4 \
+                 WHERE id = $1 AND recipient = $2 AND state = 'leased' \
+                   AND ($3::text IS NULL OR lease_id = $3) \
+                 RETURNING *",
+            )
+            .bind(&request.message_id)
+            .bind(&request.recipient)
+            .bind(&request.lease_id)
+            .bind(request.now)
+            .bind(i64::from(request.max_attempts))
+            .bind(visible_at),
+        };
+        let row = query.fetch_optional(&self.pool).await.map_err(db_error)?;
+        let Some(row) = row else {
+            return Err(sql::lease_refusal(
+                self.lease_state(&request.recipient, &request.message_id)
+                    .await?,
+                request.lease_id.as_deref(),
+            ));
+        };
+        let message = message(&row)?;
+        if message.state == MessageState::Queued {
+            self.notify(&self.pool, std::slice::from_ref(&message.recipient))
+                .await?;
+        }
+        Ok(message)
+    }
+
+    async fn requeue_dead(
+        &self,
+        recipient: &str,
+        message_id: &str,
+        now: Millis,
+    ) -> StoreResult<Message> {
+        let row = sqlx::query(
+            "UPDATE messages SET state = 'queued', attempts = 0, lease_id = NULL, \
+             lease_until = NULL, visible_at = $3, ended_at = NULL, dead_reason = NULL, \
+             updated_at = $3 \
+             WHERE id = $1 AND recipient = $2 AND state = 'dead' \
+             RETURNING *",
+        )
+        .bind(message_id)
+        .bind(recipient)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        match row {
+            Some(row) => {
+                let message = message(&row)?;
+                self.notify(&self.pool, std::slice::from_ref(&message.recipient))
+                    .await?;
+                Ok(message)
+            }
+            None => match self.lease_state(recipient, message_id).await? {
+                Some(_) => Err(StoreError::NotDead),
+                None => Err(StoreError::MessageNotFound),
+            },
+        }
+    }
+
+    async fn get_message(&self, message_id: &str) -> StoreResult<Option<Message>> {
+        sqlx::query("SELECT * FROM messages WHERE id = $1")
+            .bind(message_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?
+            .map(|r| message(&r))
+            .transpose()
+    }
+
+    async fn list_dead(
+        &self,
+        recipient: &str,
+        page_size: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Message>> {
+        let (after_at, after_seq) = match cursor {
+            Some(c) => sql::parse_dead_cursor(c)?,
+            None => (Millis::MIN, i64::MIN),
+        };
+        let rows = sqlx::query(
+            "SELECT * FROM messages \
+             WHERE recipient = $1 AND state = 'dead' AND (ended_at, seq) > ($2, $3) \
+             ORDER BY ended_at, seq LIMIT $4",
+        )
+        .bind(recipient)
+        .bind(after_at)
+        .bind(after_seq)
+        .bind(limit(page_size.saturating_add(1)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let mut page = rows
+            .iter()
+            .map(sql::message_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let next_cursor = if page.len() > page_size {
+            page.truncate(page_size);
+            page.last()
+                .map(|(seq, m)| sql::dead_cursor(m.ended_at.unwrap_or(m.updated_at), *seq))
+        } else {
+            None
+        };
+        Ok(Page {
+            items: page.into_iter().map(|(_, m)| m).collect(),
+            next_cursor,
+        })
+    }
+
+    async fn inbox_stats(&self, recipient: &str) -> StoreResult<StateCounts> {
+        let rows = sqlx::query(
+            "SELECT state, count(*) AS n FROM messages WHERE recipient = $1 GROUP BY state",
+        )
+        .bind(recipient)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        sql::count_states(&rows)
+    }
+
+    async fn stats(&self) -> StoreResult<HubStats> {
+        let rows = sqlx::query("SELECT state, count(*) AS n FROM messages GROUP BY state")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let messages = sql::count_states(&rows)?;
+        let agents = sqlx::query(
+            "SELECT count(*) AS total, count(*) FILTER (WHERE online) AS online FROM agents",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let total: i64 = agents.try_get("total").map_err(db_error)?;
+        let online: i64 = agents.try_get("online").map_err(db_error)?;
+        Ok(HubStats {
+            agents_total: total as u64,
+            agents_online: online as u64,
+            messages,
+        })
+    }
+
+    async fn reclaim_expired_leases(&self, request: &ReclaimRequest) -> StoreResult<ReclaimCounts> {
+        let (statement, recipient) = match &request.recipient {
+            None => (RECLAIM_ALL, None),
+            Some(agent) => (RECLAIM_INBOX, Some(agent.as_str())),
+        };
+        let mut query = sqlx::query(statement)
+            .bind(request.now)
+            .bind(i64::from(request.max_attempts))
+            .bind(limit(request.limit));
+        if let Some(agent) = recipient {
+            query = query.bind(agent.to_string());
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(db_error)?;
+        let mut requeued_in = Vec::new();
+        for row in &rows {
+            let state: String = row.try_get("state").map_err(db_error)?;
+            let recipient: String = row.try_get("recipient").map_err(db_error)?;
+            if state == MessageState::Queued.as_str() && !requeued_in.contains(&recipient) {
+                requeued_in.push(recipient);
+            }
+        }
+        self.notify(&self.pool, &requeued_in).await?;
+        sql::reclaim_counts(&rows)
+    }
+
+    async fn expire_messages(&self, now: Millis, batch: usize) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "WITH due AS ( \
+                 SELECT seq FROM messages \
+                 WHERE state IN ('queued', 'leased') AND expires_at <= $1 \
+                 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE messages m SET state = 'expired', lease_id = NULL, lease_until = NULL, \
+                 ended_at = $1, updated_at = $1 \
+             FROM due WHERE m.seq = due.seq",
+        )
+        .bind(now)
+        .bind(limit(batch))
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn purge_retained(&self, ended_before: Millis, batch: usize) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "WITH due AS ( \
+                 SELECT seq FROM messages \
+                 WHERE state IN ('acked', 'expired', 'dead') AND ended_at < $1 \
+                 ORDER BY ended_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             DELETE FROM messages m USING due WHERE m.seq = due.seq",
+        )
+        .bind(ended_before)
+        .bind(limit(batch))
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn claim_due_deliveries(
+        &self,
+        now: Millis,
+        batch: usize,
+        claim_ms: i64,
+    ) -> StoreResult<Vec<Delivery>> {
+        let rows = sqlx::query(
+            "WITH due AS ( \
+                 SELECT id FROM deliveries \
+                 WHERE state = 'pending' AND next_attempt_at <= $1 \
+                 ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE deliveries d SET next_attempt_at = $1 + $3 \
+             FROM due WHERE d.id = due.id \
+             RETURNING d.*",
+        )
+        .bind(now)
+        .bind(limit(batch))
+        .bind(claim_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(sql::delivery_from_row).collect()
+    }
+
+    async fn record_attempt(
+        &self,
+        attempt: &DeliveryAttempt,
+        outcome: AttemptOutcome,
+    ) -> StoreResult<()> {
+        let (next_state, retry_at) = sql::attempt_transition(outcome);
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        sqlx::query(
+            "UPDATE deliveries SET \
+                 attempts = GREATEST(attempts, $2), last_status = $3, last_error = $4, \
+                 updated_at = $5, \
+                 state = CASE WHEN state = 'pending' THEN $6 ELSE state END, \
+                 next_attempt_at = CASE WHEN state = 'pending' \
+                     THEN COALESCE($7, next_attempt_at) ELSE next_attempt_at END \
+             WHERE id = $1",
+        )
+        .bind(&attempt.delivery_id)
+        .bind(i64::from(attempt.attempt))
+        .bind(attempt.status_code.map(i64::from))
+        .bind(&attempt.error)
+        .bind(attempt.at)
+        .bind(next_state.as_str())
+        .bind(retry_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        sqlx::query(
+            "INSERT INTO delivery_attempts (delivery_id, message_id, agent_id, attempt, at, \
+             status_code, latency_ms, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&attempt.delivery_id)
+        .bind(&attempt.message_id)
+        .bind(&attempt.agent_id)
+        .bind(i64::from(attempt.attempt))
+        .bind(attempt.at)
+        .bind(attempt.status_code.map(i64::from))
+        .bind(i64::try_from(attempt.latency_ms).unwrap_or(i64::MAX))
+        .bind(&attempt.error)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        sqlx::query(
+            "DELETE FROM delivery_attempts WHERE agent_id = $1 AND seq <= ( \
+                 SELECT seq FROM delivery_attempts WHERE agent_id = $1 \
+                 ORDER BY seq DESC LIMIT 1 OFFSET $2)",
+        )
+        .bind(&attempt.agent_id)
+        .bind(sql::ATTEMPTS_KEPT_PER_AGENT)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn cancel_deliveries(&self, agent_id: &str, now: Millis) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET state = 'cancelled', updated_at = $2 \
+             WHERE agent_id = $1 AND state = 'pending'",
+        )
+        .bind(agent_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn get_delivery(&self, delivery_id: &str) -> StoreResult<Option<Delivery>> {
+        sqlx::query("SELECT * FROM deliveries WHERE id = $1")
+            .bind(delivery_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?
+            .map(|r| sql::delivery_from_row(&r))
+            .transpose()
+    }
+
+    async fn list_attempts(
+        &self,
+        agent_id: &str,
+        count: usize,
+    ) -> StoreResult<Vec<DeliveryAttempt>> {
+        let rows = sqlx::query(
+            "SELECT * FROM delivery_attempts WHERE agent_id = $1 ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(agent_id)
+        .bind(limit(count))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(sql::attempt_from_row).collect()
+    }
+
+    async fn append_audit(&self, event: NewAuditEvent) -> StoreResult<AuditEvent> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        // The head row lock orders appends from every instance into one chain.
+        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let prev_seq: i64 = head.try_get("seq").map_err(db_error)?;
+        let prev_hash: String = head.try_get("hash").map_err(db_error)?;
+        let stored = sql::chain(prev_seq, &prev_hash, event);
+        sqlx::query(
+            "INSERT INTO audit_events (seq, at, kind, agent_id, detail, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(stored.seq as i64)
+        .bind(stored.at)
+        .bind(&stored.kind)
+        .bind(&stored.agent_id)
+        .bind(to_json(&stored.detail)?)
+        .bind(&stored.hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+            .bind(stored.seq as i64)
+            .bind(&stored.hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(stored)
+    }
+
+    async fn list_audit(&self, after: Option<u64>, count: usize) -> StoreResult<Vec<AuditEvent>> {
+        let rows = sqlx::query("SELECT * FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(after.map_or(0, |a| i64::try_from(a).unwrap_or(i64::MAX)))
+            .bind(limit(count))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        rows.iter().map(sql::audit_from_row).collect()
+    }
+
+    async fn export_agents(&self, after: Option<&str>, count: usize) -> StoreResult<Vec<Agent>> {
+        let rows =
+            sqlx::query("SELECT * FROM agents WHERE agent_id > $1 ORDER BY agent_id LIMIT $2")
+                .bind(after.unwrap_or_default())
+                .bind(limit(count))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error)?;
+        rows.iter().map(sql::agent_from_row).collect()
+    }
+
+    async fn export_messages(
+        &self,
+        after: Option<&str>,
+        count: usize,
+    ) -> StoreResult<Vec<Message>> {
+        let rows = sqlx::query("SELECT * FROM messages WHERE id > $1 ORDER BY id LIMIT $2")
+            .bind(after.unwrap_or_default())
+            .bind(limit(count))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        rows.iter().map(message).collect()
+    }
+
+    async fn import_agent(&self, agent: Agent) -> StoreResult<bool> {
+        let inserted = insert_agent(&agent)?
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
+    async fn import_message(&self, message: Message) -> StoreResult<bool> {
+        let inserted = insert_message(&message)?
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(inserted.rows_affected() == 1)
+    }
+}
