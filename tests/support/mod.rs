@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod storage;
+
 use std::sync::Arc;
 
 use admp::client::AgentClient;

@@ -1,0 +1,1571 @@
+//! The storage contract, stated once and run against every backend.
+//!
+//! Each `contract::*` function describes one part of the behaviour every
+//! `Store` must have (the memory backend is the reference); the
+//! `conformance!` macro turns the whole list into `#[tokio::test]`s for one
+//! backend. Adding a backend is an implementation of [`Backend`] plus one line:
+//!
+//! ```ignore
+//! conformance!(mech, MechBackend);            // or `..., durable)` to add the reopen test
+//! ```
+//!
+//! PostgreSQL tests need the server on 127.0.0.1:5432 (see `tests/support`).
+
+mod support;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use admp::config::SqliteSynchronous;
+use admp::hub::InboxWakers;
+use admp::store::Store;
+use admp::store::memory::MemoryStore;
+use admp::store::postgres::PostgresStore;
+use admp::store::sqlite::SqliteStore;
+
+use support::storage::{PgSchema, TempDir};
+
+/// A way to get a fresh, empty store of one backend, and to clean it up.
+trait Backend: Sized + Send + 'static {
+    /// A new store with nothing in it, isolated from every other test.
+    fn create() -> impl Future<Output = Self> + Send;
+    /// The store under test.
+    fn store(&self) -> Arc<dyn Store>;
+    /// Closes the store and opens the same storage again (durable backends only).
+    fn reopen(&mut self) -> impl Future<Output = ()> + Send {
+        async { unreachable!("only durable backends are reopened") }
+    }
+    /// Releases whatever `create` made.
+    fn destroy(self) -> impl Future<Output = ()> + Send;
+}
+
+struct MemoryBackend(Arc<MemoryStore>);
+
+impl Backend for MemoryBackend {
+    async fn create() -> Self {
+        MemoryBackend(Arc::new(MemoryStore::new()))
+    }
+    fn store(&self) -> Arc<dyn Store> {
+        self.0.clone()
+    }
+    async fn destroy(self) {}
+}
+
+struct SqliteBackend {
+    dir: TempDir,
+    store: Arc<SqliteStore>,
+}
+
+impl SqliteBackend {
+    async fn open(dir: &TempDir) -> Arc<SqliteStore> {
+        let store = SqliteStore::open(&dir.sqlite_url(), 4, SqliteSynchronous::Full)
+            .await
+            .expect("opening SQLite");
+        Arc::new(store)
+    }
+}
+
+impl Backend for SqliteBackend {
+    async fn create() -> Self {
+        let dir = TempDir::new();
+        let store = Self::open(&dir).await;
+        SqliteBackend { dir, store }
+    }
+    fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+    async fn reopen(&mut self) {
+        self.store.close().await;
+        self.store = Self::open(&self.dir).await;
+    }
+    async fn destroy(self) {
+        self.store.close().await;
+    }
+}
+
+struct PostgresBackend {
+    schema: PgSchema,
+    store: Arc<PostgresStore>,
+}
+
+impl PostgresBackend {
+    async fn open(schema: &PgSchema) -> Arc<PostgresStore> {
+        let wakers = Arc::new(InboxWakers::default());
+        let store = PostgresStore::open(&schema.url(), 4, wakers)
+            .await
+            .expect("opening PostgreSQL");
+        Arc::new(store)
+    }
+}
+
+impl Backend for PostgresBackend {
+    async fn create() -> Self {
+        let schema = PgSchema::create().await;
+        let store = Self::open(&schema).await;
+        PostgresBackend { schema, store }
+    }
+    fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+    async fn reopen(&mut self) {
+        self.store.close().await;
+        self.store = Self::open(&self.schema).await;
+    }
+    async fn destroy(self) {
+        self.store.close().await;
+        self.schema.drop_schema().await;
+    }
+}
+
+/// Runs one contract on a fresh store, cleaning up even when it fails.
+async fn run<B, F, Fut>(contract: F)
+where
+    B: Backend,
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let backend = B::create().await;
+    let outcome = tokio::spawn(contract(backend.store())).await;
+    backend.destroy().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// Runs the reopen contract: fill, close, open the same storage, check.
+async fn run_reopen<B: Backend>() {
+    let mut backend = B::create().await;
+    let filled = tokio::spawn(contract::reopen_fill(backend.store())).await;
+    let outcome = match filled {
+        Ok(expected) => {
+            backend.reopen().await;
+            tokio::spawn(contract::reopen_check(backend.store(), expected)).await
+        }
+        Err(e) => Err(e),
+    };
+    backend.destroy().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+macro_rules! contract_tests {
+    ($backend:ty; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                run::<$backend, _, _>(contract::$name).await;
+            }
+        )*
+    };
+}
+
+/// Generates the whole suite for one backend; `durable` adds the reopen test.
+macro_rules! conformance {
+    ($module:ident, $backend:ty $(, $durable:ident)?) => {
+        mod $module {
+            use super::*;
+
+            contract_tests!($backend;
+                agents_create_get_and_refuse_taken_ids,
+                update_agent_applies_each_change,
+                mark_offline_after_heartbeat_timeout,
+                enqueue_needs_a_registered_recipient,
+                enqueue_stores_the_message_verbatim,
+                lease_takes_oldest_first_with_fresh_lease_ids,
+                leased_message_is_invisible_until_its_lease_ends,
+                delayed_message_waits_for_visible_at,
+                expired_lease_at_max_attempts_dies_at_next_pull,
+                ttl_expires_during_lease_and_batch_fills_up,
+                ack_checks_state_and_lease_id,
+                nack_requeues_with_delay,
+                nack_extend_is_capped,
+                nack_at_max_attempts_dead_letters,
+                lease_errors_for_nack,
+                dead_letters_page_with_cursor_and_requeue,
+                idempotency_duplicate_and_conflict,
+                quota_counts_live_messages_only,
+                message_id_of_another_inbox_is_taken,
+                delete_agent_dead_letters_inbox_and_cancels_deliveries,
+                expire_sweep_ends_live_messages_past_ttl,
+                reclaim_sweep_requeues_or_kills_expired_leases,
+                purge_deletes_and_forgets_idempotency_keys,
+                stats_count_by_state,
+                deliveries_claim_record_and_cancel,
+                audit_chain_appends_and_verifies,
+                export_pages_and_import_is_idempotent,
+                concurrent_leases_never_share_a_message,
+                concurrent_enqueues_respect_the_quota,
+                concurrent_audit_appends_keep_one_chain,
+            );
+
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn reopen_keeps_everything() {
+                    let _ = stringify!($durable);
+                    run_reopen::<$backend>().await;
+                }
+            )?
+        }
+    };
+}
+
+conformance!(memory, MemoryBackend);
+conformance!(sqlite, SqliteBackend, durable);
+conformance!(postgres, PostgresBackend, durable);
+
+/// The contract itself: backend-independent, in terms of the `Store` trait only.
+mod contract {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use admp::audit::{GENESIS_HASH, first_broken_link};
+    use admp::store::*;
+    use serde_json::json;
+
+    /// An arbitrary but fixed "now" (2023-11-14), so times are exact.
+    const T0: Millis = 1_700_000_000_000;
+    const MINUTE: i64 = 60_000;
+    const MAX_ATTEMPTS: u32 = 10;
+    const QUOTA: u64 = 10_000;
+
+    fn agent(id: &str) -> Agent {
+        Agent {
+            agent_id: id.to_string(),
+            agent_type: "generic".into(),
+            metadata: json!({"zeta": 1, "alpha": {"b": 2, "a": 1}})
+                .as_object()
+                .cloned()
+                .unwrap(),
+            keys: vec![AgentKey {
+                public_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
+                version: 1,
+                valid_until: None,
+            }],
+            webhook_url: None,
+            webhook_secret: None,
+            trusted_agents: Vec::new(),
+            last_heartbeat: T0,
+            online: true,
+            heartbeat_interval_ms: 60_000,
+            heartbeat_timeout_ms: 300_000,
+            created_at: T0,
+            updated_at: T0,
+        }
+    }
+
+    /// A queued message for `recipient`, visible at `at`, living an hour.
+    fn message(id: &str, recipient: &str, at: Millis) -> Message {
+        Message {
+            id: id.to_string(),
+            recipient: recipient.to_string(),
+            sender: "sender".into(),
+            envelope: json!({
+                "version": "1.0",
+                "id": id,
+                "to": format!("agent://{recipient}"),
+                "from": "agent://sender",
+                "subject": "task",
+                "body": {"z": [1, 2.5, "é"], "a": null, "10": true, "2": false},
+                "timestamp": "2023-11-14T22:13:20Z",
+            }),
+            state: MessageState::Queued,
+            attempts: 0,
+            lease_id: None,
+            lease_until: None,
+            visible_at: at,
+            expires_at: at + 60 * MINUTE,
+            created_at: at,
+            updated_at: at,
+            acked_at: None,
+            ended_at: None,
+            dead_reason: None,
+            result: None,
+            idempotency_key: Some(id.to_string()),
+            content_hash: format!("hash-of-{id}"),
+        }
+    }
+
+    fn delivery(id: &str, message_id: &str, agent_id: &str, due: Millis) -> Delivery {
+        Delivery {
+            id: id.to_string(),
+            message_id: message_id.to_string(),
+            agent_id: agent_id.to_string(),
+            state: DeliveryState::Pending,
+            attempts: 0,
+            next_attempt_at: due,
+            created_at: due,
+            updated_at: due,
+            last_status: None,
+            last_error: None,
+        }
+    }
+
+    async fn setup_agents(store: &Arc<dyn Store>, ids: &[&str]) {
+        for id in ids {
+            store.create_agent(agent(id)).await.unwrap();
+        }
+    }
+
+    async fn enqueue(store: &Arc<dyn Store>, message: Message) -> Message {
+        match store.enqueue(message, QUOTA, None).await.unwrap() {
+            Enqueued::Created(m) => m,
+            Enqueued::Duplicate(m) => panic!("unexpected duplicate {}", m.id),
+        }
+    }
+
+    async fn lease(
+        store: &Arc<dyn Store>,
+        recipient: &str,
+        now: Millis,
+        max_messages: usize,
+    ) -> Vec<Message> {
+        lease_with(store, recipient, now, max_messages, MAX_ATTEMPTS).await
+    }
+
+    async fn lease_with(
+        store: &Arc<dyn Store>,
+        recipient: &str,
+        now: Millis,
+        max_messages: usize,
+        max_attempts: u32,
+    ) -> Vec<Message> {
+        store
+            .lease(&LeaseRequest {
+                recipient: recipient.to_string(),
+                now,
+                visibility_ms: MINUTE,
+                max_messages,
+                max_attempts,
+            })
+            .await
+            .unwrap()
+    }
+
+    fn ack_request(recipient: &str, id: &str, lease_id: Option<&str>, now: Millis) -> AckRequest {
+        AckRequest {
+            recipient: recipient.to_string(),
+            message_id: id.to_string(),
+            lease_id: lease_id.map(str::to_string),
+            result: Some(json!({"done": true, "n": 3})),
+            now,
+        }
+    }
+
+    fn nack_request(
+        recipient: &str,
+        id: &str,
+        lease_id: Option<&str>,
+        action: NackAction,
+        now: Millis,
+    ) -> NackRequest {
+        NackRequest {
+            recipient: recipient.to_string(),
+            message_id: id.to_string(),
+            lease_id: lease_id.map(str::to_string),
+            action,
+            max_attempts: MAX_ATTEMPTS,
+            now,
+        }
+    }
+
+    async fn get(store: &Arc<dyn Store>, id: &str) -> Message {
+        store
+            .get_message(id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("message {id} missing"))
+    }
+
+    fn ids(messages: &[Message]) -> Vec<&str> {
+        messages.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    pub async fn agents_create_get_and_refuse_taken_ids(store: Arc<dyn Store>) {
+        let a = agent("alice");
+        store.create_agent(a.clone()).await.unwrap();
+        assert_eq!(store.get_agent("alice").await.unwrap(), Some(a));
+        assert!(matches!(
+            store.create_agent(agent("alice")).await,
+            Err(StoreError::AgentExists)
+        ));
+        assert_eq!(store.get_agent("bob").await.unwrap(), None);
+    }
+
+    pub async fn update_agent_applies_each_change(store: Arc<dyn Store>) {
+        setup_agents(&store, &["alice"]).await;
+        let changes = [
+            AgentChange::Heartbeat {
+                now: T0 + 1,
+                metadata: json!({"alpha": "replaced", "new": [1]})
+                    .as_object()
+                    .cloned(),
+            },
+            AgentChange::AddTrusted {
+                agent_id: "bob".into(),
+                now: T0 + 2,
+            },
+            AgentChange::AddTrusted {
+                agent_id: "carol".into(),
+                now: T0 + 3,
+            },
+            AgentChange::RemoveTrusted {
+                agent_id: "bob".into(),
+                now: T0 + 4,
+            },
+            AgentChange::SetWebhook {
+                url: Some("https://example.test/hook".into()),
+                secret: Some("whsec_c2VjcmV0".into()),
+                now: T0 + 5,
+            },
+            AgentChange::RotateKey {
+                public_key: "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB=".into(),
+                overlap_until: T0 + MINUTE,
+                now: T0 + 6,
+            },
+        ];
+        let mut expected = agent("alice");
+        for change in &changes {
+            change.apply(&mut expected);
+            let updated = store.update_agent("alice", change).await.unwrap();
+            assert_eq!(updated, expected, "after {change:?}");
+        }
+        assert_eq!(
+            store.get_agent("alice").await.unwrap(),
+            Some(expected.clone())
+        );
+        assert_eq!(expected.trusted_agents, vec!["carol".to_string()]);
+        assert_eq!(expected.key_version(), 2);
+        assert!(matches!(
+            store.update_agent("nobody", &changes[0]).await,
+            Err(StoreError::AgentNotFound)
+        ));
+    }
+
+    pub async fn mark_offline_after_heartbeat_timeout(store: Arc<dyn Store>) {
+        setup_agents(&store, &["a", "b", "c"]).await;
+        let timeout = agent("a").heartbeat_timeout_ms as i64;
+        store
+            .update_agent(
+                "c",
+                &AgentChange::Heartbeat {
+                    now: T0 + MINUTE,
+                    metadata: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.mark_offline(T0 + timeout - 1, 10).await.unwrap(), 0);
+        assert_eq!(store.mark_offline(T0 + timeout, 1).await.unwrap(), 1);
+        assert_eq!(store.mark_offline(T0 + timeout, 10).await.unwrap(), 1);
+        assert_eq!(store.mark_offline(T0 + timeout, 10).await.unwrap(), 0);
+        assert!(!store.get_agent("a").await.unwrap().unwrap().online);
+        assert!(store.get_agent("c").await.unwrap().unwrap().online);
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.agents_total, stats.agents_online), (3, 1));
+        let back = store
+            .update_agent(
+                "a",
+                &AgentChange::Heartbeat {
+                    now: T0 + timeout + 1,
+                    metadata: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(back.online);
+    }
+
+    pub async fn enqueue_needs_a_registered_recipient(store: Arc<dyn Store>) {
+        assert!(matches!(
+            store.enqueue(message("m1", "ghost", T0), QUOTA, None).await,
+            Err(StoreError::AgentNotFound)
+        ));
+        assert_eq!(store.get_message("m1").await.unwrap(), None);
+    }
+
+    pub async fn enqueue_stores_the_message_verbatim(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        let m = message("m1", "bob", T0);
+        assert_eq!(enqueue(&store, m.clone()).await, m);
+        let stored = get(&store, "m1").await;
+        assert_eq!(stored, m);
+        // Key order of the envelope is part of what is delivered.
+        assert_eq!(stored.envelope.to_string(), m.envelope.to_string());
+        assert_eq!(store.get_message("other").await.unwrap(), None);
+    }
+
+    pub async fn lease_takes_oldest_first_with_fresh_lease_ids(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob", "carol"]).await;
+        enqueue(&store, message("late", "bob", T0 + 5)).await;
+        enqueue(&store, message("early", "bob", T0)).await;
+        enqueue(&store, message("tie", "bob", T0)).await;
+        enqueue(&store, message("other-inbox", "carol", T0)).await;
+        let now = T0 + 10;
+        let leased = lease(&store, "bob", now, 2).await;
+        assert_eq!(ids(&leased), ["early", "tie"]);
+        for m in &leased {
+            assert_eq!(m.state, MessageState::Leased);
+            assert_eq!(m.attempts, 1);
+            assert_eq!(m.lease_until, Some(now + MINUTE));
+            assert!(!m.lease_id.as_deref().unwrap_or_default().is_empty());
+            assert_eq!(get(&store, &m.id).await, *m);
+        }
+        assert_ne!(leased[0].lease_id, leased[1].lease_id);
+        let rest = lease(&store, "bob", now, 10).await;
+        assert_eq!(ids(&rest), ["late"]);
+        assert!(lease(&store, "bob", now, 10).await.is_empty());
+        assert!(lease(&store, "nobody", now, 10).await.is_empty());
+    }
+
+    pub async fn leased_message_is_invisible_until_its_lease_ends(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        enqueue(&store, message("m1", "bob", T0)).await;
+        let first = lease(&store, "bob", T0, 1).await.remove(0);
+        let until = first.lease_until.unwrap();
+        assert!(lease(&store, "bob", T0, 1).await.is_empty());
+        assert!(lease(&store, "bob", until - 1, 1).await.is_empty());
+        // The lease ended without ack: the next pull takes it again.
+        let second = lease(&store, "bob", until, 1).await.remove(0);
+        assert_eq!(second.id, "m1");
+        assert_eq!(second.attempts, 2);
+        assert_ne!(second.lease_id, first.lease_id);
+        assert_eq!(second.lease_until, Some(until + MINUTE));
+        // The stale consumer cannot ack any more.
+        assert!(matches!(
+            store
+                .ack(&ack_request(
+                    "bob",
+                    "m1",
+                    first.lease_id.as_deref(),
+                    until + 1
+                ))
+                .await,
+            Err(StoreError::LeaseMismatch)
+        ));
+    }
+
+    pub async fn delayed_message_waits_for_visible_at(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        enqueue(&store, message("later", "bob", T0 + MINUTE)).await;
+        enqueue(&store, message("now", "bob", T0)).await;
+        assert_eq!(ids(&lease(&store, "bob", T0, 10).await), ["now"]);
+        store
+            .ack(&ack_request("bob", "now", None, T0))
+            .await
+            .unwrap();
+        assert!(lease(&store, "bob", T0 + MINUTE - 1, 10).await.is_empty());
+        assert_eq!(ids(&lease(&store, "bob", T0 + MINUTE, 10).await), ["later"]);
+    }
+
+    pub async fn expired_lease_at_max_attempts_dies_at_next_pull(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        enqueue(&store, message("m1", "bob", T0)).await;
+        enqueue(&store, message("m2", "bob", T0 + 10 * MINUTE)).await;
+        let first = lease_with(&store, "bob", T0, 1, 2).await;
+        assert_eq!((ids(&first), first[0].attempts), (vec!["m1"], 1));
+        let second = lease_with(&store, "bob", T0 + MINUTE, 1, 2).await;
+        assert_eq!((ids(&second), second[0].attempts), (vec!["m1"], 2));
+        // m1's second lease ended at the limit: the next pull dead-letters it
+        // on the way and goes on to m2.
+        let now = T0 + 10 * MINUTE;
+        assert_eq!(ids(&lease_with(&store, "bob", now, 1, 2).await), ["m2"]);
+        let dead = get(&store, "m1").await;
+        assert_eq!(dead.state, MessageState::Dead);
+        assert_eq!(dead.dead_reason.as_deref(), Some(dead_reason::MAX_ATTEMPTS));
+        assert_eq!(dead.ended_at, Some(now));
+        assert_eq!(dead.attempts, 2);
+        assert_eq!(dead.lease_id, None);
+    }
+
+    pub async fn ttl_expires_during_lease_and_batch_fills_up(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        let mut short = message("short", "bob", T0);
+        short.expires_at = T0 + 5;
+        enqueue(&store, short).await;
+        enqueue(&store, message("a", "bob", T0 + 1)).await;
+        enqueue(&store, message("b", "bob", T0 + 2)).await;
+        let leased = lease(&store, "bob", T0 + 10, 2).await;
+        assert_eq!(ids(&leased), ["a", "b"]);
+        let expired = get(&store, "short").await;
+        assert_eq!(expired.state, MessageState::Expired);
+        assert_eq!(expired.ended_at, Some(T0 + 10));
+        assert_eq!(expired.attempts, 0);
+    }
+
+    pub async fn ack_checks_state_and_lease_id(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob", "carol"]).await;
+        enqueue(&store, message("m1", "bob", T0)).await;
+        enqueue(&store, message("m2", "bob", T0)).await;
+        let now = T0 + 1;
+        assert!(matches!(
+            store.ack(&ack_request("bob", "m1", None, now)).await,
+            Err(StoreError::NotLeased)
+        ));
+        let leased = lease(&store, "bob", now, 2).await;
+        let lease_id = leased[0].lease_id.as_deref();
+        assert!(matches!(
+            store
+                .ack(&ack_request("bob", "m1", Some("stale"), now))
+                .await,
+            Err(StoreError::LeaseMismatch)
+        ));
+        assert!(matches!(
+            store.ack(&ack_request("bob", "missing", None, now)).await,
+            Err(StoreError::MessageNotFound)
+        ));
+        assert!(matches!(
+            store.ack(&ack_request("carol", "m1", lease_id, now)).await,
+            Err(StoreError::MessageNotFound)
+        ));
+        let acked = store
+            .ack(&ack_request("bob", "m1", lease_id, now + 1))
+            .await
+            .unwrap();
+        assert_eq!(acked.state, MessageState::Acked);
+        assert_eq!(acked.acked_at, Some(now + 1));
+        assert_eq!(acked.ended_at, Some(now + 1));
+        assert_eq!(acked.lease_id, None);
+        assert_eq!(acked.result, Some(json!({"done": true, "n": 3})));
+        assert_eq!(get(&store, "m1").await, acked);
+        assert!(matches!(
+            store
+                .ack(&ack_request("bob", "m1", lease_id, now + 2))
+                .await,
+            Err(StoreError::NotLeased)
+        ));
+        // Without a lease id, any current lease is accepted (compat).
+        let acked = store
+            .ack(&ack_request("bob", "m2", None, now))
+            .await
+            .unwrap();
+        assert_eq!(acked.state, MessageState::Acked);
+    }
+
+    pub async fn nack_requeues_with_delay(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        enqueue(&store, message("m1", "bob", T0)).await;
+        let leased = lease(&store, "bob", T0, 1).await.remove(0);
+        let delay_until = T0 + 10 * MINUTE;
+        let nacked = store
+            .nack(&nack_request(
+                "bob",
+                "m1",
+                leased.lease_id.as_deref(),
+                NackAction::Requeue {
+                    visible_at: delay_until,
+                },
+                T0 + 1,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(nacked.state, MessageState::Queued);
+        assert_eq!(nacked.lease_id, None);
+        assert_eq!(nacked.lease_until, None);
+        assert_eq!(nacked.visible_at, delay_until);
+        assert_eq!(nacked.attempts, 1, "only pulls count attempts");
+        assert!(lease(&store, "bob", delay_until - 1, 1).await.is_empty());
+        let again = lease(&store, "bob", delay_until, 1).await.remove(0);
+        assert_eq!(again.attempts, 2);
+    }
+
+    pub async fn nack_extend_is_capped(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        enqueue(&store, message("m1", "bob", T0)).await;
+        let leased = lease(&store, "bob", T0, 1).await.remove(0);
+        let lease_id = leased.lease_id.as_deref();
+        let until = leased.lease_until.unwrap();
+        let cap = T0 + 12 * 60 * MINUTE;
+        let extend = |extend_ms, now| {
+            nack_request(
+                "bob",
+                "m1",
+                lease_id,
+                NackAction::Extend {
+                    extend_ms,
+                    max_lease_until: cap,
+                },
+                now,
+            )
+        };
+        let extended = store.nack(&extend(MINUTE, T0 + 1)).await.unwrap();
+        assert_eq!(extended.state, MessageState::Leased);
+        assert_eq!(extended.lease_until, Some(until + MINUTE));
+        assert_eq!(extended.lease_id, leased.lease_id);
+        let capped = store.nack(&extend(24 * 60 * MINUTE, T0 + 2)).await.unwrap();
+        assert_eq!(capped.lease_until, Some(cap));
+        assert_eq!(capped.attempts, 1);
+    }
+
+    pub async fn nack_at_max_attempts_dead_letters(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        enqueue(&store, message("m1", "bob", T0)).await;
+        let leased = lease_with(&store, "bob", T0, 1, 1).await.remove(0);
+        let mut request = nack_request(
+            "bob",
+            "m1",
+            leased.lease_id.as_deref(),
+            NackAction::Requeue { visible_at: T0 + 1 },
+            T0 + 1,
+        );
+        request.max_attempts = 1;
+        let dead = store.nack(&request).await.unwrap();
+        assert_eq!(dead.state, MessageState::Dead);
+        assert_eq!(dead.dead_reason.as_deref(), Some(dead_reason::MAX_ATTEMPTS));
+        assert_eq!(dead.ended_at, Some(T0 + 1));
+        assert!(lease(&store, "bob", T0 + 2, 1).await.is_empty());
+    }
+
+    pub async fn lease_errors_for_nack(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        enqueue(&store, message("m1", "bob", T0)).await;
+        let requeue = NackAction::Requeue { visible_at: T0 };
+        assert!(matches!(
+            store
+                .nack(&nack_request("bob", "m1", None, requeue, T0))
+                .await,
+            Err(StoreError::NotLeased)
+        ));
+        assert!(matches!(
+            store
+                .nack(&nack_request("bob", "nope", None, requeue, T0))
+                .await,
+            Err(StoreError::MessageNotFound)
+        ));
+        lease(&store, "bob", T0, 1).await;
+        assert!(matches!(
+            store
+                .nack(&nack_request("bob", "m1", Some("stale"), requeue, T0))
+                .await,
+            Err(StoreError::LeaseMismatch)
+        ));
+        let requeued = store
+            .nack(&nack_request("bob", "m1", None, requeue, T0))
+            .await
+            .unwrap();
+        assert_eq!(requeued.state, MessageState::Queued);
+    }
+
+    pub async fn dead_letters_page_with_cursor_and_requeue(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob", "carol"]).await;
+        let mut expected = Vec::new();
+        for i in 0..5 {
+            let id = format!("d{i}");
+            enqueue(&store, message(&id, "bob", T0)).await;
+            let leased = lease_with(&store, "bob", T0 + i, 1, 1).await.remove(0);
+            let mut request = nack_request(
+                "bob",
+                &id,
+                leased.lease_id.as_deref(),
+                NackAction::Requeue { visible_at: T0 },
+                // Two pairs die in the same millisecond: the cursor must split ties.
+                T0 + 100 + i / 2,
+            );
+            request.max_attempts = 1;
+            store.nack(&request).await.unwrap();
+            expected.push(id);
+        }
+        enqueue(&store, message("alive", "bob", T0)).await;
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = store.list_dead("bob", 2, cursor.as_deref()).await.unwrap();
+            assert!(page.items.len() <= 2);
+            seen.extend(page.items.iter().map(|m| {
+                assert_eq!(m.state, MessageState::Dead);
+                m.id.clone()
+            }));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, expected);
+        assert!(
+            store
+                .list_dead("carol", 10, None)
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+        assert!(matches!(
+            store.list_dead("bob", 2, Some("garbage")).await,
+            Err(StoreError::InvalidCursor)
+        ));
+
+        let requeued = store.requeue_dead("bob", "d0", T0 + MINUTE).await.unwrap();
+        assert_eq!(requeued.state, MessageState::Queued);
+        assert_eq!(requeued.attempts, 0);
+        assert_eq!(requeued.dead_reason, None);
+        assert_eq!(requeued.ended_at, None);
+        assert_eq!(requeued.visible_at, T0 + MINUTE);
+        assert!(matches!(
+            store.requeue_dead("bob", "alive", T0).await,
+            Err(StoreError::NotDead)
+        ));
+        assert!(matches!(
+            store.requeue_dead("bob", "nope", T0).await,
+            Err(StoreError::MessageNotFound)
+        ));
+        assert!(matches!(
+            store.requeue_dead("carol", "d1", T0).await,
+            Err(StoreError::MessageNotFound)
+        ));
+        let page = store.list_dead("bob", 10, None).await.unwrap();
+        assert_eq!(ids(&page.items), ["d1", "d2", "d3", "d4"]);
+        assert_eq!(page.next_cursor, None);
+        let leased = lease(&store, "bob", T0 + MINUTE, 10).await;
+        assert_eq!(ids(&leased), ["alive", "d0"]);
+    }
+
+    pub async fn idempotency_duplicate_and_conflict(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob", "carol"]).await;
+        let mut first = message("m1", "bob", T0);
+        first.idempotency_key = Some("key-1".into());
+        enqueue(&store, first.clone()).await;
+        lease(&store, "bob", T0, 1).await;
+
+        // Same key, same content: the original, in its current state.
+        let mut retry = message("m1-retry", "bob", T0 + 1);
+        retry.idempotency_key = Some("key-1".into());
+        retry.content_hash = first.content_hash.clone();
+        match store.enqueue(retry.clone(), QUOTA, None).await.unwrap() {
+            Enqueued::Duplicate(original) => {
+                assert_eq!(original.id, "m1");
+                assert_eq!(original.state, MessageState::Leased);
+            }
+            other => panic!("expected a duplicate, got {other:?}"),
+        }
+        // Same key, other content: a conflict.
+        retry.content_hash = "different".into();
+        assert!(matches!(
+            store.enqueue(retry.clone(), QUOTA, None).await,
+            Err(StoreError::IdempotencyConflict)
+        ));
+        // Keys are scoped to the recipient.
+        let mut elsewhere = message("m2", "carol", T0);
+        elsewhere.idempotency_key = Some("key-1".into());
+        enqueue(&store, elsewhere).await;
+        // A duplicate schedules no delivery.
+        retry.content_hash = first.content_hash.clone();
+        let d = delivery("dup-delivery", "m1-retry", "bob", T0);
+        store.enqueue(retry, QUOTA, Some(d)).await.unwrap();
+        assert_eq!(store.get_delivery("dup-delivery").await.unwrap(), None);
+        assert_eq!(store.get_message("m1-retry").await.unwrap(), None);
+    }
+
+    pub async fn quota_counts_live_messages_only(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        store
+            .enqueue(message("m1", "bob", T0), 2, None)
+            .await
+            .unwrap();
+        store
+            .enqueue(message("m2", "bob", T0), 2, None)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.enqueue(message("m3", "bob", T0), 2, None).await,
+            Err(StoreError::InboxFull)
+        ));
+        assert_eq!(store.get_message("m3").await.unwrap(), None);
+        // Leased messages are still live.
+        let leased = lease(&store, "bob", T0, 1).await.remove(0);
+        assert!(matches!(
+            store.enqueue(message("m3", "bob", T0), 2, None).await,
+            Err(StoreError::InboxFull)
+        ));
+        store
+            .ack(&ack_request(
+                "bob",
+                &leased.id,
+                leased.lease_id.as_deref(),
+                T0,
+            ))
+            .await
+            .unwrap();
+        store
+            .enqueue(message("m3", "bob", T0), 2, None)
+            .await
+            .unwrap();
+    }
+
+    pub async fn message_id_of_another_inbox_is_taken(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob", "carol"]).await;
+        enqueue(&store, message("shared-id", "bob", T0)).await;
+        let mut clash = message("shared-id", "carol", T0);
+        clash.idempotency_key = None;
+        assert!(matches!(
+            store.enqueue(clash, QUOTA, None).await,
+            Err(StoreError::MessageIdTaken)
+        ));
+        assert_eq!(get(&store, "shared-id").await.recipient, "bob");
+    }
+
+    pub async fn delete_agent_dead_letters_inbox_and_cancels_deliveries(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob", "carol"]).await;
+        for id in ["m1", "m2", "m3"] {
+            let d = delivery(&format!("del-{id}"), id, "bob", T0);
+            store
+                .enqueue(message(id, "bob", T0), QUOTA, Some(d))
+                .await
+                .unwrap();
+        }
+        let d = delivery("del-carol", "c1", "carol", T0);
+        store
+            .enqueue(message("c1", "carol", T0), QUOTA, Some(d))
+            .await
+            .unwrap();
+        let leased = lease(&store, "bob", T0, 1).await.remove(0);
+        store
+            .ack(&ack_request("bob", &leased.id, None, T0 + 1))
+            .await
+            .unwrap();
+        lease(&store, "bob", T0 + 1, 1).await;
+
+        assert!(store.delete_agent("bob", T0 + 2).await.unwrap());
+        assert_eq!(store.get_agent("bob").await.unwrap(), None);
+        assert_eq!(get(&store, "m1").await.state, MessageState::Acked);
+        for id in ["m2", "m3"] {
+            let m = get(&store, id).await;
+            assert_eq!(m.state, MessageState::Dead, "{id}");
+            assert_eq!(
+                m.dead_reason.as_deref(),
+                Some(dead_reason::RECIPIENT_DELETED)
+            );
+            assert_eq!(m.ended_at, Some(T0 + 2));
+            assert_eq!(m.lease_id, None);
+        }
+        for id in ["m1", "m2", "m3"] {
+            let d = store
+                .get_delivery(&format!("del-{id}"))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(d.state, DeliveryState::Cancelled);
+        }
+        let carol = store.get_delivery("del-carol").await.unwrap().unwrap();
+        assert_eq!(carol.state, DeliveryState::Pending);
+        assert_eq!(get(&store, "c1").await.state, MessageState::Queued);
+        assert!(matches!(
+            store.enqueue(message("m4", "bob", T0), QUOTA, None).await,
+            Err(StoreError::AgentNotFound)
+        ));
+        assert!(!store.delete_agent("bob", T0 + 3).await.unwrap());
+
+        // Re-registering the id does not resurrect the old inbox.
+        store.create_agent(agent("bob")).await.unwrap();
+        assert!(lease(&store, "bob", T0 + 4, 10).await.is_empty());
+        assert_eq!(
+            store.list_dead("bob", 10, None).await.unwrap().items.len(),
+            2
+        );
+        enqueue(&store, message("m5", "bob", T0 + 4)).await;
+        assert_eq!(ids(&lease(&store, "bob", T0 + 4, 10).await), ["m5"]);
+    }
+
+    pub async fn expire_sweep_ends_live_messages_past_ttl(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        let mut acked = message("acked", "bob", T0);
+        acked.expires_at = T0 + 1;
+        enqueue(&store, acked).await;
+        lease(&store, "bob", T0, 1).await;
+        store
+            .ack(&ack_request("bob", "acked", None, T0))
+            .await
+            .unwrap();
+        for (id, ttl) in [("e1", 10), ("e2", 20), ("e3", 30), ("keep", 10 * MINUTE)] {
+            let mut m = message(id, "bob", T0);
+            m.expires_at = T0 + ttl;
+            enqueue(&store, m).await;
+        }
+        assert_eq!(ids(&lease(&store, "bob", T0, 1).await), ["e1"]);
+        assert_eq!(store.expire_messages(T0 + 25, 1).await.unwrap(), 1);
+        assert_eq!(store.expire_messages(T0 + 25, 10).await.unwrap(), 1);
+        assert_eq!(store.expire_messages(T0 + 25, 10).await.unwrap(), 0);
+        for id in ["e1", "e2"] {
+            let m = get(&store, id).await;
+            assert_eq!(m.state, MessageState::Expired, "{id}");
+            assert_eq!(m.ended_at, Some(T0 + 25));
+            assert_eq!(m.lease_id, None);
+        }
+        assert_eq!(get(&store, "e3").await.state, MessageState::Queued);
+        let acked = get(&store, "acked").await;
+        assert_eq!(
+            (acked.state, acked.ended_at),
+            (MessageState::Acked, Some(T0))
+        );
+    }
+
+    pub async fn reclaim_sweep_requeues_or_kills_expired_leases(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob", "carol"]).await;
+        for id in ["b1", "b2", "b3"] {
+            enqueue(&store, message(id, "bob", T0)).await;
+        }
+        enqueue(&store, message("c1", "carol", T0)).await;
+        lease(&store, "bob", T0, 3).await;
+        lease(&store, "carol", T0, 1).await;
+        let expired = T0 + MINUTE;
+        let reclaim = |max_attempts, limit, recipient: Option<&str>| ReclaimRequest {
+            now: expired,
+            max_attempts,
+            limit,
+            recipient: recipient.map(str::to_string),
+        };
+        let none = store
+            .reclaim_expired_leases(&ReclaimRequest {
+                now: expired - 1,
+                ..reclaim(MAX_ATTEMPTS, 10, None)
+            })
+            .await
+            .unwrap();
+        assert_eq!(none, ReclaimCounts::default());
+        // Only carol's inbox.
+        let counts = store
+            .reclaim_expired_leases(&reclaim(MAX_ATTEMPTS, 10, Some("carol")))
+            .await
+            .unwrap();
+        assert_eq!(
+            counts,
+            ReclaimCounts {
+                requeued: 1,
+                dead: 0
+            }
+        );
+        assert_eq!(get(&store, "c1").await.state, MessageState::Queued);
+        assert_eq!(get(&store, "b1").await.state, MessageState::Leased);
+        // Bounded by the limit; at max attempts they die instead.
+        let counts = store
+            .reclaim_expired_leases(&reclaim(1, 2, None))
+            .await
+            .unwrap();
+        assert_eq!(
+            counts,
+            ReclaimCounts {
+                requeued: 0,
+                dead: 2
+            }
+        );
+        let counts = store
+            .reclaim_expired_leases(&reclaim(MAX_ATTEMPTS, 10, None))
+            .await
+            .unwrap();
+        assert_eq!(
+            counts,
+            ReclaimCounts {
+                requeued: 1,
+                dead: 0
+            }
+        );
+        let states: Vec<MessageState> = [
+            get(&store, "b1").await,
+            get(&store, "b2").await,
+            get(&store, "b3").await,
+        ]
+        .iter()
+        .map(|m| m.state)
+        .collect();
+        assert_eq!(
+            states.iter().filter(|s| **s == MessageState::Dead).count(),
+            2
+        );
+        let requeued = [
+            get(&store, "b1").await,
+            get(&store, "b2").await,
+            get(&store, "b3").await,
+        ]
+        .into_iter()
+        .find(|m| m.state == MessageState::Queued)
+        .unwrap();
+        assert_eq!(requeued.visible_at, expired);
+        assert_eq!(requeued.lease_id, None);
+        assert_eq!(requeued.attempts, 1);
+        let dead = store.list_dead("bob", 10, None).await.unwrap().items;
+        assert!(
+            dead.iter()
+                .all(|m| m.dead_reason.as_deref() == Some(dead_reason::MAX_ATTEMPTS))
+        );
+    }
+
+    pub async fn purge_deletes_and_forgets_idempotency_keys(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        for id in ["old", "recent", "live"] {
+            enqueue(&store, message(id, "bob", T0)).await;
+        }
+        let leased = lease(&store, "bob", T0, 2).await;
+        assert_eq!(ids(&leased), ["old", "recent"]);
+        store
+            .ack(&ack_request("bob", "old", None, T0 + 10))
+            .await
+            .unwrap();
+        store
+            .ack(&ack_request("bob", "recent", None, T0 + 20))
+            .await
+            .unwrap();
+        assert_eq!(store.purge_retained(T0 + 10, 10).await.unwrap(), 0);
+        assert_eq!(store.purge_retained(T0 + 11, 10).await.unwrap(), 1);
+        assert_eq!(store.get_message("old").await.unwrap(), None);
+        assert_eq!(get(&store, "recent").await.state, MessageState::Acked);
+        assert_eq!(get(&store, "live").await.state, MessageState::Queued);
+        assert_eq!(
+            store.purge_retained(T0 + 100 * MINUTE, 10).await.unwrap(),
+            1
+        );
+        assert_eq!(get(&store, "live").await.state, MessageState::Queued);
+        // The purged message's key is forgotten: the same send is new again.
+        let again = message("old", "bob", T0 + 30);
+        assert!(matches!(
+            store.enqueue(again, QUOTA, None).await.unwrap(),
+            Enqueued::Created(_)
+        ));
+        let counts = store.inbox_stats("bob").await.unwrap();
+        assert_eq!((counts.total, counts.queued, counts.acked), (2, 2, 0));
+    }
+
+    pub async fn stats_count_by_state(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob", "carol"]).await;
+        for i in 0..6 {
+            enqueue(&store, message(&format!("b{i}"), "bob", T0 + i)).await;
+        }
+        enqueue(&store, message("c0", "carol", T0)).await;
+        let leased = lease_with(&store, "bob", T0 + 10, 4, 1).await;
+        store
+            .ack(&ack_request("bob", &leased[0].id, None, T0 + 10))
+            .await
+            .unwrap();
+        let mut kill = nack_request(
+            "bob",
+            &leased[1].id,
+            None,
+            NackAction::Requeue { visible_at: T0 },
+            T0 + 10,
+        );
+        kill.max_attempts = 1;
+        store.nack(&kill).await.unwrap();
+        let mut short = message("b-expiring", "bob", T0);
+        short.expires_at = T0 + 1;
+        enqueue(&store, short).await;
+        store.expire_messages(T0 + 10, 10).await.unwrap();
+
+        let bob = store.inbox_stats("bob").await.unwrap();
+        assert_eq!(
+            bob,
+            StateCounts {
+                total: 7,
+                queued: 2,
+                leased: 2,
+                acked: 1,
+                expired: 1,
+                dead: 1,
+            }
+        );
+        assert_eq!(
+            store.inbox_stats("nobody").await.unwrap(),
+            StateCounts::default()
+        );
+        let hub = store.stats().await.unwrap();
+        assert_eq!(hub.agents_total, 2);
+        assert_eq!(hub.agents_online, 2);
+        assert_eq!(hub.messages.total, 8);
+        assert_eq!(hub.messages.queued, 3);
+    }
+
+    pub async fn deliveries_claim_record_and_cancel(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        let due = T0 + 100;
+        store
+            .enqueue(
+                message("m1", "bob", T0),
+                QUOTA,
+                Some(delivery("d1", "m1", "bob", due)),
+            )
+            .await
+            .unwrap();
+        store
+            .enqueue(
+                message("m2", "bob", T0),
+                QUOTA,
+                Some(delivery("d2", "m2", "bob", due + 1)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_delivery("d1").await.unwrap(),
+            Some(delivery("d1", "m1", "bob", due))
+        );
+        assert!(
+            store
+                .claim_due_deliveries(due - 1, 10, 30_000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let claimed = store.claim_due_deliveries(due, 10, 30_000).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].id, "d1");
+        assert_eq!(claimed[0].next_attempt_at, due + 30_000);
+        // Claimed: not handed out again while the claim lasts.
+        let claimed = store
+            .claim_due_deliveries(due + 1, 10, 30_000)
+            .await
+            .unwrap();
+        assert_eq!(ids_of(&claimed), ["d2"]);
+
+        let attempt = |delivery_id: &str, message_id: &str, n, at, status| DeliveryAttempt {
+            delivery_id: delivery_id.to_string(),
+            message_id: message_id.to_string(),
+            agent_id: "bob".into(),
+            attempt: n,
+            at,
+            status_code: status,
+            latency_ms: 12,
+            error: status.is_none().then(|| "connection refused".to_string()),
+        };
+        let retry_at = due + 5_000;
+        store
+            .record_attempt(
+                &attempt("d1", "m1", 1, due, None),
+                AttemptOutcome::RetryAt(retry_at),
+            )
+            .await
+            .unwrap();
+        let d1 = store.get_delivery("d1").await.unwrap().unwrap();
+        assert_eq!(d1.state, DeliveryState::Pending);
+        assert_eq!(d1.attempts, 1);
+        assert_eq!(d1.next_attempt_at, retry_at);
+        assert_eq!(d1.last_error.as_deref(), Some("connection refused"));
+        assert_eq!(d1.updated_at, due);
+        let claimed = store
+            .claim_due_deliveries(retry_at, 10, 30_000)
+            .await
+            .unwrap();
+        assert_eq!(ids_of(&claimed), ["d1"]);
+        store
+            .record_attempt(
+                &attempt("d1", "m1", 2, retry_at, Some(204)),
+                AttemptOutcome::Delivered,
+            )
+            .await
+            .unwrap();
+        let d1 = store.get_delivery("d1").await.unwrap().unwrap();
+        assert_eq!(d1.state, DeliveryState::Delivered);
+        assert_eq!(d1.attempts, 2);
+        assert_eq!(d1.last_status, Some(204));
+        assert!(
+            store
+                .claim_due_deliveries(due + 10 * 60 * MINUTE, 10, 1)
+                .await
+                .unwrap()
+                .iter()
+                .all(|d| d.id != "d1")
+        );
+
+        store
+            .record_attempt(
+                &attempt("d2", "m2", 1, due + 1, Some(500)),
+                AttemptOutcome::Failed,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_delivery("d2").await.unwrap().unwrap().state,
+            DeliveryState::Failed
+        );
+        let listed = store.list_attempts("bob", 10).await.unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .map(|a| (a.delivery_id.as_str(), a.attempt))
+                .collect::<Vec<_>>(),
+            [("d2", 1), ("d1", 2), ("d1", 1)]
+        );
+        assert_eq!(listed[1], attempt("d1", "m1", 2, retry_at, Some(204)));
+        assert_eq!(store.list_attempts("bob", 1).await.unwrap().len(), 1);
+        assert!(store.list_attempts("nobody", 10).await.unwrap().is_empty());
+
+        store
+            .enqueue(
+                message("m3", "bob", T0),
+                QUOTA,
+                Some(delivery("d3", "m3", "bob", due)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.cancel_deliveries("bob", due + 2).await.unwrap(), 1);
+        assert_eq!(store.cancel_deliveries("bob", due + 2).await.unwrap(), 0);
+        let d3 = store.get_delivery("d3").await.unwrap().unwrap();
+        assert_eq!(
+            (d3.state, d3.updated_at),
+            (DeliveryState::Cancelled, due + 2)
+        );
+        // A late attempt result does not revive a cancelled delivery.
+        store
+            .record_attempt(
+                &attempt("d3", "m3", 1, due + 3, Some(200)),
+                AttemptOutcome::Delivered,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_delivery("d3").await.unwrap().unwrap().state,
+            DeliveryState::Cancelled
+        );
+        assert!(
+            store
+                .claim_due_deliveries(due + 10 * 60 * MINUTE, 10, 1)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    fn ids_of(deliveries: &[Delivery]) -> Vec<&str> {
+        deliveries.iter().map(|d| d.id.as_str()).collect()
+    }
+
+    fn audit_event(i: i64) -> NewAuditEvent {
+        NewAuditEvent {
+            at: T0 + i,
+            kind: "agent.registered".into(),
+            agent_id: (i % 2 == 0).then(|| format!("agent-{i}")),
+            detail: json!({"i": i, "note": "ünïcode", "nested": {"z": 1, "a": [true, null]}}),
+        }
+    }
+
+    pub async fn audit_chain_appends_and_verifies(store: Arc<dyn Store>) {
+        assert!(store.list_audit(None, 10).await.unwrap().is_empty());
+        let mut appended = Vec::new();
+        for i in 0..5 {
+            let event = store.append_audit(audit_event(i)).await.unwrap();
+            assert_eq!(event.seq, i as u64 + 1);
+            assert_eq!(event.detail, audit_event(i).detail);
+            appended.push(event);
+        }
+        let all = store.list_audit(None, 100).await.unwrap();
+        assert_eq!(all, appended);
+        assert_eq!(first_broken_link(GENESIS_HASH, &all), None);
+        let page = store.list_audit(Some(2), 2).await.unwrap();
+        assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(first_broken_link(&all[1].hash, &page), None);
+        assert!(store.list_audit(Some(5), 10).await.unwrap().is_empty());
+    }
+
+    pub async fn export_pages_and_import_is_idempotent(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob", "alice", "carol"]).await;
+        for id in ["m3", "m1", "m2"] {
+            enqueue(&store, message(id, "bob", T0)).await;
+        }
+        let mut agents = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.export_agents(after.as_deref(), 2).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(last.agent_id.clone());
+            agents.extend(page);
+        }
+        assert_eq!(
+            agents
+                .iter()
+                .map(|a| a.agent_id.as_str())
+                .collect::<Vec<_>>(),
+            ["alice", "bob", "carol"]
+        );
+        let mut messages = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.export_messages(after.as_deref(), 2).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            messages.extend(page);
+        }
+        assert_eq!(ids(&messages), ["m1", "m2", "m3"]);
+
+        // Importing what is already there changes nothing.
+        for a in agents {
+            assert!(!store.import_agent(a).await.unwrap());
+        }
+        for m in messages {
+            assert!(!store.import_message(m).await.unwrap());
+        }
+
+        // A new record arrives exactly as exported, lease and all.
+        let mut imported_agent = agent("dave");
+        imported_agent.online = false;
+        imported_agent.trusted_agents = vec!["bob".into()];
+        imported_agent.webhook_url = Some("https://example.test/dave".into());
+        assert!(store.import_agent(imported_agent.clone()).await.unwrap());
+        assert!(!store.import_agent(imported_agent.clone()).await.unwrap());
+        assert_eq!(store.get_agent("dave").await.unwrap(), Some(imported_agent));
+
+        let mut leased = message("imported", "dave", T0);
+        leased.state = MessageState::Leased;
+        leased.attempts = 3;
+        leased.lease_id = Some("lease-from-elsewhere".into());
+        leased.lease_until = Some(T0 + MINUTE);
+        leased.idempotency_key = Some("imported-key".into());
+        leased.result = Some(json!([1, "two"]));
+        assert!(store.import_message(leased.clone()).await.unwrap());
+        assert!(!store.import_message(leased.clone()).await.unwrap());
+        assert_eq!(get(&store, "imported").await, leased);
+        let mut dead = message("imported-dead", "ghost", T0);
+        dead.state = MessageState::Dead;
+        dead.ended_at = Some(T0);
+        dead.dead_reason = Some(dead_reason::RECIPIENT_DELETED.into());
+        assert!(store.import_message(dead.clone()).await.unwrap());
+        assert_eq!(get(&store, "imported-dead").await, dead);
+
+        // The imported lease and idempotency key are live state.
+        assert!(lease(&store, "dave", T0 + 1, 10).await.is_empty());
+        store
+            .ack(&ack_request(
+                "dave",
+                "imported",
+                Some("lease-from-elsewhere"),
+                T0 + 2,
+            ))
+            .await
+            .unwrap();
+        let mut retry = message("imported-retry", "dave", T0 + 3);
+        retry.idempotency_key = Some("imported-key".into());
+        retry.content_hash = leased.content_hash.clone();
+        assert!(matches!(
+            store.enqueue(retry, QUOTA, None).await.unwrap(),
+            Enqueued::Duplicate(m) if m.id == "imported"
+        ));
+    }
+
+    pub async fn concurrent_leases_never_share_a_message(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        for i in 0..20 {
+            enqueue(&store, message(&format!("m{i:02}"), "bob", T0)).await;
+        }
+        let pulls: Vec<_> = (0..40)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { lease(&store, "bob", T0 + 1, 1).await })
+            })
+            .collect();
+        let mut leased = Vec::new();
+        for pull in pulls {
+            leased.extend(pull.await.unwrap());
+        }
+        let distinct: HashSet<&str> = leased.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(leased.len(), 20, "every message leased exactly once");
+        assert_eq!(distinct.len(), 20);
+        assert!(leased.iter().all(|m| m.attempts == 1));
+        assert!(lease(&store, "bob", T0 + 1, 100).await.is_empty());
+    }
+
+    pub async fn concurrent_enqueues_respect_the_quota(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        let sends: Vec<_> = (0..30)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .enqueue(message(&format!("m{i:02}"), "bob", T0), 10, None)
+                        .await
+                })
+            })
+            .collect();
+        let mut created = 0;
+        for send in sends {
+            match send.await.unwrap() {
+                Ok(Enqueued::Created(_)) => created += 1,
+                Err(StoreError::InboxFull) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(created, 10);
+        assert_eq!(store.inbox_stats("bob").await.unwrap().queued, 10);
+    }
+
+    pub async fn concurrent_audit_appends_keep_one_chain(store: Arc<dyn Store>) {
+        let appends: Vec<_> = (0..20)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move { store.append_audit(audit_event(i)).await.unwrap() })
+            })
+            .collect();
+        for append in appends {
+            append.await.unwrap();
+        }
+        let all = store.list_audit(None, 100).await.unwrap();
+        assert_eq!(
+            all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (1..=20).collect::<Vec<_>>()
+        );
+        assert_eq!(first_broken_link(GENESIS_HASH, &all), None);
+    }
+
+    /// What a reopened store must still hold.
+    pub struct Filled {
+        agent: Agent,
+        messages: Vec<Message>,
+        delivery: Delivery,
+        audit: Vec<AuditEvent>,
+    }
+
+    pub async fn reopen_fill(store: Arc<dyn Store>) -> Filled {
+        setup_agents(&store, &["bob"]).await;
+        let agent = store
+            .update_agent(
+                "bob",
+                &AgentChange::AddTrusted {
+                    agent_id: "alice".into(),
+                    now: T0,
+                },
+            )
+            .await
+            .unwrap();
+        enqueue(&store, message("leased", "bob", T0)).await;
+        enqueue(&store, message("acked", "bob", T0)).await;
+        enqueue(&store, message("queued", "bob", T0 + 1)).await;
+        store
+            .enqueue(
+                message("with-delivery", "bob", T0 + 1),
+                QUOTA,
+                Some(delivery("d1", "with-delivery", "bob", T0)),
+            )
+            .await
+            .unwrap();
+        let leased = lease(&store, "bob", T0, 2).await;
+        store
+            .ack(&ack_request("bob", &leased[1].id, None, T0))
+            .await
+            .unwrap();
+        for i in 0..3 {
+            store.append_audit(audit_event(i)).await.unwrap();
+        }
+        let mut messages = Vec::new();
+        for id in ["queued", "leased", "acked", "with-delivery"] {
+            messages.push(get(&store, id).await);
+        }
+        Filled {
+            agent,
+            messages,
+            delivery: store.get_delivery("d1").await.unwrap().unwrap(),
+            audit: store.list_audit(None, 100).await.unwrap(),
+        }
+    }
+
+    pub async fn reopen_check(store: Arc<dyn Store>, expected: Filled) {
+        assert_eq!(store.get_agent("bob").await.unwrap(), Some(expected.agent));
+        for m in &expected.messages {
+            assert_eq!(&get(&store, &m.id).await, m);
+        }
+        assert_eq!(
+            store.get_delivery("d1").await.unwrap(),
+            Some(expected.delivery)
+        );
+        assert_eq!(store.list_audit(None, 100).await.unwrap(), expected.audit);
+        // The lease held before the restart still holds; the chain goes on.
+        let leased = lease(&store, "bob", T0 + 1, 10).await;
+        assert_eq!(ids(&leased), ["queued", "with-delivery"]);
+        let next = store.append_audit(audit_event(3)).await.unwrap();
+        assert_eq!(next.seq, 4);
+        let all = store.list_audit(None, 100).await.unwrap();
+        assert_eq!(first_broken_link(GENESIS_HASH, &all), None);
+    }
+}

@@ -1,0 +1,100 @@
+//! Test fixtures shared by the storage tests: a throwaway PostgreSQL schema
+//! per test and a throwaway directory per SQLite database.
+//!
+//! PostgreSQL is the real server (127.0.0.1:5432, trust auth, database
+//! `test`, or `ADMP_TEST_DATABASE_URL`); each fixture creates its own schema
+//! with a random name, so tests running in parallel, and CI runs sharing the
+//! server, never see each other's tables. The schema is dropped afterwards.
+
+use std::path::{Path, PathBuf};
+
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+
+/// The database the PostgreSQL tests create their schemas in.
+pub fn postgres_admin_url() -> String {
+    std::env::var("ADMP_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+/// A schema of its own in the test database.
+pub struct PgSchema {
+    pub name: String,
+    admin_url: String,
+}
+
+impl PgSchema {
+    /// Creates `admp_test_<random>`; panics with a hint when the server is not running.
+    pub async fn create() -> PgSchema {
+        let admin_url = postgres_admin_url();
+        let name = format!("admp_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL at {admin_url} is needed by the storage tests ({e}); start it with \
+                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
+            )
+        });
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("creating the test schema");
+        conn.close().await.ok();
+        PgSchema { name, admin_url }
+    }
+
+    /// `DATABASE_URL` whose connections work inside this schema.
+    pub fn url(&self) -> String {
+        let separator = if self.admin_url.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        format!(
+            "{}{separator}options=-c%20search_path%3D{}",
+            self.admin_url, self.name
+        )
+    }
+
+    /// Drops the schema and everything in it.
+    pub async fn drop_schema(self) {
+        let mut conn = PgConnection::connect(&self.admin_url)
+            .await
+            .expect("connecting to drop the test schema");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA {} CASCADE",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("dropping the test schema");
+        conn.close().await.ok();
+    }
+}
+
+/// A directory removed (with its contents) when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh, empty directory under the system temp dir.
+    pub fn new() -> TempDir {
+        let path =
+            std::env::temp_dir().join(format!("admp-test-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path).expect("creating a temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// `DATABASE_URL` of a SQLite file in this directory (created on first open).
+    pub fn sqlite_url(&self) -> String {
+        format!("sqlite://{}?mode=rwc", self.0.join("admp.db").display())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
