@@ -98,3 +98,71 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// An `admp serve` child process, killed (SIGKILL) when dropped.
+pub struct HubProcess {
+    child: std::process::Child,
+    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    pub url: String,
+}
+
+impl HubProcess {
+    /// Starts the `admp` binary with `args` after `serve` on 127.0.0.1, port 0
+    /// (the OS picks a free port), and waits, bounded, until it logs the address
+    /// it listens on. The working directory is `cwd`, so no `.env` of the
+    /// repository leaks in, and the environment is cleared for the same reason.
+    pub fn start(cwd: &Path, args: &[&str]) -> HubProcess {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+
+        let mut child = Command::new(env!("CARGO_BIN_EXE_admp"))
+            .arg("serve")
+            .args(["--host", "127.0.0.1", "--port", "0", "--log-format", "json"])
+            .args(args)
+            .current_dir(cwd)
+            .env_clear()
+            .env("RUST_LOG", "warn,admp::server=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning admp serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads the log until the process exits, so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if record["fields"]["message"] == "admp hub listening" {
+                    let addr = record["fields"]["addr"].as_str().unwrap_or_default();
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(addr) => HubProcess {
+                child,
+                url: format!("http://{addr}"),
+            },
+            Err(e) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!("admp serve did not report its address ({e}); exit: {status:?}");
+            }
+        }
+    }
+
+    /// SIGKILL: no graceful shutdown, no flush, as a crash or OOM kill.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
