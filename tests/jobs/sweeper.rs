@@ -6,6 +6,7 @@ use std::sync::Arc;
 use admp::config::Config;
 use admp::hub::{Clock, Hub, Registration};
 use admp::jobs::sweeper::{self, SweepStats};
+use admp::store::postgres::PostgresStore;
 use admp::store::{AckRequest, Enqueued, LeaseRequest, MessageState, Store, memory::MemoryStore};
 
 use crate::support::message;
@@ -33,7 +34,7 @@ async fn hub_on(config: Config, store: Arc<dyn Store>, clock: Clock) -> Arc<Hub>
 
 /// A hub instance over `store` (several over one store act like several processes).
 fn new_hub(config: Config, store: Arc<dyn Store>, clock: Clock) -> Arc<Hub> {
-    Arc::new(Hub::new(Arc::new(config), store, clock))
+    Arc::new(Hub::new(Arc::new(config), store, clock, Arc::default()))
 }
 
 async fn enqueue(hub: &Hub, id: &str, recipient: &str, ttl_ms: i64) {
@@ -280,6 +281,19 @@ async fn two_sweepers_count_each_record_once_on(store: Arc<dyn Store>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sweepers_on_one_store_count_each_record_once() {
     two_sweepers_count_each_record_once_on(Arc::new(MemoryStore::new())).await;
+}
+
+/// The same with two PostgreSQL stores on one schema, as two hub processes have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sweepers_on_one_postgres_schema_count_each_record_once() {
+    let schema = crate::storage::PgSchema::create().await;
+    let store = PostgresStore::open(&schema.url(), 4, Arc::default())
+        .await
+        .unwrap();
+    let store = Arc::new(store);
+    two_sweepers_count_each_record_once_on(store.clone()).await;
+    store.close().await;
+    schema.drop_schema().await;
 }
 
 /// The task runs a pass at start and then every interval, records what each
