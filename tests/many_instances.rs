@@ -88,7 +88,7 @@ async fn two_hubs_share_one_inbox_without_loss_or_double_leases() {
     let elapsed = started.elapsed();
 
     assert_eq!(sent.len(), MESSAGES);
-    let deliveries = deliveries.lock();
+    let deliveries = std::mem::take(&mut *deliveries.lock());
     let twice: Vec<_> = deliveries.iter().filter(|(_, l)| l.len() > 1).collect();
     assert!(twice.is_empty(), "leased more than once: {twice:?}");
     for id in &sent {
