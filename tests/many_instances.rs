@@ -3,7 +3,8 @@
 //! - Two `admp serve` processes, 4 consumers across both, 2000 messages sent
 //!   through both: every message is leased once and acked once, none lost.
 //! - A NOTIFY sent by one instance's store wakes long-polls on another's.
-//! - Sweeps running on two instances at once count every message once.
+//! - Sweeps and webhook claims running on two instances at once handle every
+//!   record once.
 //!
 //! Needs PostgreSQL on 127.0.0.1:5432 (see `tests/support`).
 
@@ -352,6 +353,57 @@ async fn sweeps_on_two_instances_count_each_message_once() {
         (stats.total, stats.queued),
         ((N - N / 3) as u64, (N - N / 3) as u64)
     );
+    a.close().await;
+    b.close().await;
+    schema.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_claims_on_two_instances_hand_out_each_delivery_once() {
+    const N: usize = 100;
+    let schema = PgSchema::create().await;
+    let [(a, _), (b, _)] = two_instances(&schema).await;
+    a.create_agent(agent("bob")).await.unwrap();
+    for i in 0..N {
+        let id = format!("m{i:03}");
+        let delivery = Delivery {
+            id: format!("d{i:03}"),
+            message_id: id.clone(),
+            agent_id: "bob".into(),
+            state: DeliveryState::Pending,
+            attempts: 0,
+            next_attempt_at: T0,
+            created_at: T0,
+            updated_at: T0,
+            last_status: None,
+            last_error: None,
+        };
+        a.enqueue(message(&id, "bob"), N as u64, Some(delivery))
+            .await
+            .unwrap();
+    }
+    let claimed = Arc::new(Mutex::new(Vec::new()));
+    let claim = |store: Arc<PostgresStore>, claimed: Arc<Mutex<Vec<String>>>| {
+        tokio::spawn(async move {
+            loop {
+                let batch = store.claim_due_deliveries(T0, 7, 60_000).await.unwrap();
+                if batch.is_empty() {
+                    return;
+                }
+                claimed.lock().extend(batch.into_iter().map(|d| d.id));
+            }
+        })
+    };
+    let (first, second) = (
+        claim(a.clone(), claimed.clone()),
+        claim(b.clone(), claimed.clone()),
+    );
+    first.await.unwrap();
+    second.await.unwrap();
+    let mut claimed = std::mem::take(&mut *claimed.lock());
+    claimed.sort();
+    let expected: Vec<String> = (0..N).map(|i| format!("d{i:03}")).collect();
+    assert_eq!(claimed, expected, "every delivery claimed exactly once");
     a.close().await;
     b.close().await;
     schema.drop_schema().await;

@@ -56,19 +56,40 @@ impl PgSchema {
     }
 
     /// Drops the schema and everything in it.
-    pub async fn drop_schema(self) {
-        let mut conn = PgConnection::connect(&self.admin_url)
-            .await
-            .expect("connecting to drop the test schema");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP SCHEMA {} CASCADE",
-            self.name
-        )))
+    pub async fn drop_schema(mut self) {
+        drop_schema(&self.admin_url, &self.name).await;
+        self.name.clear();
+    }
+}
+
+impl Drop for PgSchema {
+    /// A test that failed before `drop_schema` still removes its schema, on a
+    /// thread of its own because the test's runtime may be gone or busy.
+    fn drop(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the cleanup");
+            runtime.block_on(drop_schema(&admin_url, &name));
+        });
+        let _ = cleanup.join();
+    }
+}
+
+async fn drop_schema(admin_url: &str, name: &str) {
+    let mut conn = PgConnection::connect(admin_url)
+        .await
+        .expect("connecting to drop the test schema");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {name} CASCADE")))
         .execute(&mut conn)
         .await
         .expect("dropping the test schema");
-        conn.close().await.ok();
-    }
+    conn.close().await.ok();
 }
 
 /// A directory removed (with its contents) when dropped.
