@@ -440,9 +440,23 @@ where
     restarted.shutdown().await.unwrap();
 }
 
+/// SQLite: the restarted hub opens a new store on the same file, exactly as a
+/// restarted process does.
+#[tokio::test]
+async fn retries_survive_a_hub_restart_on_sqlite() {
+    let dir = crate::storage::TempDir::new();
+    let url = dir.sqlite_url();
+    let open = |url: String| async move {
+        admp::server::open_store_url(&url, &admp::config::Config::default())
+            .await
+            .expect("sqlite store opens")
+    };
+    let first = open(url.clone()).await;
+    retries_survive_a_restart_with(first, || open(url)).await;
+}
+
 /// Memory variant: the restarted hub gets the same store instance, as a
-/// durable backend would give it the same data. The SQLite variant (a new
-/// store opened on the same file) joins once the SQLite backend lands.
+/// durable backend would give it the same data.
 #[tokio::test]
 async fn retries_survive_a_hub_restart() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
