@@ -47,3 +47,105 @@ pub fn first_broken_link(prev_hash: &str, events: &[AuditEvent]) -> Option<u64> 
     }
     None
 }
+
+/// The kinds of security-relevant events the hub records (PROTOCOL.md §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuditKind {
+    AgentRegistered,
+    AgentDeleted,
+    KeyRotated,
+    WebhookSet,
+    WebhookRemoved,
+    TrustAdded,
+    TrustRemoved,
+    /// A request refused for its credentials or signature (any 401 or 403).
+    AuthFailed,
+    /// A request refused with 429 `RATE_LIMITED`.
+    RateLimited,
+    /// Messages moved to the dead letters.
+    DeadLettered,
+}
+
+impl AuditKind {
+    /// The stored `kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditKind::AgentRegistered => "agent.registered",
+            AuditKind::AgentDeleted => "agent.deleted",
+            AuditKind::KeyRotated => "agent.key_rotated",
+            AuditKind::WebhookSet => "agent.webhook_set",
+            AuditKind::WebhookRemoved => "agent.webhook_removed",
+            AuditKind::TrustAdded => "agent.trust_added",
+            AuditKind::TrustRemoved => "agent.trust_removed",
+            AuditKind::AuthFailed => "auth.failed",
+            AuditKind::RateLimited => "rate_limit.exceeded",
+            AuditKind::DeadLettered => "message.dead_lettered",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(n: u64) -> Vec<AuditEvent> {
+        let mut prev = GENESIS_HASH.to_string();
+        (1..=n)
+            .map(|seq| {
+                let detail = json!({ "n": seq });
+                let hash = chain_hash(
+                    &prev,
+                    seq,
+                    seq as i64,
+                    "agent.registered",
+                    Some("a"),
+                    &detail,
+                );
+                prev = hash.clone();
+                AuditEvent {
+                    seq,
+                    at: seq as i64,
+                    kind: "agent.registered".into(),
+                    agent_id: Some("a".into()),
+                    detail,
+                    hash,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_intact_chain_verifies_from_genesis_and_from_any_anchor() {
+        let events = chain(5);
+        assert_eq!(first_broken_link(GENESIS_HASH, &events), None);
+        assert_eq!(first_broken_link(&events[1].hash, &events[2..]), None);
+    }
+
+    #[test]
+    fn edits_deletions_and_reordering_break_the_chain() {
+        let mut edited = chain(5);
+        edited[2].detail = json!({ "n": 99 });
+        assert_eq!(first_broken_link(GENESIS_HASH, &edited), Some(3));
+
+        let mut deleted = chain(5);
+        deleted.remove(2);
+        assert_eq!(first_broken_link(GENESIS_HASH, &deleted), Some(4));
+
+        let mut swapped = chain(5);
+        swapped.swap(1, 2);
+        assert_eq!(first_broken_link(GENESIS_HASH, &swapped), Some(3));
+
+        // Recomputing the edited row's own hash still breaks the next link.
+        let mut rehashed = chain(5);
+        rehashed[2].detail = json!({ "n": 99 });
+        rehashed[2].hash = chain_hash(
+            &rehashed[1].hash,
+            3,
+            3,
+            "agent.registered",
+            Some("a"),
+            &rehashed[2].detail,
+        );
+        assert_eq!(first_broken_link(GENESIS_HASH, &rehashed), Some(4));
+    }
+}

@@ -151,6 +151,24 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
+    /// Refuse requests over the rate limits below with 429 RATE_LIMITED.
+    #[arg(long, env = "RATE_LIMIT_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub rate_limit_enabled: bool,
+    /// Sustained requests per second of one agent (and of one IP for unauthenticated requests).
+    #[arg(long, env = "RATE_LIMIT_PER_SEC", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_per_sec: u32,
+    /// Requests one agent (or IP) may make at once before the per-second rate applies.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_burst: u32,
+    /// Registrations per minute from one client IP (also the burst).
+    #[arg(long, env = "REGISTER_RATE_LIMIT_PER_MIN", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    pub register_rate_limit_per_min: u32,
+    /// Take the client IP from the last `X-Forwarded-For` entry (only behind a proxy that sets it).
+    #[arg(long, env = "TRUST_PROXY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub trust_proxy: bool,
+    /// Require the master key on `/metrics` (open by default, like `/health`).
+    #[arg(long, env = "METRICS_REQUIRE_KEY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub metrics_require_key: bool,
 }
 
 /// Moves the content of `file` into `value` (see [`Config::resolve_secret_files`]).
@@ -243,6 +261,12 @@ impl Default for Config {
             session_secret_file: None,
             session_ttl_sec: 900,
             log_format: LogFormat::Json,
+            rate_limit_enabled: true,
+            rate_limit_per_sec: 200,
+            rate_limit_burst: 400,
+            register_rate_limit_per_min: 60,
+            trust_proxy: false,
+            metrics_require_key: false,
         }
     }
 }
@@ -322,6 +346,9 @@ impl Config {
                 );
             }
             _ => {}
+        }
+        if self.metrics_require_key && self.master_api_key.is_none() {
+            return Err("METRICS_REQUIRE_KEY=true needs MASTER_API_KEY".into());
         }
         if let Some(secret) = &self.session_secret
             && secret.len() < 32

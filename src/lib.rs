@@ -2,8 +2,9 @@
 //!
 //! Request data flows one way: HTTP ([`api`]) → protocol rules ([`hub`]) →
 //! storage ([`store`]). Background work lives in [`jobs`]; webhook payloads,
-//! signatures and the receiver's verification helper in [`webhook`];
-//! signatures shared with clients in [`signing`]; the command-line client in [`client`].
+//! signatures and the receiver's verification helper in [`webhook`]; metrics
+//! in [`telemetry`]; the audit hash chain in [`audit`]; signatures shared
+//! with clients in [`signing`]; the command-line client in [`client`].
 
 pub mod api;
 pub mod audit;
@@ -14,6 +15,7 @@ pub mod jobs;
 pub mod server;
 pub mod signing;
 pub mod store;
+pub mod telemetry;
 pub mod webhook;
 
 pub use api::{AppState, router as build_app};

@@ -24,6 +24,7 @@ pub struct RunningHub {
     server: JoinHandle<std::io::Result<()>>,
     sweeper: JoinHandle<()>,
     webhooks: JoinHandle<()>,
+    housekeeping: JoinHandle<()>,
 }
 
 impl RunningHub {
@@ -45,6 +46,7 @@ impl RunningHub {
         self.server.await.context("server task")??;
         self.sweeper.await.context("sweeper task")?;
         self.webhooks.await.context("webhook worker task")?;
+        self.housekeeping.await.context("housekeeping task")?;
         Ok(())
     }
 }
@@ -125,7 +127,9 @@ pub async fn start_with_wakers(
         .with_context(|| format!("binding {}:{}", config.host, config.port))?;
     let addr = listener.local_addr()?;
     let hub = Arc::new(Hub::new(Arc::new(config), store, clock, wakers));
-    let app = router(AppState { hub: hub.clone() });
+    let state = AppState::new(hub.clone());
+    let housekeeping = tokio::spawn(state.clone().housekeeping());
+    let app = router(state);
     let stop = hub.shutdown.clone();
     let server = tokio::spawn(async move {
         axum::serve(
@@ -146,6 +150,7 @@ pub async fn start_with_wakers(
         server,
         sweeper,
         webhooks,
+        housekeeping,
     })
 }
 

@@ -59,8 +59,10 @@ async fn openapi_describes_every_route() {
     let expected = [
         ("get", "/health"),
         ("get", "/ready"),
+        ("get", "/metrics"),
         ("get", "/api/stats"),
         ("get", "/api/admin/export"),
+        ("get", "/api/audit"),
         ("post", "/api/agents/register"),
         ("get", "/api/agents/{agent_id}"),
         ("delete", "/api/agents/{agent_id}"),

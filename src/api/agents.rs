@@ -5,12 +5,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{ApiPath, ApiQuery, Authed};
+use crate::audit::AuditKind;
 use crate::hub::Registration;
 use crate::store::{Agent, DeliveryAttempt};
 
@@ -147,6 +148,13 @@ pub async fn register(
         })
         .await?;
     let agent = registered.agent;
+    let detail = json!({
+        "agent_type": agent.agent_type,
+        "key_generated_by_hub": registered.secret_key.is_some(),
+        "webhook_url": agent.webhook_url,
+    });
+    app.audit(&req, AuditKind::AgentRegistered, &agent.agent_id, detail)
+        .await;
     Ok((
         StatusCode::CREATED,
         Json(RegisterResponse {
@@ -189,6 +197,8 @@ pub async fn delete_agent(
 ) -> ApiResult<StatusCode> {
     app.hub.scope(&req.caller, &agent_id).await?;
     app.hub.delete_agent(&agent_id).await?;
+    app.audit(&req, AuditKind::AgentDeleted, &agent_id, json!({}))
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -269,6 +279,9 @@ pub async fn add_trusted(
     app.hub.scope(&req.caller, &agent_id).await?;
     let body: TrustRequest = req.json()?;
     let agent = app.hub.trust(&agent_id, &body.agent_id).await?;
+    let detail = json!({ "trusted": body.agent_id });
+    app.audit(&req, AuditKind::TrustAdded, &agent_id, detail)
+        .await;
     Ok(Json(TrustedResponse {
         trusted_agents: agent.trusted_agents,
     }))
@@ -285,6 +298,9 @@ pub async fn remove_trusted(
 ) -> ApiResult<Json<TrustedResponse>> {
     app.hub.scope(&req.caller, &agent_id).await?;
     let agent = app.hub.untrust(&agent_id, &other).await?;
+    let detail = json!({ "trusted": other });
+    app.audit(&req, AuditKind::TrustRemoved, &agent_id, detail)
+        .await;
     Ok(Json(TrustedResponse {
         trusted_agents: agent.trusted_agents,
     }))
@@ -335,6 +351,9 @@ pub async fn set_webhook(
         .hub
         .set_webhook(&agent_id, body.webhook_url, body.webhook_secret)
         .await?;
+    let detail = json!({ "webhook_url": agent.webhook_url });
+    app.audit(&req, AuditKind::WebhookSet, &agent_id, detail)
+        .await;
     Ok(Json(WebhookConfigured {
         agent_id: agent.agent_id,
         webhook_url: agent.webhook_url,
@@ -370,6 +389,8 @@ pub async fn delete_webhook(
 ) -> ApiResult<Json<WebhookRemoved>> {
     app.hub.scope(&req.caller, &agent_id).await?;
     app.hub.clear_webhook(&agent_id).await?;
+    app.audit(&req, AuditKind::WebhookRemoved, &agent_id, json!({}))
+        .await;
     Ok(Json(WebhookRemoved {
         message: "Webhook removed",
         webhook_configured: false,
@@ -471,6 +492,12 @@ pub async fn rotate_key(
     app.hub.scope(&req.caller, &agent_id).await?;
     let body: RotateKeyRequest = req.json()?;
     let rotated = app.hub.rotate_key(&agent_id, &body.public_key).await?;
+    let detail = json!({
+        "key_version": rotated.agent.key_version(),
+        "previous_key_valid_until": rotated.previous_key_valid_until,
+    });
+    app.audit(&req, AuditKind::KeyRotated, &agent_id, detail)
+        .await;
     Ok(Json(RotateKeyResponse {
         public_key: current_public_key(&rotated.agent),
         key_version: rotated.agent.key_version(),

@@ -34,6 +34,11 @@ pub struct ErrorBody {
     pub retry_after_sec: Option<u64>,
 }
 
+/// Response extension naming the error code, so middleware (metrics, audit
+/// of refused requests) can see what was refused without parsing the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
+
 /// Result alias for handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
 
@@ -57,6 +62,17 @@ impl ApiError {
     /// 400 `INVALID_INPUT` naming the field.
     pub fn invalid_input(field: &str, message: impl Into<String>) -> Self {
         ApiError::from(HubError::invalid(field, message))
+    }
+
+    /// 429 `RATE_LIMITED`, retry after at least a second.
+    pub fn rate_limited(retry_after_sec: u64) -> Self {
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMITED",
+            "rate limit exceeded; retry later",
+        );
+        error.retry_after_sec = Some(retry_after_sec.max(1));
+        error
     }
 
     /// 413 `PAYLOAD_TOO_LARGE`.
@@ -140,6 +156,7 @@ impl IntoResponse for ApiError {
             retry_after_sec: self.retry_after_sec,
         };
         let mut response = (self.status, Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(self.code));
         if let Some(sec) = self.retry_after_sec {
             response
                 .headers_mut()
@@ -297,6 +314,11 @@ pub const ERROR_CODES: &[(u16, &str, &str)] = &[
         429,
         "INBOX_FULL",
         "The recipient holds `MAX_MESSAGES_PER_AGENT` live messages; see `Retry-After`.",
+    ),
+    (
+        429,
+        "RATE_LIMITED",
+        "Too many requests from this agent (or, unauthenticated, this IP); see `Retry-After`.",
     ),
     (500, "INTERNAL_ERROR", "A bug; logged with the request id."),
     (

@@ -1,14 +1,17 @@
 //! Extractors that turn an HTTP request into plain values for the hub, with
 //! every rejection rendered as our JSON error (axum's own are plain text).
 
+use std::net::IpAddr;
+
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use serde::de::DeserializeOwned;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
+use super::ratelimit::ClientIp;
 use crate::hub::{Caller, Credentials};
 use crate::signing::http::RequestParts;
 
@@ -17,10 +20,15 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// An authenticated request: who is calling, and the raw body (read once,
 /// bounded by `MAX_MESSAGE_SIZE_KB`, needed verbatim for digests and body hashes).
+/// Authenticated requests are also where the per-agent rate limit applies.
 pub struct Authed {
     pub caller: Caller,
     pub body: Bytes,
     pub idempotency_key: Option<String>,
+    /// Where the request came from (for audit records).
+    pub client_ip: IpAddr,
+    /// `x-request-id` (for audit records).
+    pub request_id: Option<String>,
 }
 
 impl FromRequest<AppState> for Authed {
@@ -47,10 +55,7 @@ impl FromRequest<AppState> for Authed {
             .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
             .collect();
         let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-        let bearer = header(header::AUTHORIZATION.as_str()).and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
+        let bearer = bearer_token(&parts.headers);
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -67,13 +72,32 @@ impl FromRequest<AppState> for Authed {
             body: &body,
         };
         let caller = state.hub.authenticate(&credentials).await?;
-        let idempotency_key = header(IDEMPOTENCY_KEY).map(str::to_string);
+        if let Some(agent_id) = caller.agent_id() {
+            tracing::Span::current().record("agent_id", agent_id);
+        }
+        let client_ip = ClientIp::of(
+            &parts.extensions,
+            &parts.headers,
+            state.hub.config.trust_proxy,
+        );
+        if let Some(limits) = &state.limits {
+            limits.check(&caller, client_ip)?;
+        }
         Ok(Authed {
             caller,
             body,
-            idempotency_key,
+            idempotency_key: header(IDEMPOTENCY_KEY).map(str::to_string),
+            client_ip: client_ip.0,
+            request_id: header("x-request-id").map(str::to_string),
         })
     }
+}
+
+/// The `Authorization: Bearer` value, if any.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 impl Authed {

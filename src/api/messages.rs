@@ -5,14 +5,15 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody, status_and_code};
 use super::extract::{ApiPath, ApiQuery, Authed};
+use crate::audit::AuditKind;
 use crate::hub::{NackInput, PullInput, SendInput, Sent};
-use crate::store::{Message, StateCounts};
+use crate::store::{Message, MessageState, StateCounts};
 
 /// Send and reply response.
 #[derive(Debug, Serialize, ToSchema)]
@@ -340,6 +341,11 @@ pub async fn nack(
             },
         )
         .await?;
+    if m.state == MessageState::Dead {
+        let detail = json!({ "source": "nack", "message_id": m.id, "attempts": m.attempts });
+        app.audit(&req, AuditKind::DeadLettered, &agent_id, detail)
+            .await;
+    }
     Ok(Json(NackResponse {
         ok: true,
         status: m.state.as_str(),
@@ -403,8 +409,15 @@ pub async fn reclaim(
     req: Authed,
 ) -> ApiResult<Json<ReclaimResponse>> {
     app.hub.scope(&req.caller, &agent_id).await?;
-    let reclaimed = app.hub.reclaim(&agent_id).await?;
-    Ok(Json(ReclaimResponse { reclaimed }))
+    let counts = app.hub.reclaim(&agent_id).await?;
+    if counts.dead > 0 {
+        let detail = json!({ "source": "reclaim", "count": counts.dead });
+        app.audit(&req, AuditKind::DeadLettered, &agent_id, detail)
+            .await;
+    }
+    Ok(Json(ReclaimResponse {
+        reclaimed: counts.requeued + counts.dead,
+    }))
 }
 
 /// Dead-letter listing query.

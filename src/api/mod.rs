@@ -4,16 +4,19 @@
 
 pub mod admin;
 pub mod agents;
+pub mod audit;
 pub mod error;
 pub mod extract;
 pub mod messages;
+pub mod observe;
+pub mod ratelimit;
 pub mod system;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,16 +24,58 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use tracing::Span;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::hub::Hub;
 use error::ApiError;
+use observe::AuditThrottle;
+use ratelimit::RateLimits;
 
 /// Shared state of every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub hub: Arc<Hub>,
+    /// `None` when `RATE_LIMIT_ENABLED=false`.
+    pub limits: Option<Arc<RateLimits>>,
+    /// Keeps floods of refused requests from flooding the audit log.
+    pub throttle: Arc<AuditThrottle>,
+}
+
+/// How often the housekeeping task folds metric samples into buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// How often it forgets idle rate-limit keys and audit-throttle windows.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+impl AppState {
+    /// The state of a hub's HTTP application, limiters built from its config.
+    pub fn new(hub: Arc<Hub>) -> Self {
+        AppState {
+            limits: RateLimits::from_config(&hub.config),
+            throttle: Arc::new(AuditThrottle::default()),
+            hub,
+        }
+    }
+
+    /// Keeps memory bounded until shutdown: buffered histogram samples every
+    /// few seconds, idle rate-limit keys and throttle windows every minute.
+    pub async fn housekeeping(self) {
+        let mut upkeep = tokio::time::interval(UPKEEP_EVERY);
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
+        loop {
+            tokio::select! {
+                _ = upkeep.tick() => self.hub.metrics.upkeep(),
+                _ = prune.tick() => {
+                    if let Some(limits) = &self.limits {
+                        limits.retain_recent();
+                    }
+                    self.throttle.prune();
+                }
+                _ = self.hub.shutdown.cancelled() => return,
+            }
+        }
+    }
 }
 
 /// The OpenAPI document, generated from the handlers' annotations.
@@ -38,7 +83,8 @@ pub struct AppState {
 #[openapi(
     info(title = "ADMP hub", description = "Agent Dispatch Messaging Protocol: an inbox for every agent."),
     paths(
-        system::health, system::ready, system::stats, admin::export_store,
+        system::health, system::ready, system::metrics, system::stats, audit::list_audit,
+        admin::export_store,
         agents::register, agents::get_agent, agents::delete_agent, agents::heartbeat,
         agents::list_trusted, agents::add_trusted, agents::remove_trusted,
         agents::set_webhook, agents::get_webhook, agents::delete_webhook, agents::webhook_deliveries,
@@ -52,14 +98,29 @@ pub struct AppState {
 pub struct ApiDoc;
 
 /// Builds the whole HTTP application.
+///
+/// Three groups of routes, by how they are rate-limited (see
+/// [`ratelimit`]): open routes and registration per client IP by
+/// tower_governor layers, everything else per caller inside `Authed`.
 pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.hub.config.cors_origin);
-    let api = Router::new()
+    let mut open = Router::new()
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
-        .route("/api/stats", get(system::stats))
-        .route("/api/admin/export", get(admin::export_store))
+        .route("/metrics", get(system::metrics))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .with_state(state.clone());
+    let mut register = Router::new()
         .route("/api/agents/register", post(agents::register))
+        .with_state(state.clone());
+    if let Some(limits) = &state.limits {
+        open = open.layer(limits.ip_layer());
+        register = register.layer(limits.register_layer());
+    }
+    let api = Router::new()
+        .route("/api/stats", get(system::stats))
+        .route("/api/audit", get(audit::list_audit))
+        .route("/api/admin/export", get(admin::export_store))
         .route(
             "/api/agents/{agent_id}",
             get(agents::get_agent).delete(agents::delete_agent),
@@ -126,29 +187,63 @@ pub fn router(state: AppState) -> Router {
             get(messages::dead_letters),
         )
         .route("/api/messages/{message_id}/status", get(messages::status))
-        .with_state(state);
+        .with_state(state.clone());
 
     Router::new()
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .merge(open)
+        .merge(register)
         .merge(api)
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         // Bodies are read and bounded by our own extractor (413 as JSON).
         .layer(DefaultBodyLimit::disable())
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            observe::observe,
+        ))
         .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                let request_id = req
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
-            }),
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(log_response)
+                .on_failure(()),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(cors)
+}
+
+/// The span every log line of a request carries: request id, method, route
+/// template and path; `agent_id` and `client_ip` are filled in once known.
+fn request_span<B>(req: &Request<B>) -> Span {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(observe::UNMATCHED_ROUTE, MatchedPath::as_str);
+    tracing::info_span!(
+        "request",
+        request_id,
+        method = %req.method(),
+        route,
+        path = %req.uri().path(),
+        agent_id = tracing::field::Empty,
+        client_ip = tracing::field::Empty,
+    )
+}
+
+/// One access-log line per request, inside its span.
+fn log_response<B>(response: &Response<B>, latency: Duration, _span: &Span) {
+    tracing::info!(
+        status = response.status().as_u16(),
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        "request finished"
+    );
 }
 
 fn cors_layer(origin: &str) -> CorsLayer {

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::json;
@@ -10,7 +10,8 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody};
-use super::extract::Authed;
+use super::extract::{Authed, bearer_token};
+use crate::hub::HubError;
 
 /// Liveness response.
 #[derive(Debug, Serialize, ToSchema)]
@@ -51,6 +52,40 @@ pub async fn ready(State(app): State<AppState>) -> Response {
     }
 }
 
+/// Prometheus metrics of this hub (see docs/OPERATIONS.md). Open like the
+/// probes, unless `METRICS_REQUIRE_KEY=true` (then the master key).
+#[utoipa::path(get, path = "/metrics", tag = "system",
+    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain"),
+        (status = 401, body = ErrorBody)))]
+pub async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    if app.hub.config.metrics_require_key {
+        let key = headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| bearer_token(&headers));
+        match key {
+            None => return Err(HubError::AuthRequired.into()),
+            Some(key) if !app.hub.is_master_key(key) => {
+                return Err(HubError::InvalidApiKey.into());
+            }
+            Some(_) => {}
+        }
+    }
+    // Counts by state come from storage at scrape time; if it does not
+    // answer, the scrape still reports everything else (and the failed call).
+    if let Ok(stats) = app.hub.store.stats().await {
+        app.hub.metrics.set_counts(&stats);
+    }
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.hub.metrics.render(),
+    )
+        .into_response())
+}
+
 /// Agent counts.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AgentCounts {
@@ -83,12 +118,7 @@ pub struct StatsResponse {
     responses((status = 200, body = StatsResponse), (status = 401, body = ErrorBody)))]
 pub async fn stats(State(app): State<AppState>, req: Authed) -> ApiResult<Json<StatsResponse>> {
     app.hub.authorize_gate(&req.caller)?;
-    let s = app
-        .hub
-        .store
-        .stats()
-        .await
-        .map_err(crate::hub::HubError::from)?;
+    let s = app.hub.store.stats().await.map_err(HubError::from)?;
     Ok(Json(StatsResponse {
         agents: AgentCounts {
             total: s.agents_total,

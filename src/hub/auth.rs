@@ -86,6 +86,19 @@ impl Hub {
         Ok(Caller::Anonymous)
     }
 
+    /// The agent a request claims to come from, without verifying the claim:
+    /// the `Signature` keyId, or the subject of a session token this hub
+    /// sealed (expired or not). For audit records of refused requests only;
+    /// never a basis for a decision.
+    pub fn claimed_agent(&self, signature: Option<&str>, bearer: Option<&str>) -> Option<String> {
+        if let Some(header) = signature {
+            let params = httpsig::parse_signature_header(header).ok()?;
+            return Some(ids::normalize(&params.key_id).to_string());
+        }
+        let token = bearer?.strip_prefix(SESSION_TOKEN_PREFIX)?;
+        self.sessions.open(token).ok().map(|claims| claims.sub)
+    }
+
     /// Agent-scoped routes: the agent itself, or the operator.
     pub fn authorize_agent(&self, caller: &Caller, agent_id: &str) -> HubResult<()> {
         match caller {
@@ -116,8 +129,9 @@ impl Hub {
         }
     }
 
-    /// `MASTER_API_KEY`, or `MASTER_API_KEY_PREVIOUS` during a rotation overlap.
-    fn is_master_key(&self, given: &str) -> bool {
+    /// `MASTER_API_KEY`, or `MASTER_API_KEY_PREVIOUS` during a rotation
+    /// overlap (compared in constant time).
+    pub fn is_master_key(&self, given: &str) -> bool {
         let Some(master) = &self.config.master_api_key else {
             return false;
         };

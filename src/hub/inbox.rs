@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use super::{Caller, Hub, HubError, HubResult};
 use crate::store::{
-    AckRequest, LeaseRequest, Message, NackAction, NackRequest, Page, ReclaimRequest, StateCounts,
+    AckRequest, LeaseRequest, Message, NackAction, NackRequest, Page, ReclaimCounts,
+    ReclaimRequest, StateCounts,
 };
 
 /// Default lease length in seconds.
@@ -203,7 +204,7 @@ impl Hub {
     }
 
     /// Ends this agent's expired leases now instead of waiting for the sweeper.
-    pub async fn reclaim(&self, agent_id: &str) -> HubResult<u64> {
+    pub async fn reclaim(&self, agent_id: &str) -> HubResult<ReclaimCounts> {
         let counts = self
             .store
             .reclaim_expired_leases(&ReclaimRequest {
@@ -216,7 +217,7 @@ impl Hub {
         if counts.requeued > 0 {
             self.wakers.wake(agent_id);
         }
-        Ok(counts.requeued + counts.dead)
+        Ok(counts)
     }
 
     /// One page of dead letters.

@@ -3,6 +3,7 @@
 //! layer hands in plain values and the store makes each change atomic.
 
 mod agents;
+mod audit;
 pub mod auth;
 mod clock;
 mod error;
@@ -18,8 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::store::Store;
+use crate::store::instrumented::InstrumentedStore;
+use crate::telemetry::Metrics;
 
 pub use agents::{Registered, Registration, RotatedKey, is_public_ip};
+pub use audit::{AuditPage, DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE};
 pub use auth::{Caller, Credentials};
 pub use clock::Clock;
 pub use error::{HubError, HubResult};
@@ -31,7 +35,10 @@ pub use wakers::InboxWakers;
 /// protocol needs (long-poll wakers, replay cache, session key).
 pub struct Hub {
     pub config: Arc<Config>,
+    /// The backend, wrapped so every call is timed into `metrics`.
     pub store: Arc<dyn Store>,
+    /// This hub's Prometheus metrics (one recorder per hub, never global).
+    pub metrics: Arc<Metrics>,
     pub clock: Clock,
     pub wakers: Arc<InboxWakers>,
     sessions: auth::SessionKey,
@@ -44,8 +51,9 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Builds a hub over `store`. `wakers` are shared with the store when it
-    /// relays wake-ups between instances (PostgreSQL LISTEN/NOTIFY).
+    /// Builds a hub over `store`, whose calls are reported to the hub's
+    /// metrics. `wakers` are shared with the store when it relays wake-ups
+    /// between instances (PostgreSQL LISTEN/NOTIFY).
     pub fn new(
         config: Arc<Config>,
         store: Arc<dyn Store>,
@@ -53,9 +61,11 @@ impl Hub {
         wakers: Arc<InboxWakers>,
     ) -> Self {
         let sessions = auth::SessionKey::new(config.session_secret.as_deref());
+        let metrics = Arc::new(Metrics::new());
         Hub {
             config,
-            store,
+            store: InstrumentedStore::wrap(store, metrics.clone()),
+            metrics,
             clock,
             wakers,
             sessions,

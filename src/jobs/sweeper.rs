@@ -22,6 +22,9 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use parking_lot::Mutex;
 
+use serde_json::json;
+
+use crate::audit::AuditKind;
 use crate::hub::Hub;
 use crate::store::{ReclaimCounts, ReclaimRequest, StoreResult};
 
@@ -129,9 +132,11 @@ pub async fn run(hub: Arc<Hub>, stats: Arc<SweepStats>) {
                     elapsed_ms = report.durations.total.as_millis() as u64,
                     "sweep finished"
                 );
+                record(&hub, &report).await;
             }
             Err(e) => {
                 stats.record_failure();
+                hub.metrics.sweep_failed();
                 tracing::warn!(error = %e, "sweep failed; retrying next interval");
             }
         }
@@ -235,4 +240,14 @@ where
         }
     }
     Ok(total)
+}
+
+/// Reports a pass to the metrics, and its dead-lettering to the audit log
+/// (one event per pass with the count; the messages are in the dead letters).
+async fn record(hub: &Hub, report: &SweepReport) {
+    hub.metrics.sweep(report);
+    if report.reclaimed.dead > 0 {
+        let detail = json!({ "source": "sweeper", "count": report.reclaimed.dead });
+        hub.audit(AuditKind::DeadLettered, None, detail).await;
+    }
 }

@@ -194,6 +194,7 @@ impl Worker {
         };
         let outcome = self.outcome(number, result.err());
         self.stats.count(outcome);
+        hub.metrics.webhook_attempt(outcome, started.elapsed());
         tracing::info!(
             delivery = %delivery.id,
             message = %delivery.message_id,
@@ -235,6 +236,7 @@ impl Worker {
             .cancel_deliveries(&delivery.agent_id, self.hub.clock.now_ms())
             .await?;
         self.stats.cancelled.fetch_add(cancelled, Ordering::Relaxed);
+        self.hub.metrics.webhooks_cancelled(cancelled);
         tracing::info!(agent = %delivery.agent_id, cancelled, "agent or webhook gone; deliveries cancelled");
         Ok(None)
     }

@@ -193,6 +193,13 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// The stored audit rows, editable behind the hash chain's back: the
+    /// in-memory equivalent of an `UPDATE` on a database's audit table, for
+    /// tests that check tampering is detected.
+    pub fn edit_audit_rows<T>(&self, edit: impl FnOnce(&mut Vec<AuditEvent>) -> T) -> T {
+        edit(&mut self.audit.lock())
+    }
+
     fn inbox(&self, agent_id: &str) -> Option<Arc<Mutex<Inbox>>> {
         self.inboxes.get(agent_id).map(|i| i.value().clone())
     }

@@ -5,6 +5,7 @@
 //! operation here is a complete state transition that the backend makes atomic,
 //! so correctness never depends on the caller.
 
+pub mod instrumented;
 pub mod memory;
 mod model;
 pub mod postgres;

@@ -24,6 +24,8 @@ pub struct TestHub {
     pub running: RunningHub,
     pub http: reqwest::Client,
     pub clock: Clock,
+    /// The hub's store, for looking behind the API (e.g. tampering tests).
+    pub store: Arc<MemoryStore>,
 }
 
 /// Test defaults: memory store, port 0, an operator key, quiet sweeper.
@@ -45,13 +47,15 @@ impl TestHub {
 
     /// Starts a hub whose clock the test moves by hand.
     pub async fn start_with_clock(config: Config, clock: Clock) -> Self {
-        let running = start_with_store(config, Arc::new(MemoryStore::new()), clock.clone())
+        let store = Arc::new(MemoryStore::new());
+        let running = start_with_store(config, store.clone(), clock.clone())
             .await
             .expect("hub starts");
         TestHub {
             running,
             http: reqwest::Client::new(),
             clock,
+            store,
         }
     }
 

@@ -1,0 +1,263 @@
+//! A `Store` that wraps another and reports every call to the hub's metrics:
+//! latency and failures per operation, plus the message flow the calls
+//! complete (sends stored, messages leased, acked, nacked, dead-lettered,
+//! expired). Counting at this one boundary covers every caller (handlers,
+//! sweeper, webhook worker) without touching the protocol code, and works the
+//! same for every backend.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use super::*;
+use crate::telemetry::Metrics;
+
+/// Times and counts the calls made to `inner`.
+pub struct InstrumentedStore {
+    inner: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl InstrumentedStore {
+    /// Wraps `inner`; calls go through unchanged.
+    pub fn wrap(inner: Arc<dyn Store>, metrics: Arc<Metrics>) -> Arc<dyn Store> {
+        Arc::new(InstrumentedStore { inner, metrics })
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        let started = Instant::now();
+        let result = call.await;
+        self.metrics
+            .store_call(op, started.elapsed(), result.as_ref().err());
+        result
+    }
+}
+
+#[async_trait]
+impl Store for InstrumentedStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.timed("ping", self.inner.ping()).await
+    }
+
+    async fn create_agent(&self, agent: Agent) -> StoreResult<()> {
+        self.timed("create_agent", self.inner.create_agent(agent))
+            .await
+    }
+
+    async fn get_agent(&self, agent_id: &str) -> StoreResult<Option<Agent>> {
+        self.timed("get_agent", self.inner.get_agent(agent_id))
+            .await
+    }
+
+    async fn update_agent(&self, agent_id: &str, change: &AgentChange) -> StoreResult<Agent> {
+        self.timed("update_agent", self.inner.update_agent(agent_id, change))
+            .await
+    }
+
+    async fn delete_agent(&self, agent_id: &str, now: Millis) -> StoreResult<bool> {
+        self.timed("delete_agent", self.inner.delete_agent(agent_id, now))
+            .await
+    }
+
+    async fn mark_offline(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        self.timed("mark_offline", self.inner.mark_offline(now, limit))
+            .await
+    }
+
+    async fn enqueue(
+        &self,
+        message: Message,
+        quota: u64,
+        delivery: Option<Delivery>,
+    ) -> StoreResult<Enqueued> {
+        let enqueued = self
+            .timed("enqueue", self.inner.enqueue(message, quota, delivery))
+            .await?;
+        self.metrics
+            .message_sent(matches!(enqueued, Enqueued::Duplicate(_)));
+        Ok(enqueued)
+    }
+
+    async fn lease(&self, request: &LeaseRequest) -> StoreResult<Vec<Message>> {
+        let leased = self.timed("lease", self.inner.lease(request)).await?;
+        if !leased.is_empty() {
+            self.metrics.messages_leased(leased.len() as u64);
+        }
+        Ok(leased)
+    }
+
+    async fn ack(&self, request: &AckRequest) -> StoreResult<Message> {
+        let acked = self.timed("ack", self.inner.ack(request)).await?;
+        self.metrics.message_acked();
+        Ok(acked)
+    }
+
+    async fn nack(&self, request: &NackRequest) -> StoreResult<Message> {
+        let message = self.timed("nack", self.inner.nack(request)).await?;
+        if message.state == MessageState::Dead {
+            self.metrics.dead_lettered("nack", 1);
+        } else {
+            self.metrics
+                .message_nacked(matches!(request.action, NackAction::Extend { .. }));
+        }
+        Ok(message)
+    }
+
+    async fn requeue_dead(
+        &self,
+        recipient: &str,
+        message_id: &str,
+        now: Millis,
+    ) -> StoreResult<Message> {
+        self.timed(
+            "requeue_dead",
+            self.inner.requeue_dead(recipient, message_id, now),
+        )
+        .await
+    }
+
+    async fn get_message(&self, message_id: &str) -> StoreResult<Option<Message>> {
+        self.timed("get_message", self.inner.get_message(message_id))
+            .await
+    }
+
+    async fn list_dead(
+        &self,
+        recipient: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Message>> {
+        self.timed("list_dead", self.inner.list_dead(recipient, limit, cursor))
+            .await
+    }
+
+    async fn inbox_stats(&self, recipient: &str) -> StoreResult<StateCounts> {
+        self.timed("inbox_stats", self.inner.inbox_stats(recipient))
+            .await
+    }
+
+    async fn stats(&self) -> StoreResult<HubStats> {
+        self.timed("stats", self.inner.stats()).await
+    }
+
+    async fn reclaim_expired_leases(&self, request: &ReclaimRequest) -> StoreResult<ReclaimCounts> {
+        let counts = self
+            .timed(
+                "reclaim_expired_leases",
+                self.inner.reclaim_expired_leases(request),
+            )
+            .await?;
+        if counts.requeued > 0 {
+            self.metrics.leases_reclaimed(counts.requeued);
+        }
+        if counts.dead > 0 {
+            self.metrics.dead_lettered("lease_expiry", counts.dead);
+        }
+        Ok(counts)
+    }
+
+    async fn expire_messages(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        let n = self
+            .timed("expire_messages", self.inner.expire_messages(now, limit))
+            .await?;
+        if n > 0 {
+            self.metrics.messages_expired(n);
+        }
+        Ok(n)
+    }
+
+    async fn purge_retained(&self, ended_before: Millis, limit: usize) -> StoreResult<u64> {
+        self.timed(
+            "purge_retained",
+            self.inner.purge_retained(ended_before, limit),
+        )
+        .await
+    }
+
+    async fn claim_due_deliveries(
+        &self,
+        now: Millis,
+        limit: usize,
+        claim_ms: i64,
+    ) -> StoreResult<Vec<Delivery>> {
+        self.timed(
+            "claim_due_deliveries",
+            self.inner.claim_due_deliveries(now, limit, claim_ms),
+        )
+        .await
+    }
+
+    async fn record_attempt(
+        &self,
+        attempt: &DeliveryAttempt,
+        outcome: AttemptOutcome,
+    ) -> StoreResult<()> {
+        self.timed(
+            "record_attempt",
+            self.inner.record_attempt(attempt, outcome),
+        )
+        .await
+    }
+
+    async fn cancel_deliveries(&self, agent_id: &str, now: Millis) -> StoreResult<u64> {
+        self.timed(
+            "cancel_deliveries",
+            self.inner.cancel_deliveries(agent_id, now),
+        )
+        .await
+    }
+
+    async fn get_delivery(&self, delivery_id: &str) -> StoreResult<Option<Delivery>> {
+        self.timed("get_delivery", self.inner.get_delivery(delivery_id))
+            .await
+    }
+
+    async fn list_attempts(
+        &self,
+        agent_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<DeliveryAttempt>> {
+        self.timed("list_attempts", self.inner.list_attempts(agent_id, limit))
+            .await
+    }
+
+    async fn append_audit(&self, event: NewAuditEvent) -> StoreResult<AuditEvent> {
+        self.timed("append_audit", self.inner.append_audit(event))
+            .await
+    }
+
+    async fn list_audit(&self, after: Option<u64>, limit: usize) -> StoreResult<Vec<AuditEvent>> {
+        self.timed("list_audit", self.inner.list_audit(after, limit))
+            .await
+    }
+
+    async fn export_agents(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<Agent>> {
+        self.timed("export_agents", self.inner.export_agents(after, limit))
+            .await
+    }
+
+    async fn export_messages(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>> {
+        self.timed("export_messages", self.inner.export_messages(after, limit))
+            .await
+    }
+
+    async fn import_agent(&self, agent: Agent) -> StoreResult<bool> {
+        self.timed("import_agent", self.inner.import_agent(agent))
+            .await
+    }
+
+    async fn import_message(&self, message: Message) -> StoreResult<bool> {
+        self.timed("import_message", self.inner.import_message(message))
+            .await
+    }
+}
