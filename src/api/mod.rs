@@ -29,7 +29,7 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::hub::Hub;
-use error::ApiError;
+use error::{ApiError, ErrorCode};
 use observe::AuditThrottle;
 use ratelimit::RateLimits;
 
@@ -237,11 +237,13 @@ fn request_span<B>(req: &Request<B>) -> Span {
     )
 }
 
-/// One access-log line per request, inside its span.
+/// One access-log line per request, inside its span; refusals name their code.
 fn log_response<B>(response: &Response<B>, latency: Duration, _span: &Span) {
+    let error = response.extensions().get::<ErrorCode>().map(|c| c.0);
     tracing::info!(
         status = response.status().as_u16(),
-        latency_ms = latency.as_secs_f64() * 1000.0,
+        latency_ms = latency.as_micros() as f64 / 1000.0,
+        error,
         "request finished"
     );
 }
