@@ -463,3 +463,34 @@ async fn retries_survive_a_hub_restart() {
     let same = store.clone();
     retries_survive_a_restart_with(store, || async move { same }).await;
 }
+
+#[tokio::test]
+async fn metrics_count_webhook_outcomes_and_sweeps() {
+    let receiver = Receiver::start(vec![Reply::Status(500)], Reply::Status(204)).await;
+    let s = setup(config(&[10]), &receiver.url()).await;
+    s.send().await;
+    let delivered = receiver.wait_for(2).await;
+    s.wait_for_state(delivered[0].header("webhook-id"), DeliveryState::Delivered)
+        .await;
+
+    let http = reqwest::Client::new();
+    let url = format!("{}/metrics", s.hub.url());
+    let expected = [
+        r#"admp_webhook_attempts_total{outcome="retry"} 1"#,
+        r#"admp_webhook_attempts_total{outcome="delivered"} 1"#,
+        "admp_webhook_attempt_duration_seconds_count 2",
+        // The sweeper's first pass runs at start.
+        r#"admp_sweeps_total{result="ok"}"#,
+        r#"admp_sweep_step_duration_seconds_count{step="reclaim"}"#,
+        r#"admp_sweep_records_total{outcome="dead"} 0"#,
+    ];
+    eventually("webhook and sweep metrics", || async {
+        let text = http.get(&url).send().await.unwrap().text().await.unwrap();
+        expected
+            .iter()
+            .all(|line| text.contains(line))
+            .then_some(())
+    })
+    .await;
+    s.hub.shutdown().await.unwrap();
+}
