@@ -9,7 +9,7 @@ use std::sync::Arc;
 use admp::api::error::status_and_code;
 use admp::client::AgentClient;
 use admp::config::Config;
-use admp::hub::{Caller, Clock, Hub, Registration, SendInput};
+use admp::hub::{Caller, Clock, Hub, InboxWakers, Registration, SendInput};
 use admp::signing::body_hash::{self, MAX_DEPTH};
 use admp::signing::http::parse_signature_header;
 use admp::signing::keys;
@@ -357,6 +357,7 @@ fn envelopes_are_refused_cleanly(cases: u32) -> u32 {
         Arc::new(config),
         Arc::new(MemoryStore::new()),
         Clock::system(),
+        Arc::new(InboxWakers::default()),
     );
     let alice = AgentClient::new(
         reqwest::Client::new(),
