@@ -132,6 +132,8 @@ impl HubProcess {
     /// (the OS picks a free port), and waits, bounded, until it logs the address
     /// it listens on. The working directory is `cwd`, so no `.env` of the
     /// repository leaks in, and the environment is cleared for the same reason.
+    /// Rate limits are off: these hubs carry load tests from one client
+    /// address, which the limiter would (rightly) throttle.
     pub fn start(cwd: &Path, args: &[&str]) -> HubProcess {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
@@ -139,6 +141,7 @@ impl HubProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_admp"))
             .arg("serve")
             .args(["--host", "127.0.0.1", "--port", "0", "--log-format", "json"])
+            .args(["--rate-limit-enabled", "false"])
             .args(args)
             .current_dir(cwd)
             .env_clear()
