@@ -158,10 +158,46 @@ async fn long_poll_wakes_when_a_message_arrives() {
     let (woke_at, (status, body)) = waiting.await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(body["message_id"], id.as_str());
+    // Woken by the send, not by its 10 s deadline (speed is measured by `admp bench`).
     let latency = woke_at.saturating_duration_since(sent_at);
+    assert!(latency < Duration::from_secs(5), "woke after {latency:?}");
+}
+
+#[tokio::test]
+async fn long_poll_wakes_when_time_makes_a_message_available() {
+    let hub = TestHub::default().await;
+    let alice = hub.agent("alice").await;
+    let bob = hub.agent("bob").await;
+    let id = send(&alice, "bob", json!({})).await;
+
+    // A delayed nack: no send will announce the message's return.
+    pull_one(&bob).await;
+    let nack = bob
+        .request(
+            Method::POST,
+            &bob.agent_path(&format!("messages/{id}/nack")),
+            Some(&json!({"delay_sec": 1})),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nack.status(), 200);
+    let (status, body) = read(
+        bob.pull(&json!({"wait_sec": 10, "visibility_timeout": 1}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status.as_u16(), &body["message_id"]), (200, &json!(id)));
+
+    // An expiring lease: the message comes back to the next long-poll.
+    let started = Instant::now();
+    let (status, body) = read(bob.pull(&json!({"wait_sec": 10})).await.unwrap()).await;
+    assert_eq!((status.as_u16(), &body["message_id"]), (200, &json!(id)));
+    assert_eq!(body["attempts"], 3);
     assert!(
-        latency < Duration::from_millis(100),
-        "woke after {latency:?}"
+        started.elapsed() < Duration::from_secs(10),
+        "returned at the deadline, not when the lease ended"
     );
 }
 

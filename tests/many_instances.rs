@@ -205,6 +205,7 @@ fn agent(id: &str) -> Agent {
         keys: Vec::new(),
         webhook_url: None,
         webhook_secret: None,
+        previous_webhook_secret: None,
         trusted_agents: Vec::new(),
         last_heartbeat: T0,
         online: true,

@@ -175,6 +175,7 @@ macro_rules! conformance {
                 lease_takes_oldest_first_with_fresh_lease_ids,
                 leased_message_is_invisible_until_its_lease_ends,
                 delayed_message_waits_for_visible_at,
+                next_available_at_follows_delays_and_leases,
                 expired_lease_at_max_attempts_dies_at_next_pull,
                 ttl_expires_during_lease_and_batch_fills_up,
                 ack_checks_state_and_lease_id,
@@ -244,6 +245,7 @@ mod contract {
             }],
             webhook_url: None,
             webhook_secret: None,
+            previous_webhook_secret: None,
             trusted_agents: Vec::new(),
             last_heartbeat: T0,
             online: true,
@@ -416,6 +418,13 @@ mod contract {
             AgentChange::SetWebhook {
                 url: Some("https://example.test/hook".into()),
                 secret: Some("whsec_c2VjcmV0".into()),
+                overlap_until: T0 + 5,
+                now: T0 + 5,
+            },
+            AgentChange::SetWebhook {
+                url: Some("https://example.test/hook".into()),
+                secret: Some("whsec_bmV3".into()),
+                overlap_until: T0 + MINUTE,
                 now: T0 + 5,
             },
             AgentChange::RotateKey {
@@ -436,6 +445,11 @@ mod contract {
         );
         assert_eq!(expected.trusted_agents, vec!["carol".to_string()]);
         assert_eq!(expected.key_version(), 2);
+        assert_eq!(
+            expected.webhook_signing_secrets(T0 + 6),
+            ["whsec_bmV3", "whsec_c2VjcmV0"],
+            "the replaced webhook secret is stored with its overlap"
+        );
         assert!(matches!(
             store.update_agent("nobody", &changes[0]).await,
             Err(StoreError::AgentNotFound)
@@ -556,6 +570,33 @@ mod contract {
             .unwrap();
         assert!(lease(&store, "bob", T0 + MINUTE - 1, 10).await.is_empty());
         assert_eq!(ids(&lease(&store, "bob", T0 + MINUTE, 10).await), ["later"]);
+    }
+
+    pub async fn next_available_at_follows_delays_and_leases(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        let next =
+            |store: Arc<dyn Store>| async move { store.next_available_at("bob").await.unwrap() };
+        assert_eq!(next(store.clone()).await, None, "empty inbox");
+        assert_eq!(store.next_available_at("nobody").await.unwrap(), None);
+        enqueue(&store, message("later", "bob", T0 + 10 * MINUTE)).await;
+        enqueue(&store, message("now", "bob", T0)).await;
+        assert_eq!(next(store.clone()).await, Some(T0));
+        assert_eq!(ids(&lease(&store, "bob", T0, 1).await), ["now"]);
+        assert_eq!(next(store.clone()).await, Some(T0 + MINUTE), "lease end");
+        store
+            .ack(&ack_request("bob", "now", None, T0))
+            .await
+            .unwrap();
+        assert_eq!(next(store.clone()).await, Some(T0 + 10 * MINUTE));
+        assert_eq!(
+            ids(&lease(&store, "bob", T0 + 10 * MINUTE, 1).await),
+            ["later"]
+        );
+        store
+            .ack(&ack_request("bob", "later", None, T0 + 10 * MINUTE))
+            .await
+            .unwrap();
+        assert_eq!(next(store.clone()).await, None, "only ended messages left");
     }
 
     pub async fn expired_lease_at_max_attempts_dies_at_next_pull(store: Arc<dyn Store>) {

@@ -320,6 +320,10 @@ pub struct WebhookConfigured {
     pub agent_id: String,
     pub webhook_url: Option<String>,
     pub webhook_secret: Option<String>,
+    /// When the replaced secret stops signing (epoch ms); absent when no
+    /// secret was replaced. Until then requests carry both `v1,` signatures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_webhook_secret_valid_until: Option<i64>,
 }
 
 /// Webhook configuration as `GET` shows it.
@@ -358,6 +362,9 @@ pub async fn set_webhook(
         agent_id: agent.agent_id,
         webhook_url: agent.webhook_url,
         webhook_secret: agent.webhook_secret,
+        previous_webhook_secret_valid_until: agent
+            .previous_webhook_secret
+            .map(|previous| previous.valid_until),
     }))
 }
 

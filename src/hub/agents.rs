@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::{Hub, HubError, HubResult, ids};
 use crate::signing::keys;
-use crate::store::{Agent, AgentChange, AgentKey, DeliveryAttempt, Metadata, StoreError};
+use crate::store::{Agent, AgentChange, AgentKey, DeliveryAttempt, Metadata, Millis, StoreError};
 
 /// A registration request, validated here.
 #[derive(Debug, Default, Clone)]
@@ -99,6 +99,7 @@ impl Hub {
             }],
             webhook_url,
             webhook_secret,
+            previous_webhook_secret: None,
             trusted_agents: Vec::new(),
             last_heartbeat: now,
             online: true,
@@ -174,10 +175,12 @@ impl Hub {
     ) -> HubResult<Agent> {
         self.validate_webhook_url(&url)?;
         validate_webhook_secret(secret.as_deref())?;
+        let now = self.now();
         let change = AgentChange::SetWebhook {
             url: Some(url),
             secret: Some(secret.unwrap_or_else(generate_webhook_secret)),
-            now: self.now(),
+            overlap_until: self.overlap_until(now),
+            now,
         };
         self.change_agent(agent_id, change).await
     }
@@ -188,6 +191,7 @@ impl Hub {
         let change = AgentChange::SetWebhook {
             url: None,
             secret: None,
+            overlap_until: now,
             now,
         };
         let agent = self.change_agent(agent_id, change).await?;
@@ -217,10 +221,9 @@ impl Hub {
             HubError::invalid("public_key", "must be base64 of a 32-byte Ed25519 key")
         })?;
         let now = self.now();
-        let overlap_until = now + (self.config.key_rotation_overlap_sec * 1000) as i64;
         let change = AgentChange::RotateKey {
             public_key: keys::encode_public_key(&key),
-            overlap_until,
+            overlap_until: self.overlap_until(now),
             now,
         };
         let agent = self.change_agent(agent_id, change).await?;
@@ -229,6 +232,12 @@ impl Hub {
             agent,
             previous_key_valid_until,
         })
+    }
+
+    /// End of the window in which a replaced key or webhook secret still
+    /// works (`KEY_ROTATION_OVERLAP_SEC` from `now`).
+    fn overlap_until(&self, now: Millis) -> Millis {
+        now + (self.config.key_rotation_overlap_sec * 1000) as i64
     }
 
     async fn change_agent(&self, agent_id: &str, change: AgentChange) -> HubResult<Agent> {

@@ -88,12 +88,22 @@ impl Hub {
                 max_attempts: self.config.max_delivery_attempts,
             };
             let leased = self.store.lease(&request).await?;
-            if !leased.is_empty() || wait == 0 || self.shutdown.is_cancelled() {
+            let timed_out = tokio::time::Instant::now() >= deadline;
+            if !leased.is_empty() || timed_out || self.shutdown.is_cancelled() {
                 return Ok(leased);
             }
+            // A delayed nack or an expiring lease makes a message leasable
+            // without any send to wake us: look again at that moment.
+            let recheck = match self.store.next_available_at(agent_id).await? {
+                Some(at) if at > request.now => {
+                    let after = Duration::from_millis((at - request.now) as u64);
+                    deadline.min(tokio::time::Instant::now() + after)
+                }
+                _ => deadline,
+            };
             tokio::select! {
-                _ = &mut notified => continue,
-                _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(recheck) => {}
                 _ = self.shutdown.cancelled() => return Ok(Vec::new()),
             }
         }

@@ -101,7 +101,14 @@ struct Worker {
 /// Where and with which secret an attempt is sent.
 struct Target {
     url: String,
-    secret: String,
+    /// Current secret first, then one being rotated out.
+    secrets: Vec<String>,
+}
+
+impl Target {
+    fn secret_refs(&self) -> Vec<&str> {
+        self.secrets.iter().map(String::as_str).collect()
+    }
 }
 
 impl Worker {
@@ -178,7 +185,7 @@ impl Worker {
                     attempt: number,
                     at_ms: at,
                 }
-                .build(&target.secret);
+                .build(&target.secret_refs());
                 self.send(&target.url, request).await
             }
             None => Err(Failure {
@@ -225,11 +232,12 @@ impl Worker {
         let store = &self.hub.store;
         let agent = store.get_agent(&delivery.agent_id).await?;
         if let Some(agent) = agent
-            && let Some(url) = agent.webhook_url
+            && let Some(url) = &agent.webhook_url
         {
+            let secrets = agent.webhook_signing_secrets(self.hub.clock.now_ms());
             return Ok(Some(Target {
-                url,
-                secret: agent.webhook_secret.unwrap_or_default(),
+                url: url.clone(),
+                secrets: secrets.into_iter().map(str::to_string).collect(),
             }));
         }
         let cancelled = store

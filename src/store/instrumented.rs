@@ -137,6 +137,11 @@ impl Store for InstrumentedStore {
             .await
     }
 
+    async fn next_available_at(&self, recipient: &str) -> StoreResult<Option<Millis>> {
+        self.timed("next_available_at", self.inner.next_available_at(recipient))
+            .await
+    }
+
     async fn inbox_stats(&self, recipient: &str) -> StoreResult<StateCounts> {
         self.timed("inbox_stats", self.inner.inbox_stats(recipient))
             .await

@@ -362,6 +362,13 @@ impl Store for MemoryStore {
         Ok(leased)
     }
 
+    async fn next_available_at(&self, recipient: &str) -> StoreResult<Option<Millis>> {
+        Ok(self.inbox(recipient).and_then(|inbox| {
+            let inbox = inbox.lock();
+            inbox.ready.first_key_value().map(|(&(at, _), _)| at)
+        }))
+    }
+
     async fn ack(&self, request: &AckRequest) -> StoreResult<Message> {
         let inbox = self.inbox_or_missing(&request.recipient)?;
         let mut inbox = inbox.lock();

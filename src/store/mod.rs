@@ -79,6 +79,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Enqueued>;
     /// Atomically leases the oldest visible messages of one inbox.
     async fn lease(&self, request: &LeaseRequest) -> StoreResult<Vec<Message>>;
+    /// When the inbox's earliest live message becomes leasable (`queued` past
+    /// its delay, or `leased` past its lease); `None` when it holds none. A
+    /// long-poll sleeps until then, since time alone (no send) makes it ready.
+    async fn next_available_at(&self, recipient: &str) -> StoreResult<Option<Millis>>;
     /// Acknowledges a leased message.
     async fn ack(&self, request: &AckRequest) -> StoreResult<Message>;
     /// Extends a lease or puts the message back (possibly delayed, possibly to the dead letters).

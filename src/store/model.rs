@@ -29,6 +29,10 @@ pub struct Agent {
     pub keys: Vec<AgentKey>,
     pub webhook_url: Option<String>,
     pub webhook_secret: Option<String>,
+    /// The secret the last webhook change replaced, still signing next to the
+    /// current one for a while so receivers switch without refusing requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_webhook_secret: Option<RetiringSecret>,
     pub trusted_agents: Vec<String>,
     pub last_heartbeat: Millis,
     pub online: bool,
@@ -49,12 +53,35 @@ impl Agent {
         self.current_key().map_or(0, |k| k.version)
     }
 
+    /// The webhook secrets to sign with at `now`: the current one first, then
+    /// the replaced one while its overlap lasts (PROTOCOL.md §6: several `v1,`
+    /// signatures, a receiver accepts any).
+    pub fn webhook_signing_secrets(&self, now: Millis) -> Vec<&str> {
+        let retiring = self
+            .previous_webhook_secret
+            .as_ref()
+            .filter(|previous| previous.valid_until > now)
+            .map(|previous| previous.secret.as_str());
+        self.webhook_secret
+            .as_deref()
+            .into_iter()
+            .chain(retiring)
+            .collect()
+    }
+
     /// Keys that still verify at `now`: the current one plus those inside their overlap window.
     pub fn active_keys(&self, now: Millis) -> impl Iterator<Item = &AgentKey> {
         self.keys
             .iter()
             .filter(move |k| k.valid_until.is_none_or(|until| until > now))
     }
+}
+
+/// A webhook secret being rotated out, and until when it still signs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetiringSecret {
+    pub secret: String,
+    pub valid_until: Millis,
 }
 
 /// A single atomic change to an agent record.
@@ -69,10 +96,12 @@ pub enum AgentChange {
     AddTrusted { agent_id: String, now: Millis },
     /// Removes an id from the trust list.
     RemoveTrusted { agent_id: String, now: Millis },
-    /// Sets or clears the webhook.
+    /// Sets or clears the webhook. A replaced secret keeps signing until
+    /// `overlap_until`; clearing the webhook drops every secret at once.
     SetWebhook {
         url: Option<String>,
         secret: Option<String>,
+        overlap_until: Millis,
         now: Millis,
     },
     /// Makes `public_key` current; the old current key verifies until `overlap_until`.
@@ -107,7 +136,24 @@ impl AgentChange {
                 agent.trusted_agents.retain(|a| a != agent_id);
                 agent.updated_at = *now;
             }
-            AgentChange::SetWebhook { url, secret, now } => {
+            AgentChange::SetWebhook {
+                url,
+                secret,
+                overlap_until,
+                now,
+            } => {
+                let same_secret = url.is_some() && agent.webhook_secret == *secret;
+                if !same_secret {
+                    let keeps_signing = url.is_some() && overlap_until > now;
+                    agent.previous_webhook_secret = agent
+                        .webhook_secret
+                        .take()
+                        .filter(|_| keeps_signing)
+                        .map(|old| RetiringSecret {
+                            secret: old,
+                            valid_until: *overlap_until,
+                        });
+                }
                 agent.webhook_url = url.clone();
                 agent.webhook_secret = secret.clone();
                 agent.updated_at = *now;
@@ -499,4 +545,68 @@ pub struct AuditEvent {
     pub detail: Value,
     /// `crate::audit::chain_hash(previous hash, this event)`.
     pub hash: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent_with_secret(secret: &str) -> Agent {
+        Agent {
+            agent_id: "bob".into(),
+            agent_type: "generic".into(),
+            metadata: Metadata::new(),
+            keys: Vec::new(),
+            webhook_url: Some("https://example.com/hook".into()),
+            webhook_secret: Some(secret.into()),
+            previous_webhook_secret: None,
+            trusted_agents: Vec::new(),
+            last_heartbeat: 0,
+            online: true,
+            heartbeat_interval_ms: 60_000,
+            heartbeat_timeout_ms: 300_000,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn set_webhook(url: Option<&str>, secret: Option<&str>, overlap_until: Millis) -> AgentChange {
+        AgentChange::SetWebhook {
+            url: url.map(str::to_string),
+            secret: secret.map(str::to_string),
+            overlap_until,
+            now: 1_000,
+        }
+    }
+
+    const URL: Option<&str> = Some("https://example.com/hook");
+
+    #[test]
+    fn a_new_secret_keeps_the_old_one_signing_until_the_overlap_ends() {
+        let mut agent = agent_with_secret("old");
+        set_webhook(URL, Some("new"), 61_000).apply(&mut agent);
+        assert_eq!(agent.webhook_signing_secrets(60_999), ["new", "old"]);
+        assert_eq!(agent.webhook_signing_secrets(61_000), ["new"]);
+
+        // Setting the same secret again is no rotation: the overlap stays.
+        set_webhook(URL, Some("new"), 99_000).apply(&mut agent);
+        assert_eq!(
+            agent.previous_webhook_secret.as_ref().unwrap().valid_until,
+            61_000
+        );
+    }
+
+    #[test]
+    fn no_overlap_or_a_removed_webhook_drops_the_old_secret_at_once() {
+        let mut agent = agent_with_secret("old");
+        set_webhook(URL, Some("new"), 1_000).apply(&mut agent);
+        assert_eq!(agent.webhook_signing_secrets(1_000), ["new"]);
+        assert!(agent.previous_webhook_secret.is_none());
+
+        let mut agent = agent_with_secret("old");
+        set_webhook(URL, Some("new"), 61_000).apply(&mut agent);
+        set_webhook(None, None, 1_000).apply(&mut agent);
+        assert!(agent.webhook_signing_secrets(1_000).is_empty());
+        assert!(agent.previous_webhook_secret.is_none());
+    }
 }

@@ -61,7 +61,7 @@ fn from_json<T: DeserializeOwned>(column: &str, text: &str) -> StoreResult<T> {
 }
 
 /// Optional JSON text column.
-pub(super) fn to_json_opt(value: Option<&serde_json::Value>) -> StoreResult<Option<String>> {
+pub(super) fn to_json_opt<T: Serialize>(value: Option<&T>) -> StoreResult<Option<String>> {
     value.map(to_json).transpose()
 }
 
@@ -87,6 +87,11 @@ where
     T::try_from(n).map_err(|_| corrupt(column, n))
 }
 
+/// The earliest `available_at` of an inbox's live messages (served by the
+/// `messages_ready` index). Binds: recipient.
+pub(super) const NEXT_AVAILABLE_AT: &str = "SELECT MIN(available_at) FROM messages \
+     WHERE recipient = $1 AND state IN ('queued', 'leased')";
+
 /// Decodes an `agents` row.
 pub(super) fn agent_from_row<'r, R>(row: &'r R) -> StoreResult<Agent>
 where
@@ -103,6 +108,9 @@ where
         keys: from_json("keys", &get::<_, String>(row, "keys")?)?,
         webhook_url: get(row, "webhook_url")?,
         webhook_secret: get(row, "webhook_secret")?,
+        previous_webhook_secret: get::<_, Option<String>>(row, "previous_webhook_secret")?
+            .map(|text| from_json("previous_webhook_secret", &text))
+            .transpose()?,
         trusted_agents: from_json("trusted_agents", &get::<_, String>(row, "trusted_agents")?)?,
         last_heartbeat: get(row, "last_heartbeat")?,
         online: get(row, "online")?,

@@ -176,8 +176,8 @@ fn insert_agent(a: &Agent) -> StoreResult<SqliteQuery> {
     Ok(sqlx::query(
         "INSERT INTO agents (agent_id, agent_type, metadata, keys, webhook_url, webhook_secret, \
          trusted_agents, last_heartbeat, online, heartbeat_interval_ms, heartbeat_timeout_ms, \
-         created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+         created_at, updated_at, previous_webhook_secret) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
          ON CONFLICT DO NOTHING",
     )
     .bind(a.agent_id.clone())
@@ -192,7 +192,8 @@ fn insert_agent(a: &Agent) -> StoreResult<SqliteQuery> {
     .bind(a.heartbeat_interval_ms as i64)
     .bind(a.heartbeat_timeout_ms as i64)
     .bind(a.created_at)
-    .bind(a.updated_at))
+    .bind(a.updated_at)
+    .bind(to_json_opt(a.previous_webhook_secret.as_ref())?))
 }
 
 fn insert_delivery(d: &Delivery) -> SqliteQuery {
@@ -324,7 +325,8 @@ impl Store for SqliteStore {
         sqlx::query(
             "UPDATE agents SET agent_type = $2, metadata = $3, keys = $4, webhook_url = $5, \
              webhook_secret = $6, trusted_agents = $7, last_heartbeat = $8, online = $9, \
-             heartbeat_interval_ms = $10, heartbeat_timeout_ms = $11, updated_at = $12 \
+             heartbeat_interval_ms = $10, heartbeat_timeout_ms = $11, updated_at = $12, \
+             previous_webhook_secret = $13 \
              WHERE agent_id = $1",
         )
         .bind(agent_id)
@@ -339,6 +341,7 @@ impl Store for SqliteStore {
         .bind(agent.heartbeat_interval_ms as i64)
         .bind(agent.heartbeat_timeout_ms as i64)
         .bind(agent.updated_at)
+        .bind(to_json_opt(agent.previous_webhook_secret.as_ref())?)
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -636,6 +639,14 @@ impl Store for SqliteStore {
             items: page.into_iter().map(|(_, m)| m).collect(),
             next_cursor,
         })
+    }
+
+    async fn next_available_at(&self, recipient: &str) -> StoreResult<Option<Millis>> {
+        sqlx::query_scalar(sql::NEXT_AVAILABLE_AT)
+            .bind(recipient)
+            .fetch_one(&self.reader)
+            .await
+            .map_err(db_error)
     }
 
     async fn inbox_stats(&self, recipient: &str) -> StoreResult<StateCounts> {

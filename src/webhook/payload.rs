@@ -43,8 +43,13 @@ struct Payload<'a> {
 }
 
 impl Notification<'_> {
-    /// Builds the body and headers, signed with the agent's webhook `secret`.
-    pub fn build(&self, secret: &str) -> WebhookRequest {
+    /// Builds the body and headers, signed with the agent's webhook secrets:
+    /// the compat body signature with the first (current) one, the Standard
+    /// Webhooks header with each of them (`v1,<a> v1,<b>` during a rotation).
+    /// An agent without a secret (imported from the old server) signs with "".
+    pub fn build(&self, secrets: &[&str]) -> WebhookRequest {
+        let secrets = if secrets.is_empty() { &[""] } else { secrets };
+        let secret = secrets[0];
         let delivered_at = format_delivered_at(self.at_ms);
         let mut payload = Payload {
             event: EVENT_MESSAGE_RECEIVED,
@@ -59,7 +64,11 @@ impl Notification<'_> {
         let body = serde_json::to_vec(&payload).expect("a JSON value always serialises");
 
         let timestamp = self.at_ms.div_euclid(1000);
-        let standard_signature = sign(secret, self.delivery_id, timestamp, &body);
+        let standard_signature = secrets
+            .iter()
+            .map(|secret| sign(secret, self.delivery_id, timestamp, &body))
+            .collect::<Vec<_>>()
+            .join(" ");
         let headers = vec![
             ("content-type", "application/json".to_string()),
             ("user-agent", USER_AGENT.to_string()),
@@ -124,7 +133,7 @@ mod tests {
             attempt: 3,
             at_ms,
         }
-        .build("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD");
+        .build(&["whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"]);
 
         let body: Value = serde_json::from_slice(&request.body).unwrap();
         let keys: Vec<&str> = body

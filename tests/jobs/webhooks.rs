@@ -407,6 +407,81 @@ async fn pending_retries_use_the_current_webhook_url() {
     s.hub.shutdown().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_replaced_secret_keeps_signing_until_the_overlap_ends() {
+    let receiver = Receiver::start(vec![], Reply::Status(204)).await;
+    let clock = Clock::manual();
+    // A one-minute overlap: long enough to see both signatures, short enough
+    // that moving the clock past it stays inside the HTTP Date skew window.
+    let hub_config = Config {
+        key_rotation_overlap_sec: 60,
+        ..config(&[60_000])
+    };
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let hub = start_with_store(hub_config, store, clock.clone())
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let alice = AgentClient::register(http.clone(), &hub.url(), Some("alice"))
+        .await
+        .unwrap();
+    let bob = AgentClient::register(http, &hub.url(), Some("bob"))
+        .await
+        .unwrap();
+    let set_secret = |secret: &'static str| {
+        bob.request(
+            Method::POST,
+            &bob.agent_path("webhook"),
+            Some(&json!({"webhook_url": receiver.url(), "webhook_secret": secret})),
+        )
+        .send()
+    };
+    let first: Value = set_secret(SECRET).await.unwrap().json().await.unwrap();
+    assert!(first.get("previous_webhook_secret_valid_until").is_none());
+    let rotated: Value = set_secret("new secret")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rotated["webhook_secret"], "new secret");
+    assert_eq!(
+        rotated["previous_webhook_secret_valid_until"],
+        clock.now_ms() + 60_000
+    );
+
+    let send = || async {
+        let envelope = alice.envelope("bob", "ping", json!({}));
+        assert_eq!(alice.send("bob", &envelope).await.unwrap().status(), 201);
+    };
+    send().await;
+    let during = receiver.wait_for(1).await.remove(0);
+    assert_eq!(during.header("webhook-signature").matches("v1,").count(), 2);
+    for secret in [SECRET, "new secret"] {
+        webhook::verify_headers(secret, &during.headers, &during.body, clock.now_system())
+            .unwrap_or_else(|e| panic!("{secret} verifies during the overlap: {e}"));
+    }
+    webhook::verify_legacy_signature("new secret", &during.body)
+        .expect("the compat body signature uses the current secret");
+
+    clock.advance_ms(61_000);
+    send().await;
+    let after = receiver.wait_for(2).await.remove(1);
+    assert_eq!(after.header("webhook-signature").matches("v1,").count(), 1);
+    webhook::verify_headers(
+        "new secret",
+        &after.headers,
+        &after.body,
+        clock.now_system(),
+    )
+    .expect("the current secret verifies after the overlap");
+    assert!(
+        webhook::verify_headers(SECRET, &after.headers, &after.body, clock.now_system()).is_err(),
+        "the replaced secret no longer signs"
+    );
+    hub.shutdown().await.unwrap();
+}
+
 /// The restart scenario against any store: `reopen` gives the second hub the
 /// store as a restarted process would see it.
 async fn retries_survive_a_restart_with<F, Fut>(first_store: Arc<dyn Store>, reopen: F)
