@@ -311,12 +311,9 @@ async fn inject_faults(
     next.run(request).await
 }
 
-fn check_app(app: &str) -> Result<(), Response> {
-    if app == APP_ID {
-        Ok(())
-    } else {
-        Err(error(StatusCode::NOT_FOUND, "APP_NOT_FOUND", "no such app"))
-    }
+/// The 404 of an app this emulator does not serve, if `app` is one.
+fn wrong_app(app: &str) -> Option<Response> {
+    (app != APP_ID).then(|| error(StatusCode::NOT_FOUND, "APP_NOT_FOUND", "no such app"))
 }
 
 fn record(collection: &str, key: &str, data: &Value) -> Value {
@@ -328,8 +325,8 @@ async fn create(
     Path(app): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Err(e) = check_app(&app) {
-        return e;
+    if let Some(refused) = wrong_app(&app) {
+        return refused;
     }
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return error(StatusCode::BAD_REQUEST, "INVALID_JSON", "body is not JSON");
@@ -371,8 +368,8 @@ async fn read(
     Path((app, key)): Path<(String, String)>,
     Query(query): Query<CollectionQuery>,
 ) -> Response {
-    if let Err(e) = check_app(&app) {
-        return e;
+    if let Some(refused) = wrong_app(&app) {
+        return refused;
     }
     let documents = shared.documents.lock();
     match documents
@@ -393,8 +390,8 @@ async fn update(
     Path((app, collection, key)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Response {
-    if let Err(e) = check_app(&app) {
-        return e;
+    if let Some(refused) = wrong_app(&app) {
+        return refused;
     }
     let Some(patch) = serde_json::from_slice::<Value>(&body)
         .ok()
@@ -428,8 +425,8 @@ async fn remove(
     State(shared): State<Arc<Shared>>,
     Path((app, collection, key)): Path<(String, String, String)>,
 ) -> Response {
-    if let Err(e) = check_app(&app) {
-        return e;
+    if let Some(refused) = wrong_app(&app) {
+        return refused;
     }
     let removed = shared
         .documents
@@ -457,8 +454,8 @@ async fn list(
     Path(app): Path<String>,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    if let Err(e) = check_app(&app) {
-        return e;
+    if let Some(refused) = wrong_app(&app) {
+        return refused;
     }
     let limit = query.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
     let offset = query.offset.unwrap_or(0);
