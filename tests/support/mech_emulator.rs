@@ -64,6 +64,29 @@ pub struct Counters {
     pub injected: AtomicU64,
     /// Requests applied to the documents (create, update, delete).
     pub writes: AtomicU64,
+    /// List requests (collection scans).
+    pub lists: AtomicU64,
+    /// Requests being handled right now.
+    pub in_flight: AtomicU64,
+    /// The most requests ever handled at once.
+    pub max_in_flight: AtomicU64,
+}
+
+/// Counts a request as in flight until dropped.
+struct InFlight<'a>(&'a Counters);
+
+impl<'a> InFlight<'a> {
+    fn enter(counters: &'a Counters) -> Self {
+        let now = counters.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        counters.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(counters)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Default)]
@@ -185,6 +208,14 @@ impl MechEmulator {
         self.shared.counters.requests.load(Ordering::SeqCst)
     }
 
+    /// Starts counting the most concurrent requests afresh.
+    pub fn reset_max_in_flight(&self) {
+        self.shared
+            .counters
+            .max_in_flight
+            .store(0, Ordering::SeqCst);
+    }
+
     /// Documents in a collection.
     pub fn count(&self, collection: &str) -> usize {
         self.shared
@@ -239,6 +270,7 @@ async fn inject_faults(
     next: Next,
 ) -> Response {
     shared.counters.requests.fetch_add(1, Ordering::SeqCst);
+    let _in_flight = InFlight::enter(&shared.counters);
     let authorised = request
         .headers()
         .get("x-api-key")
@@ -457,6 +489,7 @@ async fn list(
     if let Some(refused) = wrong_app(&app) {
         return refused;
     }
+    shared.counters.lists.fetch_add(1, Ordering::SeqCst);
     let limit = query.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
     let offset = query.offset.unwrap_or(0);
     let documents = shared.documents.lock();
