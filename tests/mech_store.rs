@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use admp::client::AgentClient;
 use admp::config::Config;
-use admp::hub::Clock;
+use admp::hub::{Clock, Hub};
+use admp::jobs::sweeper::sweep_once;
 use admp::server::{RunningHub, start_with_store};
 use admp::store::mech::{AGENTS, MESSAGES, MechSettings, MechStore};
 use admp::store::{
@@ -517,6 +518,45 @@ async fn sweeps_use_the_index_and_bounded_concurrency() {
     assert!(max > 1 && max <= 8, "{max}");
     assert_eq!(emulator.count(MESSAGES), 0);
     assert_eq!(emulator.counters().lists.load(Ordering::SeqCst), lists);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sweeper_pass_drains_a_backlog_of_many_batches() {
+    let emulator = MechEmulator::start().await;
+    // Batches of 100, up to 16 at once: the sweeper's concurrent batches
+    // must each find fresh work, not race for the same records.
+    let config = Config {
+        sweep_batch_size: 100,
+        sweep_concurrency: 16,
+        ..fast(&emulator)
+    };
+    let store = open(&config).await;
+    let clock = Clock::manual();
+    let now = clock.now_ms();
+    for agent_id in ["bob", "carol", "dave"] {
+        // Heartbeats are fresh, so the pass's offline step writes nothing.
+        let fresh = Agent {
+            last_heartbeat: now,
+            ..agent(agent_id)
+        };
+        store.create_agent(fresh).await.unwrap();
+    }
+    for i in 0..350 {
+        let to = ["bob", "carol", "dave"][i % 3];
+        let m = message(&format!("m{i:03}"), to, now, 1_000);
+        store.enqueue(m, 1_000, None).await.unwrap();
+    }
+    clock.advance_ms(1_000);
+    let hub = Hub::new(Arc::new(config), store.clone(), clock, Arc::default());
+    let before = emulator.requests();
+    let report = sweep_once(&hub).await.unwrap();
+    assert_eq!(report.expired, 350);
+    assert_eq!(store.stats().await.unwrap().messages.expired, 350);
+    assert_eq!(
+        emulator.requests() - before,
+        350,
+        "each message written once"
+    );
 }
 
 #[tokio::test]

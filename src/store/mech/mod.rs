@@ -120,6 +120,10 @@ pub struct MechStore {
     audit: Mutex<Vec<AuditEvent>>,
     /// Bounds the Mech requests of all bulk work together to `MECH_CONCURRENCY`.
     bulk: Semaphore,
+    /// Serialises sweep batches: each plans from the index as the previous
+    /// one left it, so concurrent batches never pick the same records (and
+    /// come back short while work remains).
+    sweeps: tokio::sync::Mutex<()>,
 }
 
 impl MechStore {
@@ -145,6 +149,7 @@ impl MechStore {
             audit_writer: tokio::sync::Mutex::new(()),
             audit: Mutex::default(),
             bulk: Semaphore::new(concurrency),
+            sweeps: tokio::sync::Mutex::new(()),
         };
         let mut next_seq = 0u64;
         for doc in &agents {
@@ -487,6 +492,7 @@ impl Store for MechStore {
     }
 
     async fn mark_offline(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        let _sweep = self.sweeps.lock().await;
         let due: Vec<String> = self
             .agents
             .iter()
@@ -745,6 +751,7 @@ impl Store for MechStore {
     }
 
     async fn reclaim_expired_leases(&self, request: &ReclaimRequest) -> StoreResult<ReclaimCounts> {
+        let _sweep = self.sweeps.lock().await;
         let cells = match &request.recipient {
             Some(agent) => self.cell(agent).into_iter().collect(),
             None => self.all_cells(),
@@ -786,6 +793,7 @@ impl Store for MechStore {
     }
 
     async fn expire_messages(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        let _sweep = self.sweeps.lock().await;
         let plan = self.plan(self.all_cells(), limit, |state, budget| {
             state
                 .expiry
@@ -807,6 +815,7 @@ impl Store for MechStore {
     }
 
     async fn purge_retained(&self, ended_before: Millis, limit: usize) -> StoreResult<u64> {
+        let _sweep = self.sweeps.lock().await;
         let plan = self.plan(self.all_cells(), limit, |state, budget| {
             state
                 .ended
