@@ -99,6 +99,7 @@ struct Shared {
 
 /// A running emulator; stops when dropped.
 pub struct MechEmulator {
+    /// Where it listens (127.0.0.1, an OS-picked port).
     pub addr: SocketAddr,
     shared: Arc<Shared>,
     server: tokio::task::JoinHandle<()>,

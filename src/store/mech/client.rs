@@ -39,7 +39,9 @@ const IDLE_CONNECTIONS_PER_HOST: usize = 64;
 pub struct MechSettings {
     /// Server root, e.g. `https://storage.mechdna.net`.
     pub base_url: String,
+    /// Mech application id (`MECH_APP_ID`): the path prefix and the `X-App-ID` header.
     pub app_id: String,
+    /// Mech API key (`MECH_API_KEY`), sent as `X-API-Key`.
     pub api_key: String,
     /// Per-request timeout (`MECH_TIMEOUT_MS`).
     pub timeout: Duration,
@@ -92,20 +94,32 @@ pub enum MechError {
     BreakerOpen(Duration),
     /// Every attempt timed out, failed to connect or got a 5xx/429.
     #[error("Mech unreachable after {attempts} attempt(s): {last}")]
-    Exhausted { attempts: u32, last: String },
+    Exhausted {
+        /// Attempts made (the first plus the retries).
+        attempts: u32,
+        /// What the last attempt got, for the log and the 503 message.
+        last: String,
+    },
     /// Mech refused the request with a 4xx other than 404/409/429.
     #[error("Mech rejected {op}: HTTP {status} {code}: {message}")]
     Rejected {
+        /// The operation, e.g. `create admp_messages/<id>`.
         op: String,
+        /// The HTTP status.
         status: u16,
+        /// Mech's `error.code` (`UNKNOWN` without one).
         code: String,
+        /// Mech's `error.message`, or the truncated body.
         message: String,
     },
     /// A response that is not the JSON the API documents.
     #[error("Mech answered {op} with an unreadable response (HTTP {status}): {detail}")]
     Malformed {
+        /// The operation, e.g. `list admp_agents`.
         op: String,
+        /// The HTTP status of the unreadable answer.
         status: u16,
+        /// What was wrong, with the truncated body.
         detail: String,
     },
     /// The input was refused before any call.
@@ -137,7 +151,9 @@ struct Reply {
 /// One stored document as a list returns it.
 #[derive(Debug, Clone)]
 pub struct Document {
+    /// The `document_key`.
     pub key: String,
+    /// The stored document (the record's `data`).
     pub data: Value,
 }
 
