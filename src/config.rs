@@ -17,6 +17,9 @@ pub enum StorageBackend {
     Postgres,
     /// In-process maps; lost on exit.
     Memory,
+    /// Mech Storage's HTTP NoSQL API (`MECH_*`): one hub instance only, since
+    /// Mech has no conditional writes and the hub keeps the index in process.
+    Mech,
 }
 
 /// SQLite's `synchronous` setting: what an acknowledged write survives.
@@ -61,6 +64,42 @@ pub struct Config {
     /// (`mode=rwc` creates the file) or `postgres://user@host/db`.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     pub database_url: String,
+    /// Mech Storage server (the mech backend).
+    #[arg(long, env = "MECH_BASE_URL", default_value = DEFAULT_MECH_BASE_URL)]
+    pub mech_base_url: String,
+    /// Mech application id (required by the mech backend).
+    #[arg(long, env = "MECH_APP_ID")]
+    pub mech_app_id: Option<String>,
+    /// Mech API key (required by the mech backend).
+    #[arg(long, env = "MECH_API_KEY", hide_env_values = true)]
+    pub mech_api_key: Option<String>,
+    /// File holding the Mech API key; excludes `MECH_API_KEY`.
+    #[arg(long, env = "MECH_API_KEY_FILE")]
+    pub mech_api_key_file: Option<PathBuf>,
+    /// Time one Mech request may take before it counts as failed and is retried.
+    #[arg(long, env = "MECH_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub mech_timeout_ms: u64,
+    /// Retries of one Mech request after a timeout, connection error, 5xx or 429 (never other 4xx).
+    #[arg(long, env = "MECH_MAX_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub mech_max_retries: u32,
+    /// First retry delay cap; each retry doubles it (full jitter: a random delay up to the cap).
+    #[arg(long, env = "MECH_BACKOFF_BASE_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub mech_backoff_base_ms: u64,
+    /// Largest retry delay, also the longest `Retry-After` the client waits for.
+    #[arg(long, env = "MECH_BACKOFF_MAX_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=300_000))]
+    pub mech_backoff_max_ms: u64,
+    /// Consecutive failed Mech operations that open the circuit breaker.
+    #[arg(long, env = "MECH_BREAKER_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub mech_breaker_failures: u32,
+    /// How long the open breaker answers 503 before letting one probe through.
+    #[arg(long, env = "MECH_BREAKER_RESET_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub mech_breaker_reset_ms: u64,
+    /// Mech requests bulk work (sweeps, start-up scan) keeps in flight at once.
+    #[arg(long, env = "MECH_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub mech_concurrency: u64,
+    /// Largest document the mech backend writes, in KiB (checked before the call).
+    #[arg(long, env = "MECH_MAX_DOCUMENT_KB", default_value_t = 1_024, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub mech_max_document_kb: u64,
     /// Connection pool size (sqlite: readers beside the single writer).
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
@@ -208,6 +247,9 @@ fn read_secret_file(name: &str, path: &Path) -> Result<String, String> {
 /// Where the default backend keeps its data: `admp.db` in the working directory, created if missing.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://admp.db?mode=rwc";
 
+/// Where the Mech backend finds Mech Storage unless `MECH_BASE_URL` says otherwise.
+pub const DEFAULT_MECH_BASE_URL: &str = "https://storage.mechdna.net";
+
 /// Allowed clock skew for envelope timestamps and HTTP `Date` headers.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 
@@ -232,6 +274,18 @@ impl Default for Config {
             host: IpAddr::from([0, 0, 0, 0]),
             storage_backend: StorageBackend::Sqlite,
             database_url: DEFAULT_DATABASE_URL.into(),
+            mech_base_url: DEFAULT_MECH_BASE_URL.into(),
+            mech_app_id: None,
+            mech_api_key: None,
+            mech_api_key_file: None,
+            mech_timeout_ms: 5_000,
+            mech_max_retries: 3,
+            mech_backoff_base_ms: 100,
+            mech_backoff_max_ms: 2_000,
+            mech_breaker_failures: 5,
+            mech_breaker_reset_ms: 30_000,
+            mech_concurrency: 32,
+            mech_max_document_kb: 1_024,
             database_max_connections: 10,
             sqlite_synchronous: SqliteSynchronous::Full,
             master_api_key: None,
@@ -273,7 +327,7 @@ impl Default for Config {
 
 impl Config {
     /// Reads the secrets given as files (`MASTER_API_KEY_FILE`,
-    /// `MASTER_API_KEY_PREVIOUS_FILE`, `SESSION_SECRET_FILE`) into their
+    /// `MASTER_API_KEY_PREVIOUS_FILE`, `SESSION_SECRET_FILE`, `MECH_API_KEY_FILE`) into their
     /// values, once, at start-up and before [`validate`](Self::validate).
     ///
     /// One trailing newline (`\n` or `\r\n`, as editors and `echo` add) is
@@ -296,6 +350,11 @@ impl Config {
             "SESSION_SECRET",
             &mut self.session_secret,
             &mut self.session_secret_file,
+        )?;
+        resolve_secret_file(
+            "MECH_API_KEY",
+            &mut self.mech_api_key,
+            &mut self.mech_api_key_file,
         )
     }
 
@@ -308,6 +367,7 @@ impl Config {
                 &self.master_api_key_previous_file,
             ),
             ("SESSION_SECRET_FILE", &self.session_secret_file),
+            ("MECH_API_KEY_FILE", &self.mech_api_key_file),
         ] {
             if file.is_some() {
                 return Err(format!(
@@ -347,6 +407,9 @@ impl Config {
             }
             _ => {}
         }
+        if self.storage_backend == StorageBackend::Mech {
+            self.validate_mech()?;
+        }
         if self.metrics_require_key && self.master_api_key.is_none() {
             return Err("METRICS_REQUIRE_KEY=true needs MASTER_API_KEY".into());
         }
@@ -354,6 +417,56 @@ impl Config {
             && secret.len() < 32
         {
             return Err("SESSION_SECRET must be at least 32 characters".into());
+        }
+        Ok(())
+    }
+
+    /// The Mech settings that need more than clap's range checks; the message names the variable.
+    fn validate_mech(&self) -> Result<(), String> {
+        let url = self.mech_base_url.trim_end_matches('/');
+        let host = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .ok_or("MECH_BASE_URL must be an http:// or https:// URL")?;
+        if host.is_empty() || host.contains(['?', '#', ' ']) {
+            return Err("MECH_BASE_URL must be an http(s) URL without query or fragment".into());
+        }
+        match &self.mech_app_id {
+            None => return Err("STORAGE_BACKEND=mech needs MECH_APP_ID".into()),
+            Some(id)
+                if id.is_empty()
+                    || id.len() > 128
+                    || !id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) =>
+            {
+                return Err(
+                    "MECH_APP_ID must be 1-128 characters of letters, digits, '-', '_' or '.'"
+                        .into(),
+                );
+            }
+            Some(_) => {}
+        }
+        match &self.mech_api_key {
+            None => {
+                return Err(
+                    "STORAGE_BACKEND=mech needs MECH_API_KEY (or MECH_API_KEY_FILE)".into(),
+                );
+            }
+            Some(key) if key.is_empty() || key.chars().any(|c| c.is_control()) => {
+                return Err("MECH_API_KEY must be non-empty and free of control characters".into());
+            }
+            Some(_) => {}
+        }
+        if self.mech_backoff_base_ms > self.mech_backoff_max_ms {
+            return Err("MECH_BACKOFF_BASE_MS must not exceed MECH_BACKOFF_MAX_MS".into());
+        }
+        if self.max_message_size_kb >= self.mech_max_document_kb {
+            return Err(
+                "MAX_MESSAGE_SIZE_KB must be below MECH_MAX_DOCUMENT_KB (a stored message is the \
+                 envelope plus its delivery state)"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -590,6 +703,86 @@ mod tests {
             master_api_key_previous: Some("old-master-key-0123456789".into()),
             ..Config::default()
         };
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn mech_settings_are_checked_and_named() {
+        let mech = Config {
+            storage_backend: StorageBackend::Mech,
+            mech_app_id: Some("app-1".into()),
+            mech_api_key: Some("mech-key".into()),
+            ..Config::default()
+        };
+        mech.validate().unwrap();
+        let cases = [
+            (
+                Config {
+                    mech_app_id: None,
+                    ..mech.clone()
+                },
+                "MECH_APP_ID",
+            ),
+            (
+                Config {
+                    mech_app_id: Some("app/../x".into()),
+                    ..mech.clone()
+                },
+                "MECH_APP_ID",
+            ),
+            (
+                Config {
+                    mech_api_key: None,
+                    ..mech.clone()
+                },
+                "MECH_API_KEY",
+            ),
+            (
+                Config {
+                    mech_base_url: "storage.mechdna.net".into(),
+                    ..mech.clone()
+                },
+                "MECH_BASE_URL",
+            ),
+            (
+                Config {
+                    mech_backoff_base_ms: 5_000,
+                    ..mech.clone()
+                },
+                "MECH_BACKOFF_BASE_MS",
+            ),
+            (
+                Config {
+                    max_message_size_kb: 2_048,
+                    ..mech.clone()
+                },
+                "MECH_MAX_DOCUMENT_KB",
+            ),
+        ];
+        for (config, variable) in cases {
+            let err = config.validate().unwrap_err();
+            assert!(err.contains(variable), "{variable}: {err}");
+        }
+        // Other backends ignore the Mech settings.
+        let sqlite = Config {
+            mech_app_id: None,
+            mech_base_url: "nonsense".into(),
+            ..Config::default()
+        };
+        sqlite.validate().unwrap();
+    }
+
+    #[test]
+    fn mech_api_key_file_is_read_like_the_other_secrets() {
+        let dir = TempDir::new();
+        let mut config = Config {
+            storage_backend: StorageBackend::Mech,
+            mech_app_id: Some("app".into()),
+            mech_api_key_file: Some(dir.file("mech", "mech-secret\n")),
+            ..Config::default()
+        };
+        config.resolve_secret_files().unwrap();
+        assert_eq!(config.mech_api_key.as_deref(), Some("mech-secret"));
         config.validate().unwrap();
     }
 

@@ -12,6 +12,7 @@ use crate::api::{AppState, router};
 use crate::config::{AgentAuth, Config, StorageBackend};
 use crate::hub::{Clock, Hub, InboxWakers};
 use crate::jobs::{JobStats, sweeper, webhooks};
+use crate::store::mech::{MechSettings, MechStore};
 use crate::store::{Store, memory::MemoryStore, postgres::PostgresStore, sqlite::SqliteStore};
 
 /// A hub serving in the background.
@@ -72,6 +73,19 @@ pub async fn open_store(
                 .await
                 .context("opening the PostgreSQL database (DATABASE_URL)")?,
         ),
+        StorageBackend::Mech => {
+            tracing::warn!(
+                "STORAGE_BACKEND=mech supports ONE hub instance: the message index lives in \
+                 this process (Mech has no conditional writes), so a second hub on the same \
+                 MECH_APP_ID could lease a message twice. Use postgres to run several instances."
+            );
+            let settings = MechSettings::from_config(config).map_err(anyhow::Error::msg)?;
+            Arc::new(
+                MechStore::open(settings)
+                    .await
+                    .context("opening the Mech store (MECH_BASE_URL, MECH_APP_ID)")?,
+            )
+        }
     })
 }
 

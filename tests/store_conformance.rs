@@ -10,6 +10,9 @@
 //! ```
 //!
 //! PostgreSQL tests need the server on 127.0.0.1:5432 (see `tests/support`).
+//! The Mech backend runs against the in-process Mech emulator
+//! (`tests/support/mech_emulator.rs`) with no injected faults or latency;
+//! `tests/mech_store.rs` covers the faults.
 
 mod support;
 
@@ -19,10 +22,12 @@ use std::sync::Arc;
 use admp::config::SqliteSynchronous;
 use admp::hub::InboxWakers;
 use admp::store::Store;
+use admp::store::mech::MechStore;
 use admp::store::memory::MemoryStore;
 use admp::store::postgres::PostgresStore;
 use admp::store::sqlite::SqliteStore;
 
+use support::mech_emulator::MechEmulator;
 use support::storage::{PgSchema, TempDir};
 
 /// A way to get a fresh, empty store of one backend, and to clean it up.
@@ -115,6 +120,36 @@ impl Backend for PostgresBackend {
         self.store.close().await;
         self.schema.drop_schema().await;
     }
+}
+
+struct MechBackend {
+    emulator: MechEmulator,
+    store: Arc<MechStore>,
+}
+
+impl MechBackend {
+    async fn open(emulator: &MechEmulator) -> Arc<MechStore> {
+        let store = MechStore::open(emulator.settings())
+            .await
+            .expect("opening the Mech store on the emulator");
+        Arc::new(store)
+    }
+}
+
+impl Backend for MechBackend {
+    async fn create() -> Self {
+        let emulator = MechEmulator::start().await;
+        let store = Self::open(&emulator).await;
+        MechBackend { emulator, store }
+    }
+    fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+    /// A hub restart: a new store rebuilds its index from what Mech holds.
+    async fn reopen(&mut self) {
+        self.store = Self::open(&self.emulator).await;
+    }
+    async fn destroy(self) {}
 }
 
 /// Runs one contract on a fresh store, cleaning up even when it fails.
@@ -214,6 +249,7 @@ macro_rules! conformance {
 conformance!(memory, MemoryBackend);
 conformance!(sqlite, SqliteBackend, durable);
 conformance!(postgres, PostgresBackend, durable);
+conformance!(mech, MechBackend, durable);
 
 /// The contract itself: backend-independent, in terms of the `Store` trait only.
 mod contract {

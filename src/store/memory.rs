@@ -20,28 +20,31 @@ use parking_lot::Mutex;
 use super::*;
 
 /// Ordering key inside an inbox index: a time, then the arrival sequence.
-type IndexKey = (Millis, u64);
+pub(super) type IndexKey = (Millis, u64);
 
-struct Slot {
-    seq: u64,
-    message: Message,
+/// One stored message and its arrival sequence (the tie-breaker of every index).
+pub(super) struct Slot {
+    pub(super) seq: u64,
+    pub(super) message: Message,
 }
 
+/// One agent's messages and the indexes over them; shared with the Mech
+/// backend, which keeps the same in-process index in front of its HTTP store.
 #[derive(Default)]
-struct Inbox {
+pub(super) struct Inbox {
     /// False once the agent is deleted: enqueues are refused.
-    open: bool,
-    messages: HashMap<String, Slot>,
+    pub(super) open: bool,
+    pub(super) messages: HashMap<String, Slot>,
     /// Live messages by the time a pull may take them.
-    ready: BTreeMap<IndexKey, String>,
+    pub(super) ready: BTreeMap<IndexKey, String>,
     /// Live messages by TTL deadline.
-    expiry: BTreeMap<IndexKey, String>,
+    pub(super) expiry: BTreeMap<IndexKey, String>,
     /// Dead letters by the time they died (listing order and cursor).
     dead: BTreeMap<IndexKey, String>,
     /// Every ended message by end time (retention purge).
-    ended: BTreeMap<IndexKey, String>,
-    idempotency: HashMap<String, String>,
-    live: u64,
+    pub(super) ended: BTreeMap<IndexKey, String>,
+    pub(super) idempotency: HashMap<String, String>,
+    pub(super) live: u64,
 }
 
 impl Inbox {
@@ -83,6 +86,63 @@ impl Inbox {
         }
     }
 
+    /// Inserts a message under arrival sequence `seq`, with its indexes and idempotency key.
+    pub(super) fn insert(&mut self, seq: u64, message: Message) {
+        let id = message.id.clone();
+        if let Some(key) = &message.idempotency_key {
+            self.idempotency.insert(key.clone(), id.clone());
+        }
+        self.messages.insert(id.clone(), Slot { seq, message });
+        self.attach(&id);
+    }
+
+    /// Replaces a stored message by a new version of itself (same id), keeping its sequence.
+    pub(super) fn replace(&mut self, message: Message) {
+        let id = message.id.clone();
+        self.modify(&id, |m| *m = message);
+    }
+
+    /// Removes a message, its indexes and its idempotency key.
+    pub(super) fn remove(&mut self, id: &str) -> Option<Message> {
+        self.detach(id);
+        let slot = self.messages.remove(id)?;
+        if let Some(key) = &slot.message.idempotency_key
+            && self.idempotency.get(key).map(String::as_str) == Some(id)
+        {
+            self.idempotency.remove(key);
+        }
+        Some(slot.message)
+    }
+
+    /// One page of dead letters, oldest first, after `cursor` (`<ended_at>.<seq>`).
+    pub(super) fn dead_page(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Message>> {
+        let start = match cursor.map(parse_cursor) {
+            Some(Some((at, seq))) => std::ops::Bound::Excluded((at, seq)),
+            Some(None) => return Err(StoreError::InvalidCursor),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut page: Vec<(IndexKey, Message)> = self
+            .dead
+            .range((start, std::ops::Bound::Unbounded))
+            .take(limit + 1)
+            .filter_map(|(k, id)| self.messages.get(id).map(|s| (*k, s.message.clone())))
+            .collect();
+        let next_cursor = if page.len() > limit {
+            page.truncate(limit);
+            page.last().map(|((at, seq), _)| format!("{at}.{seq}"))
+        } else {
+            None
+        };
+        Ok(Page {
+            items: page.into_iter().map(|(_, m)| m).collect(),
+            next_cursor,
+        })
+    }
+
     /// Runs `change` on one message, keeping every index consistent.
     fn modify<T>(&mut self, id: &str, change: impl FnOnce(&mut Message) -> T) -> Option<T> {
         if !self.messages.contains_key(id) {
@@ -94,7 +154,8 @@ impl Inbox {
         Some(out)
     }
 
-    fn message(&self, id: &str) -> StoreResult<&Message> {
+    /// The stored message, or `MessageNotFound`.
+    pub(super) fn message(&self, id: &str) -> StoreResult<&Message> {
         self.messages
             .get(id)
             .map(|s| &s.message)
@@ -102,7 +163,7 @@ impl Inbox {
     }
 
     /// Checks that `id` is leased under `lease_id` (when one is given).
-    fn check_lease(&self, id: &str, lease_id: Option<&str>) -> StoreResult<()> {
+    pub(super) fn check_lease(&self, id: &str, lease_id: Option<&str>) -> StoreResult<()> {
         let m = self.message(id)?;
         if m.state != MessageState::Leased {
             return Err(StoreError::NotLeased);
@@ -214,13 +275,8 @@ impl MemoryStore {
 
     /// Inserts a message into a locked inbox with its indexes.
     fn insert_message(&self, inbox: &mut Inbox, message: Message) {
-        let id = message.id.clone();
-        if let Some(key) = &message.idempotency_key {
-            inbox.idempotency.insert(key.clone(), id.clone());
-        }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        inbox.messages.insert(id.clone(), Slot { seq, message });
-        inbox.attach(&id);
+        inbox.insert(seq, message);
     }
 }
 
@@ -439,28 +495,7 @@ impl Store for MemoryStore {
                 next_cursor: None,
             });
         };
-        let inbox = inbox.lock();
-        let start = match cursor.map(parse_cursor) {
-            Some(Some((at, seq))) => std::ops::Bound::Excluded((at, seq)),
-            Some(None) => return Err(StoreError::InvalidCursor),
-            None => std::ops::Bound::Unbounded,
-        };
-        let mut page: Vec<(IndexKey, Message)> = inbox
-            .dead
-            .range((start, std::ops::Bound::Unbounded))
-            .take(limit + 1)
-            .filter_map(|(k, id)| inbox.messages.get(id).map(|s| (*k, s.message.clone())))
-            .collect();
-        let next_cursor = if page.len() > limit {
-            page.truncate(limit);
-            page.last().map(|((at, seq), _)| format!("{at}.{seq}"))
-        } else {
-            None
-        };
-        Ok(Page {
-            items: page.into_iter().map(|(_, m)| m).collect(),
-            next_cursor,
-        })
+        inbox.lock().dead_page(limit, cursor)
     }
 
     async fn inbox_stats(&self, recipient: &str) -> StoreResult<StateCounts> {
@@ -539,13 +574,7 @@ impl Store for MemoryStore {
                 .take(limit - purged as usize)
                 .collect();
             for id in due {
-                inbox.detach(&id);
-                if let Some(slot) = inbox.messages.remove(&id) {
-                    if let Some(key) = &slot.message.idempotency_key
-                        && inbox.idempotency.get(key) == Some(&id)
-                    {
-                        inbox.idempotency.remove(key);
-                    }
+                if inbox.remove(&id).is_some() {
                     self.owners.remove(&id);
                     purged += 1;
                 }
@@ -740,7 +769,7 @@ impl Store for MemoryStore {
 }
 
 /// Parses a dead-letter cursor of the form `<ended_at>.<seq>`.
-fn parse_cursor(cursor: &str) -> Option<IndexKey> {
+pub(super) fn parse_cursor(cursor: &str) -> Option<IndexKey> {
     let (at, seq) = cursor.split_once('.')?;
     Some((at.parse().ok()?, seq.parse().ok()?))
 }

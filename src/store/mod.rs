@@ -6,6 +6,7 @@
 //! so correctness never depends on the caller.
 
 pub mod instrumented;
+pub mod mech;
 pub mod memory;
 mod model;
 pub mod postgres;

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod mech_emulator;
 pub mod storage;
 
 use std::sync::Arc;
