@@ -62,6 +62,7 @@ fn agent(id: &str, now: i64) -> Agent {
         }],
         webhook_url: None,
         webhook_secret: None,
+        previous_webhook_secret: None,
         trusted_agents: Vec::new(),
         last_heartbeat: now,
         online: true,

@@ -95,6 +95,7 @@ fn agent(id: &str) -> Agent {
         }],
         webhook_url: None,
         webhook_secret: None,
+        previous_webhook_secret: None,
         trusted_agents: Vec::new(),
         last_heartbeat: 0,
         online: true,

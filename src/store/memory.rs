@@ -86,6 +86,11 @@ impl Inbox {
         }
     }
 
+    /// When the earliest live message becomes leasable.
+    pub(super) fn next_available_at(&self) -> Option<Millis> {
+        self.ready.first_key_value().map(|(&(at, _), _)| at)
+    }
+
     /// Inserts a message under arrival sequence `seq`, with its indexes and idempotency key.
     pub(super) fn insert(&mut self, seq: u64, message: Message) {
         let id = message.id.clone();
@@ -419,10 +424,9 @@ impl Store for MemoryStore {
     }
 
     async fn next_available_at(&self, recipient: &str) -> StoreResult<Option<Millis>> {
-        Ok(self.inbox(recipient).and_then(|inbox| {
-            let inbox = inbox.lock();
-            inbox.ready.first_key_value().map(|(&(at, _), _)| at)
-        }))
+        Ok(self
+            .inbox(recipient)
+            .and_then(|inbox| inbox.lock().next_available_at()))
     }
 
     async fn ack(&self, request: &AckRequest) -> StoreResult<Message> {

@@ -726,6 +726,12 @@ impl Store for MechStore {
         }
     }
 
+    async fn next_available_at(&self, recipient: &str) -> StoreResult<Option<Millis>> {
+        Ok(self
+            .cell(recipient)
+            .and_then(|cell| cell.state.lock().next_available_at()))
+    }
+
     async fn inbox_stats(&self, recipient: &str) -> StoreResult<StateCounts> {
         let mut counts = StateCounts::default();
         if let Some(cell) = self.cell(recipient) {
