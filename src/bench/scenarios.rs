@@ -112,7 +112,7 @@ pub async fn run_step(
         Scenario::All => anyhow::bail!("`all` is expanded into steps before running"),
     };
     let rss = target.rss_mib();
-    for row in &mut rows {
+    for row in rows.iter_mut().filter(|r| r.rss_mib.is_none()) {
         row.rss_mib = rss;
     }
     Ok(rows)
