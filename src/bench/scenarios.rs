@@ -685,6 +685,9 @@ async fn longpoll(
     };
     // Warm-up: one message per poller proves every poller is long-polling.
     for poller in pollers.iter() {
+        if Instant::now() >= deadline {
+            break;
+        }
         wait_for(poller, None).await;
     }
     let start = Instant::now();
