@@ -78,7 +78,7 @@ fn expired_message(id: &str, to: &str, now: i64) -> Message {
         id: id.into(),
         recipient: to.into(),
         sender: "bench-sender".into(),
-        envelope: json!({ "id": id, "subject": "bench", "body": { "id": id } }),
+        envelope: json!({ "id": id, "subject": "bench", "body": { "id": id } }).into(),
         state: MessageState::Queued,
         attempts: 0,
         lease_id: None,

@@ -4,10 +4,11 @@
 //! storage ([`store`]). Background work lives in [`jobs`]; webhook payloads,
 //! signatures and the receiver's verification helper in [`webhook`]; metrics
 //! in [`telemetry`]; the audit hash chain in [`audit`]; signatures shared
-//! with clients in [`signing`]; the command-line client in [`client`].
+//! with clients in [`signing`]; the command-line client in [`client`]; the load benchmark in [`bench`].
 
 pub mod api;
 pub mod audit;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod hub;

@@ -221,7 +221,7 @@ fn message(id: &str, recipient: &str) -> Message {
         id: id.into(),
         recipient: recipient.into(),
         sender: "sender".into(),
-        envelope: json!({"id": id}),
+        envelope: json!({"id": id}).into(),
         state: MessageState::Queued,
         attempts: 0,
         lease_id: None,

@@ -111,7 +111,7 @@ fn message(id: &str, to: &str, now: i64, ttl_ms: i64) -> Message {
         id: id.into(),
         recipient: to.into(),
         sender: "alice".into(),
-        envelope: json!({ "id": id, "body": { "n": id } }),
+        envelope: json!({ "id": id, "body": { "n": id } }).into(),
         state: MessageState::Queued,
         attempts: 0,
         lease_id: None,
@@ -466,7 +466,7 @@ async fn invalid_inputs_are_refused_before_any_call() {
         "{err}"
     );
     let mut huge = message("huge", "bob", 0, 60_000);
-    huge.envelope = json!({ "body": "y".repeat(4096) });
+    huge.envelope = json!({ "body": "y".repeat(4096) }).into();
     let err = store.enqueue(huge, 100, None).await.unwrap_err();
     assert!(
         matches!(&err, StoreError::Internal(m) if m.contains("MECH_MAX_DOCUMENT_KB")),

@@ -306,7 +306,8 @@ mod contract {
                 "subject": "task",
                 "body": {"z": [1, 2.5, "é"], "a": null, "10": true, "2": false},
                 "timestamp": "2023-11-14T22:13:20Z",
-            }),
+            })
+            .into(),
             state: MessageState::Queued,
             attempts: 0,
             lease_id: None,

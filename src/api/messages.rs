@@ -13,7 +13,7 @@ use super::error::{ApiError, ApiResult, ErrorBody, status_and_code};
 use super::extract::{ApiPath, ApiQuery, Authed};
 use crate::audit::AuditKind;
 use crate::hub::{NackInput, PullInput, SendInput, Sent};
-use crate::store::{Message, MessageState, StateCounts};
+use crate::store::{Envelope, Message, MessageState, StateCounts};
 
 /// Send and reply response.
 #[derive(Debug, Serialize, ToSchema)]
@@ -145,7 +145,7 @@ pub struct PullRequest {
 pub struct LeasedMessage {
     pub message_id: String,
     #[schema(value_type = Object)]
-    pub envelope: Value,
+    pub envelope: Envelope,
     pub lease_until: Option<i64>,
     pub lease_id: Option<String>,
     pub attempts: u32,
@@ -434,7 +434,7 @@ pub struct DeadQuery {
 pub struct DeadLetter {
     pub message_id: String,
     #[schema(value_type = Object)]
-    pub envelope: Value,
+    pub envelope: Envelope,
     pub attempts: u32,
     pub dead_reason: Option<String>,
     pub dead_at: Option<i64>,

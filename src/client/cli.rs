@@ -73,6 +73,8 @@ enum Command {
     /// Probe a hub's `/health`: exit 0 on 200, 1 otherwise (the Docker
     /// `HEALTHCHECK`; no curl needed in the image).
     Healthcheck(HealthcheckArgs),
+    /// Load benchmark: drives a hub (its own `admp serve` unless `--url`) like real agents.
+    Bench(Box<crate::bench::BenchArgs>),
     /// Agent management.
     #[command(subcommand)]
     Agent(AgentCommand),
@@ -268,6 +270,7 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
             print_json(&serde_json::to_value(report)?);
         }
         Command::Healthcheck(args) => healthcheck(&args).await?,
+        Command::Bench(args) => crate::bench::run(*args).await?,
         Command::Keygen => {
             let key = keys::generate();
             print_json(&json!({

@@ -178,6 +178,25 @@ impl AgentClient {
         self.request(Method::POST, &path, Some(&body)).send().await
     }
 
+    /// Acks several leased messages in one request (`POST …/inbox/ack`):
+    /// one authentication for up to 100 messages.
+    pub async fn ack_batch(
+        &self,
+        acks: &[(&str, Option<&str>)],
+    ) -> reqwest::Result<reqwest::Response> {
+        let acks: Vec<Value> = acks
+            .iter()
+            .map(|(message_id, lease_id)| match lease_id {
+                Some(l) => json!({ "message_id": message_id, "lease_id": l }),
+                None => json!({ "message_id": message_id }),
+            })
+            .collect();
+        let body = json!({ "acks": acks });
+        self.request(Method::POST, &self.agent_path("inbox/ack"), Some(&body))
+            .send()
+            .await
+    }
+
     /// Opens a session: later requests carry the token instead of a signature.
     pub async fn open_session(&mut self) -> anyhow::Result<()> {
         self.session = None;

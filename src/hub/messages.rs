@@ -9,7 +9,9 @@ use time::format_description::well_known::{Iso8601, Rfc3339};
 use super::{Caller, Hub, HubError, HubResult, ids};
 use crate::config::MAX_CLOCK_SKEW;
 use crate::signing::{body_hash, envelope as envelope_sig};
-use crate::store::{Delivery, DeliveryState, Enqueued, Message, MessageState, StoreError};
+use crate::store::{
+    Delivery, DeliveryState, Enqueued, Envelope, Message, MessageState, StoreError,
+};
 
 /// The only envelope version this hub speaks.
 pub const ENVELOPE_VERSION: &str = "1.0";
@@ -72,13 +74,13 @@ impl Hub {
                 "only the original recipient may reply".into(),
             ));
         }
-        let original_from = original
-            .envelope
+        let original_envelope = original.envelope.to_value();
+        let original_from = original_envelope
             .get("from")
             .and_then(Value::as_str)
             .unwrap_or(&original.sender)
             .to_string();
-        let original_envelope_id = original.envelope.get("id").and_then(Value::as_str);
+        let original_envelope_id = original_envelope.get("id").and_then(Value::as_str);
         let mut envelope = into_object(input.envelope)?;
         fill_or_check(&mut envelope, "from", agent_id, |given| {
             ids::normalize(given) == agent_id
@@ -170,7 +172,7 @@ impl Hub {
             recipient: to.clone(),
             sender: from,
             content_hash: content_hash(&fields, &body_hash),
-            envelope: Value::Object(envelope.clone()),
+            envelope: Envelope::from_object(&envelope),
             state: MessageState::Queued,
             attempts: 0,
             lease_id: None,

@@ -1,7 +1,10 @@
 //! Records and requests shared by every backend.
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 
 use super::Metadata;
 
@@ -232,6 +235,75 @@ pub mod dead_reason {
     pub const RECIPIENT_DELETED: &str = "recipient_deleted";
 }
 
+/// A message envelope kept as its compact JSON text rather than a `Value`
+/// tree: a stored message then costs about its wire size instead of ~3 KiB of
+/// ordered maps, and pulls write it out without re-serialising. It serialises
+/// as the very same JSON object (the text is inserted verbatim by serde_json),
+/// so stored, exported and delivered bytes are unchanged.
+#[derive(Clone)]
+pub struct Envelope(Box<RawValue>);
+
+impl Envelope {
+    /// The compact JSON of an envelope object, keys in their order.
+    pub fn from_object(object: &Map<String, Value>) -> Self {
+        let text = serde_json::to_string(object).expect("a JSON map always serialises");
+        Envelope(RawValue::from_string(text).expect("serde_json output is valid JSON"))
+    }
+
+    /// Takes stored JSON text as it is (validated, not re-ordered).
+    pub fn from_json_text(text: String) -> Result<Self, serde_json::Error> {
+        RawValue::from_string(text).map(Envelope)
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// A parsed copy, for the rare reader of individual fields (replies).
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.0.get()).expect("an Envelope always holds valid JSON")
+    }
+}
+
+impl From<Value> for Envelope {
+    fn from(value: Value) -> Self {
+        let text = value.to_string();
+        Envelope(RawValue::from_string(text).expect("serde_json output is valid JSON"))
+    }
+}
+
+impl PartialEq for Envelope {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Envelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Envelope {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    /// Through a `Value`, so it works from any deserializer (text or `from_value`).
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Value::deserialize(deserializer).map(Envelope::from)
+    }
+}
+
 /// A stored message and its delivery state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
@@ -241,7 +313,7 @@ pub struct Message {
     /// Normalised sender agent id.
     pub sender: String,
     /// The envelope as accepted (server-filled defaults included), delivered verbatim.
-    pub envelope: Value,
+    pub envelope: Envelope,
     pub state: MessageState,
     /// Number of leases issued; only pulls add to it.
     pub attempts: u32,
@@ -549,7 +621,41 @@ pub struct AuditEvent {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    /// The compact text keeps key order (integer-like keys included), numbers
+    /// and escapes exactly as the `Value` it replaced serialised them.
+    #[test]
+    fn envelope_serialises_as_the_same_json_object() {
+        let value = json!({"version": "1.0", "z": 1, "a": {"10": true, "2": [1.5, 1e-7]},
+            "text": "é\u{2028}\"", "big": 12345678901234567890_u64});
+        let envelope = Envelope::from(value.clone());
+        assert_eq!(envelope.as_str(), value.to_string());
+        assert_eq!(serde_json::to_string(&envelope).unwrap(), value.to_string());
+        let wrapped = json!({"envelope": envelope.clone()});
+        assert_eq!(wrapped["envelope"], value);
+        assert_eq!(envelope.to_value(), value);
+        let Value::Object(map) = value.clone() else {
+            unreachable!()
+        };
+        assert_eq!(Envelope::from_object(&map), envelope);
+    }
+
+    #[test]
+    fn envelope_deserialises_from_text_and_from_values() {
+        let value = json!({"b": 1, "a": [null, false]});
+        let from_text: Envelope = serde_json::from_str(&value.to_string()).unwrap();
+        let from_value: Envelope = serde_json::from_value(value.clone()).unwrap();
+        assert_eq!(from_text, from_value);
+        assert_eq!(from_text.as_str(), r#"{"b":1,"a":[null,false]}"#);
+        assert!(Envelope::from_json_text("{not json".into()).is_err());
+        assert_eq!(
+            Envelope::from_json_text(value.to_string()).unwrap(),
+            from_text
+        );
+    }
 
     fn agent_with_secret(secret: &str) -> Agent {
         Agent {

@@ -135,7 +135,8 @@ where
         id: get(row, "id")?,
         recipient: get(row, "recipient")?,
         sender: get(row, "sender")?,
-        envelope: from_json("envelope", &get::<_, String>(row, "envelope")?)?,
+        envelope: Envelope::from_json_text(get(row, "envelope")?)
+            .map_err(|e| corrupt("envelope", e))?,
         state: MessageState::parse(&state).ok_or_else(|| corrupt("message state", &state))?,
         attempts: get_unsigned(row, "attempts")?,
         lease_id: get(row, "lease_id")?,

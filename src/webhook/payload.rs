@@ -2,11 +2,11 @@
 //! the headers of both signature schemes.
 
 use serde::Serialize;
-use serde_json::Value;
 use time::OffsetDateTime;
 use time::macros::format_description;
 
 use super::{EVENT_MESSAGE_RECEIVED, USER_AGENT, headers, legacy_signature, sign};
+use crate::store::Envelope;
 
 /// One attempt of one delivery: everything the request is built from.
 #[derive(Debug, Clone, Copy)]
@@ -15,7 +15,7 @@ pub struct Notification<'a> {
     pub delivery_id: &'a str,
     pub message_id: &'a str,
     /// The envelope as stored, delivered verbatim.
-    pub envelope: &'a Value,
+    pub envelope: &'a Envelope,
     /// 1 for the first attempt.
     pub attempt: u32,
     /// When this attempt is made, epoch milliseconds.
@@ -36,7 +36,7 @@ pub struct WebhookRequest {
 struct Payload<'a> {
     event: &'a str,
     message_id: &'a str,
-    envelope: &'a Value,
+    envelope: &'a Envelope,
     delivered_at: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     signature: Option<&'a str>,
@@ -98,7 +98,7 @@ pub fn format_delivered_at(at_ms: i64) -> String {
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
     use crate::webhook::{verify, verify_legacy_signature};
@@ -129,7 +129,7 @@ mod tests {
         let request = Notification {
             delivery_id: "wh_1",
             message_id: "m-1",
-            envelope: &envelope,
+            envelope: &Envelope::from(envelope.clone()),
             attempt: 3,
             at_ms,
         }

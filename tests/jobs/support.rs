@@ -41,7 +41,7 @@ pub fn message(id: &str, recipient: &str, now: i64, ttl_ms: i64) -> Message {
         id: id.to_string(),
         recipient: recipient.to_string(),
         sender: "alice".to_string(),
-        envelope: json!({"version": "1.0", "subject": id}),
+        envelope: json!({"version": "1.0", "subject": id}).into(),
         state: MessageState::Queued,
         attempts: 0,
         lease_id: None,
