@@ -214,6 +214,7 @@ macro_rules! conformance {
                 expired_lease_at_max_attempts_dies_at_next_pull,
                 ttl_expires_during_lease_and_batch_fills_up,
                 ack_checks_state_and_lease_id,
+                ack_many_settles_each_entry_on_its_own,
                 nack_requeues_with_delay,
                 nack_extend_is_capped,
                 nack_at_max_attempts_dead_letters,
@@ -669,6 +670,40 @@ mod contract {
         assert_eq!(expired.state, MessageState::Expired);
         assert_eq!(expired.ended_at, Some(T0 + 10));
         assert_eq!(expired.attempts, 0);
+    }
+
+    pub async fn ack_many_settles_each_entry_on_its_own(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        for id in ["m1", "m2", "m3", "m4"] {
+            enqueue(&store, message(id, "bob", T0)).await;
+        }
+        let now = T0 + 1;
+        let leased = lease(&store, "bob", now, 3).await;
+        assert_eq!(ids(&leased), ["m1", "m2", "m3"]);
+        let batch = [
+            ack_request("bob", "m1", leased[0].lease_id.as_deref(), now),
+            ack_request("bob", "m2", Some("stale"), now),
+            ack_request("bob", "m3", None, now),
+            ack_request("bob", "m4", None, now),
+            ack_request("bob", "missing", None, now),
+            ack_request("bob", "m1", None, now),
+        ];
+        let outcomes = store.ack_many(&batch).await.unwrap();
+        assert_eq!(outcomes.len(), batch.len());
+        assert_eq!(outcomes[0].as_ref().unwrap().state, MessageState::Acked);
+        assert!(matches!(outcomes[1], Err(StoreError::LeaseMismatch)));
+        assert_eq!(outcomes[2].as_ref().unwrap().id, "m3");
+        assert!(matches!(outcomes[3], Err(StoreError::NotLeased)));
+        assert!(matches!(outcomes[4], Err(StoreError::MessageNotFound)));
+        assert!(
+            matches!(outcomes[5], Err(StoreError::NotLeased)),
+            "an entry sees the entries before it"
+        );
+        // The refused entry did not undo the others, and changed nothing itself.
+        assert_eq!(get(&store, "m1").await.state, MessageState::Acked);
+        assert_eq!(get(&store, "m3").await.state, MessageState::Acked);
+        assert_eq!(get(&store, "m2").await, leased[1]);
+        assert_eq!(get(&store, "m4").await.state, MessageState::Queued);
     }
 
     pub async fn ack_checks_state_and_lease_id(store: Arc<dyn Store>) {

@@ -9,10 +9,10 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::{ApiError, ApiResult, ErrorBody, status_and_code};
+use super::error::{ApiResult, ErrorBody, status_and_code};
 use super::extract::{ApiPath, ApiQuery, Authed};
 use crate::audit::AuditKind;
-use crate::hub::{NackInput, PullInput, SendInput, Sent};
+use crate::hub::{AckInput, NackInput, PullInput, SendInput, Sent};
 use crate::store::{Envelope, Message, MessageState, StateCounts};
 
 /// Send and reply response.
@@ -276,24 +276,26 @@ pub async fn batch_ack(
 ) -> ApiResult<Json<BatchAckResponse>> {
     app.hub.scope(&req.caller, &agent_id).await?;
     let body: BatchAckRequest = req.json()?;
-    if body.acks.is_empty() || body.acks.len() > crate::hub::MAX_BATCH as usize {
-        return Err(ApiError::invalid_input(
-            "acks",
-            "must hold between 1 and 100 entries",
-        ));
-    }
-    let mut results = Vec::with_capacity(body.acks.len());
-    for entry in body.acks {
-        let outcome = app
-            .hub
-            .ack(&agent_id, &entry.message_id, entry.lease_id, entry.result)
-            .await;
-        results.push(BatchAckResult {
+    let message_ids: Vec<String> = body.acks.iter().map(|e| e.message_id.clone()).collect();
+    let entries = body
+        .acks
+        .into_iter()
+        .map(|entry| AckInput {
             message_id: entry.message_id,
+            lease_id: entry.lease_id,
+            result: entry.result,
+        })
+        .collect();
+    let outcomes = app.hub.ack_batch(&agent_id, entries).await?;
+    let results = message_ids
+        .into_iter()
+        .zip(outcomes)
+        .map(|(message_id, outcome)| BatchAckResult {
+            message_id,
             ok: outcome.is_ok(),
             error: outcome.err().map(|e| status_and_code(&e).1),
-        });
-    }
+        })
+        .collect();
     Ok(Json(BatchAckResponse { results }))
 }
 

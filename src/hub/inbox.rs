@@ -28,6 +28,14 @@ pub struct PullInput {
     pub max_messages: Option<u64>,
 }
 
+/// One entry of a batch ack.
+#[derive(Debug, Default, Clone)]
+pub struct AckInput {
+    pub message_id: String,
+    pub lease_id: Option<String>,
+    pub result: Option<serde_json::Value>,
+}
+
 /// Nack parameters as sent by the client.
 #[derive(Debug, Default, Clone)]
 pub struct NackInput {
@@ -128,6 +136,40 @@ impl Hub {
             .ack(&request)
             .await
             .map_err(|e| not_found_as(e.into(), message_id))
+    }
+
+    /// Acknowledges 1..=`MAX_BATCH` messages in one store step; each entry
+    /// gets its own outcome, as a single ack would.
+    pub async fn ack_batch(
+        &self,
+        agent_id: &str,
+        entries: Vec<AckInput>,
+    ) -> HubResult<Vec<HubResult<Message>>> {
+        if !(1..=MAX_BATCH as usize).contains(&entries.len()) {
+            return Err(HubError::invalid(
+                "acks",
+                format!("must hold between 1 and {MAX_BATCH} entries"),
+            ));
+        }
+        let now = self.now();
+        let requests: Vec<AckRequest> = entries
+            .into_iter()
+            .map(|entry| AckRequest {
+                recipient: agent_id.to_string(),
+                message_id: entry.message_id,
+                lease_id: entry.lease_id,
+                result: entry.result,
+                now,
+            })
+            .collect();
+        let outcomes = self.store.ack_many(&requests).await?;
+        Ok(outcomes
+            .into_iter()
+            .zip(&requests)
+            .map(|(outcome, request)| {
+                outcome.map_err(|e| not_found_as(e.into(), &request.message_id))
+            })
+            .collect())
     }
 
     /// Extends a lease, or requeues the message (visible after `delay_sec`).

@@ -27,7 +27,7 @@ pub use audit::{AuditPage, DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE};
 pub use auth::{Caller, Credentials};
 pub use clock::Clock;
 pub use error::{HubError, HubResult};
-pub use inbox::{MAX_BATCH, NackInput, PullInput};
+pub use inbox::{AckInput, MAX_BATCH, NackInput, PullInput};
 pub use messages::{SendInput, Sent};
 pub use wakers::InboxWakers;
 

@@ -98,6 +98,10 @@ impl Store for InstrumentedStore {
         Ok(acked)
     }
 
+    async fn ack_many(&self, requests: &[AckRequest]) -> StoreResult<Vec<StoreResult<Message>>> {
+        self.timed("ack_many", self.inner.ack_many(requests)).await
+    }
+
     async fn nack(&self, request: &NackRequest) -> StoreResult<Message> {
         let message = self.timed("nack", self.inner.nack(request)).await?;
         if message.state == MessageState::Dead {

@@ -86,6 +86,17 @@ pub trait Store: Send + Sync + 'static {
     async fn next_available_at(&self, recipient: &str) -> StoreResult<Option<Millis>>;
     /// Acknowledges a leased message.
     async fn ack(&self, request: &AckRequest) -> StoreResult<Message>;
+    /// Acknowledges several messages in one step (one transaction where the
+    /// backend has them, so a batch costs one commit, not one per entry).
+    /// Each entry succeeds or fails on its own, exactly as [`Store::ack`]
+    /// would; the outer error means the whole batch could not be attempted.
+    async fn ack_many(&self, requests: &[AckRequest]) -> StoreResult<Vec<StoreResult<Message>>> {
+        let mut outcomes = Vec::with_capacity(requests.len());
+        for request in requests {
+            outcomes.push(self.ack(request).await);
+        }
+        Ok(outcomes)
+    }
     /// Extends a lease or puts the message back (possibly delayed, possibly to the dead letters).
     async fn nack(&self, request: &NackRequest) -> StoreResult<Message>;
     /// Moves a dead-lettered message back to `queued` with its attempts reset.

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{PgExecutor, Postgres, Row};
+use sqlx::{PgConnection, PgExecutor, Postgres, Row};
 use tokio::task::JoinHandle;
 
 use super::sql::{self, db_error, limit, to_json, to_json_opt};
@@ -130,28 +130,6 @@ impl PostgresStore {
             .map_err(db_error)?;
         Ok(())
     }
-
-    /// Message state and lease id as seen by a fresh read, to explain a refused ack/nack.
-    async fn lease_state(
-        &self,
-        recipient: &str,
-        message_id: &str,
-    ) -> StoreResult<Option<(String, Option<String>)>> {
-        let row =
-            sqlx::query("SELECT state, lease_id FROM messages WHERE id = $1 AND recipient = $2")
-                .bind(message_id)
-                .bind(recipient)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_error)?;
-        row.map(|r| {
-            Ok((
-                r.try_get("state").map_err(db_error)?,
-                r.try_get("lease_id").map_err(db_error)?,
-            ))
-        })
-        .transpose()
-    }
 }
 
 impl Drop for PostgresStore {
@@ -191,6 +169,54 @@ async fn forward_wakeups(mut listener: PgListener, wakers: Arc<InboxWakers>) {
                 backoff = (backoff * 2).min(MAX_LISTEN_BACKOFF);
             }
         }
+    }
+}
+
+/// Message state and lease id as seen by a fresh read, to explain a refused ack/nack.
+async fn lease_state<'e>(
+    executor: impl PgExecutor<'e>,
+    recipient: &str,
+    message_id: &str,
+) -> StoreResult<Option<(String, Option<String>)>> {
+    let row = sqlx::query("SELECT state, lease_id FROM messages WHERE id = $1 AND recipient = $2")
+        .bind(message_id)
+        .bind(recipient)
+        .fetch_optional(executor)
+        .await
+        .map_err(db_error)?;
+    row.map(|r| {
+        Ok((
+            r.try_get("state").map_err(db_error)?,
+            r.try_get("lease_id").map_err(db_error)?,
+        ))
+    })
+    .transpose()
+}
+
+/// Acks one message on `conn`: a pooled connection, or the open transaction
+/// of a batch.
+async fn ack_on(conn: &mut PgConnection, request: &AckRequest) -> StoreResult<Message> {
+    let row = sqlx::query(
+        "UPDATE messages SET state = 'acked', lease_id = NULL, lease_until = NULL, \
+         acked_at = $4, ended_at = $4, updated_at = $4, result = $5 \
+         WHERE id = $1 AND recipient = $2 AND state = 'leased' \
+           AND ($3::text IS NULL OR lease_id = $3) \
+         RETURNING *",
+    )
+    .bind(&request.message_id)
+    .bind(&request.recipient)
+    .bind(&request.lease_id)
+    .bind(request.now)
+    .bind(to_json_opt(request.result.as_ref())?)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    match row {
+        Some(row) => message(&row),
+        None => Err(sql::lease_refusal(
+            lease_state(&mut *conn, &request.recipient, &request.message_id).await?,
+            request.lease_id.as_deref(),
+        )),
     }
 }
 
@@ -557,29 +583,18 @@ impl Store for PostgresStore {
     }
 
     async fn ack(&self, request: &AckRequest) -> StoreResult<Message> {
-        let row = sqlx::query(
-            "UPDATE messages SET state = 'acked', lease_id = NULL, lease_until = NULL, \
-             acked_at = $4, ended_at = $4, updated_at = $4, result = $5 \
-             WHERE id = $1 AND recipient = $2 AND state = 'leased' \
-               AND ($3::text IS NULL OR lease_id = $3) \
-             RETURNING *",
-        )
-        .bind(&request.message_id)
-        .bind(&request.recipient)
-        .bind(&request.lease_id)
-        .bind(request.now)
-        .bind(to_json_opt(request.result.as_ref())?)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_error)?;
-        match row {
-            Some(row) => message(&row),
-            None => Err(sql::lease_refusal(
-                self.lease_state(&request.recipient, &request.message_id)
-                    .await?,
-                request.lease_id.as_deref(),
-            )),
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        ack_on(&mut conn, request).await
+    }
+
+    async fn ack_many(&self, requests: &[AckRequest]) -> StoreResult<Vec<StoreResult<Message>>> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut outcomes = Vec::with_capacity(requests.len());
+        for request in requests {
+            outcomes.push(ack_on(&mut tx, request).await);
         }
+        tx.commit().await.map_err(db_error)?;
+        Ok(outcomes)
     }
 
     async fn nack(&self, request: &NackRequest) -> StoreResult<Message> {
@@ -624,8 +639,7 @@ impl Store for PostgresStore {
         let row = query.fetch_optional(&self.pool).await.map_err(db_error)?;
         let Some(row) = row else {
             return Err(sql::lease_refusal(
-                self.lease_state(&request.recipient, &request.message_id)
-                    .await?,
+                lease_state(&self.pool, &request.recipient, &request.message_id).await?,
                 request.lease_id.as_deref(),
             ));
         };
@@ -663,7 +677,7 @@ impl Store for PostgresStore {
                     .await?;
                 Ok(message)
             }
-            None => match self.lease_state(recipient, message_id).await? {
+            None => match lease_state(&self.pool, recipient, message_id).await? {
                 Some(_) => Err(StoreError::NotDead),
                 None => Err(StoreError::MessageNotFound),
             },

@@ -27,7 +27,7 @@ use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, Sqlite, SqliteConnection, SqliteExecutor, Transaction};
 
 use super::sql::{self, db_error, limit, to_json, to_json_opt};
 use super::*;
@@ -110,27 +110,53 @@ impl SqliteStore {
             .await
             .map_err(db_error)
     }
+}
 
-    /// Message state and lease id as seen by a fresh read, to explain a refused ack/nack.
-    async fn lease_state(
-        &self,
-        recipient: &str,
-        message_id: &str,
-    ) -> StoreResult<Option<(String, Option<String>)>> {
-        let row =
-            sqlx::query("SELECT state, lease_id FROM messages WHERE id = $1 AND recipient = $2")
-                .bind(message_id)
-                .bind(recipient)
-                .fetch_optional(&self.writer)
-                .await
-                .map_err(db_error)?;
-        row.map(|r| {
-            Ok((
-                r.try_get("state").map_err(db_error)?,
-                r.try_get("lease_id").map_err(db_error)?,
-            ))
-        })
-        .transpose()
+/// Message state and lease id as seen by a fresh read, to explain a refused ack/nack.
+async fn lease_state<'e>(
+    executor: impl SqliteExecutor<'e>,
+    recipient: &str,
+    message_id: &str,
+) -> StoreResult<Option<(String, Option<String>)>> {
+    let row = sqlx::query("SELECT state, lease_id FROM messages WHERE id = $1 AND recipient = $2")
+        .bind(message_id)
+        .bind(recipient)
+        .fetch_optional(executor)
+        .await
+        .map_err(db_error)?;
+    row.map(|r| {
+        Ok((
+            r.try_get("state").map_err(db_error)?,
+            r.try_get("lease_id").map_err(db_error)?,
+        ))
+    })
+    .transpose()
+}
+
+/// Acks one message on `conn`: a pooled connection, or the open transaction
+/// of a batch.
+async fn ack_on(conn: &mut SqliteConnection, request: &AckRequest) -> StoreResult<Message> {
+    let row = sqlx::query(
+        "UPDATE messages SET state = 'acked', lease_id = NULL, lease_until = NULL, \
+         acked_at = $4, ended_at = $4, updated_at = $4, result = $5 \
+         WHERE id = $1 AND recipient = $2 AND state = 'leased' \
+           AND ($3 IS NULL OR lease_id = $3) \
+         RETURNING *",
+    )
+    .bind(&request.message_id)
+    .bind(&request.recipient)
+    .bind(&request.lease_id)
+    .bind(request.now)
+    .bind(to_json_opt(request.result.as_ref())?)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    match row {
+        Some(row) => message(&row),
+        None => Err(sql::lease_refusal(
+            lease_state(&mut *conn, &request.recipient, &request.message_id).await?,
+            request.lease_id.as_deref(),
+        )),
     }
 }
 
@@ -489,29 +515,18 @@ impl Store for SqliteStore {
     }
 
     async fn ack(&self, request: &AckRequest) -> StoreResult<Message> {
-        let row = sqlx::query(
-            "UPDATE messages SET state = 'acked', lease_id = NULL, lease_until = NULL, \
-             acked_at = $4, ended_at = $4, updated_at = $4, result = $5 \
-             WHERE id = $1 AND recipient = $2 AND state = 'leased' \
-               AND ($3 IS NULL OR lease_id = $3) \
-             RETURNING *",
-        )
-        .bind(&request.message_id)
-        .bind(&request.recipient)
-        .bind(&request.lease_id)
-        .bind(request.now)
-        .bind(to_json_opt(request.result.as_ref())?)
-        .fetch_optional(&self.writer)
-        .await
-        .map_err(db_error)?;
-        match row {
-            Some(row) => message(&row),
-            None => Err(sql::lease_refusal(
-                self.lease_state(&request.recipient, &request.message_id)
-                    .await?,
-                request.lease_id.as_deref(),
-            )),
+        let mut conn = self.writer.acquire().await.map_err(db_error)?;
+        ack_on(&mut conn, request).await
+    }
+
+    async fn ack_many(&self, requests: &[AckRequest]) -> StoreResult<Vec<StoreResult<Message>>> {
+        let mut tx = self.write_tx().await?;
+        let mut outcomes = Vec::with_capacity(requests.len());
+        for request in requests {
+            outcomes.push(ack_on(&mut tx, request).await);
         }
+        tx.commit().await.map_err(db_error)?;
+        Ok(outcomes)
     }
 
     async fn nack(&self, request: &NackRequest) -> StoreResult<Message> {
@@ -557,8 +572,7 @@ impl Store for SqliteStore {
         match row {
             Some(row) => message(&row),
             None => Err(sql::lease_refusal(
-                self.lease_state(&request.recipient, &request.message_id)
-                    .await?,
+                lease_state(&self.writer, &request.recipient, &request.message_id).await?,
                 request.lease_id.as_deref(),
             )),
         }
@@ -585,7 +599,7 @@ impl Store for SqliteStore {
         .map_err(db_error)?;
         match row {
             Some(row) => message(&row),
-            None => match self.lease_state(recipient, message_id).await? {
+            None => match lease_state(&self.writer, recipient, message_id).await? {
                 Some(_) => Err(StoreError::NotDead),
                 None => Err(StoreError::MessageNotFound),
             },
