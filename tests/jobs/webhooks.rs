@@ -48,7 +48,16 @@ async fn setup(config: Config, webhook_url: &str) -> Setup {
 }
 
 async fn setup_on(config: Config, store: Arc<dyn Store>, webhook_url: &str) -> Setup {
-    let hub = start_with_store(config, store.clone(), Clock::system())
+    setup_with_clock(config, store, Clock::system(), webhook_url).await
+}
+
+async fn setup_with_clock(
+    config: Config,
+    store: Arc<dyn Store>,
+    clock: Clock,
+    webhook_url: &str,
+) -> Setup {
+    let hub = start_with_store(config, store.clone(), clock)
         .await
         .unwrap();
     let http = reqwest::Client::new();
@@ -417,28 +426,16 @@ async fn a_replaced_secret_keeps_signing_until_the_overlap_ends() {
         key_rotation_overlap_sec: 60,
         ..config(&[60_000])
     };
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let hub = start_with_store(hub_config, store, clock.clone())
-        .await
-        .unwrap();
-    let http = reqwest::Client::new();
-    let alice = AgentClient::register(http.clone(), &hub.url(), Some("alice"))
-        .await
-        .unwrap();
-    let bob = AgentClient::register(http, &hub.url(), Some("bob"))
-        .await
-        .unwrap();
-    let set_secret = |secret: &'static str| {
-        bob.request(
+    let store = Arc::new(MemoryStore::new());
+    let s = setup_with_clock(hub_config, store, clock.clone(), &receiver.url()).await;
+    let rotated: Value = s
+        .bob
+        .request(
             Method::POST,
-            &bob.agent_path("webhook"),
-            Some(&json!({"webhook_url": receiver.url(), "webhook_secret": secret})),
+            &s.bob.agent_path("webhook"),
+            Some(&json!({"webhook_url": receiver.url(), "webhook_secret": "new secret"})),
         )
         .send()
-    };
-    let first: Value = set_secret(SECRET).await.unwrap().json().await.unwrap();
-    assert!(first.get("previous_webhook_secret_valid_until").is_none());
-    let rotated: Value = set_secret("new secret")
         .await
         .unwrap()
         .json()
@@ -451,8 +448,8 @@ async fn a_replaced_secret_keeps_signing_until_the_overlap_ends() {
     );
 
     let send = || async {
-        let envelope = alice.envelope("bob", "ping", json!({}));
-        assert_eq!(alice.send("bob", &envelope).await.unwrap().status(), 201);
+        let envelope = s.alice.envelope("bob", "ping", json!({}));
+        assert_eq!(s.alice.send("bob", &envelope).await.unwrap().status(), 201);
     };
     send().await;
     let during = receiver.wait_for(1).await.remove(0);
@@ -479,7 +476,7 @@ async fn a_replaced_secret_keeps_signing_until_the_overlap_ends() {
         webhook::verify_headers(SECRET, &after.headers, &after.body, clock.now_system()).is_err(),
         "the replaced secret no longer signs"
     );
-    hub.shutdown().await.unwrap();
+    s.hub.shutdown().await.unwrap();
 }
 
 /// The restart scenario against any store: `reopen` gives the second hub the
