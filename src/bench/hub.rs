@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use super::Backend;
+use crate::store::scratch::ScratchSchema;
 
 /// How long a spawned hub may take to log its address (PostgreSQL migrations included).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,12 +36,15 @@ struct Spawned {
     child: Child,
     /// SQLite files to delete after the run.
     files: Vec<PathBuf>,
+    /// The PostgreSQL schema the run's tables live in, dropped after it.
+    schema: Option<ScratchSchema>,
 }
 
 /// What a spawned hub is configured with.
 pub struct SpawnOptions {
     pub backend: Backend,
-    /// PostgreSQL URL for `Backend::Postgres`.
+    /// PostgreSQL database for `Backend::Postgres`; the run creates a schema
+    /// of its own there and drops it afterwards.
     pub postgres_url: String,
     /// Inbox quota; the depth scenario needs more than the default 10 000.
     pub max_messages_per_agent: u64,
@@ -63,6 +67,7 @@ impl Target {
     pub async fn spawn(options: &SpawnOptions) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locating the admp executable")?;
         let mut files = Vec::new();
+        let mut schema = None;
         let database_url = match options.backend {
             Backend::Memory => "memory://".to_string(),
             Backend::Sqlite => {
@@ -73,7 +78,14 @@ impl Target {
                 }
                 format!("sqlite://{}?mode=rwc", path.display())
             }
-            Backend::Postgres => options.postgres_url.clone(),
+            Backend::Postgres => {
+                let created = ScratchSchema::create(&options.postgres_url, "admp_bench")
+                    .await
+                    .with_context(|| format!("creating a schema in {}", options.postgres_url))?;
+                let url = created.url();
+                schema = Some(created);
+                url
+            }
         };
         let mut child = Command::new(exe)
             .args(["serve", "--host", "127.0.0.1", "--port", "0"])
@@ -118,7 +130,11 @@ impl Target {
         Ok(Target {
             url: format!("http://{addr}"),
             pid,
-            spawned: Some(Spawned { child, files }),
+            spawned: Some(Spawned {
+                child,
+                files,
+                schema,
+            }),
         })
     }
 
@@ -155,6 +171,13 @@ impl Target {
                 {
                     eprintln!("warning: could not remove {}: {e}", file.display());
                 }
+            }
+            if let Some(schema) = spawned.schema {
+                let name = schema.name().to_string();
+                schema
+                    .drop_schema()
+                    .await
+                    .with_context(|| format!("dropping the benchmark schema {name}"))?;
             }
         }
         Ok(())

@@ -78,7 +78,8 @@ pub struct BenchArgs {
     /// Backend of the hub the benchmark starts (without `--url`).
     #[arg(long, value_enum, default_value_t = Backend::Memory, conflicts_with = "url")]
     pub backend: Backend,
-    /// PostgreSQL database for `--backend postgres`.
+    /// PostgreSQL database for `--backend postgres`; the run creates a schema
+    /// of its own there and drops it afterwards, leaving the database as it was.
     #[arg(
         long,
         default_value = "postgres://postgres@127.0.0.1:5432/test",

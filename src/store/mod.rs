@@ -10,6 +10,7 @@ pub mod mech;
 pub mod memory;
 mod model;
 pub mod postgres;
+pub mod scratch;
 mod sql;
 pub mod sqlite;
 pub mod transfer;

@@ -8,8 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sqlx::Connection;
-use sqlx::postgres::PgConnection;
+use admp::store::scratch::ScratchSchema;
 
 /// The database the PostgreSQL tests create their schemas in.
 pub fn postgres_admin_url() -> String {
@@ -17,79 +16,36 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
 }
 
-/// A schema of its own in the test database.
-pub struct PgSchema {
-    pub name: String,
-    admin_url: String,
-}
+/// A schema of its own in the test database (dropped even when the test fails).
+pub struct PgSchema(ScratchSchema);
 
 impl PgSchema {
     /// Creates `admp_test_<random>`; panics with a hint when the server is not running.
     pub async fn create() -> PgSchema {
         let admin_url = postgres_admin_url();
-        let name = format!("admp_test_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL at {admin_url} is needed by the storage tests ({e}); start it with \
-                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
-            )
-        });
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
-            .execute(&mut conn)
+        let schema = ScratchSchema::create(&admin_url, "admp_test")
             .await
-            .expect("creating the test schema");
-        conn.close().await.ok();
-        PgSchema { name, admin_url }
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL at {admin_url} is needed by the storage tests ({e}); start it with \
+                     `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
+                )
+            });
+        PgSchema(schema)
     }
 
     /// `DATABASE_URL` whose connections work inside this schema.
     pub fn url(&self) -> String {
-        let separator = if self.admin_url.contains('?') {
-            '&'
-        } else {
-            '?'
-        };
-        format!(
-            "{}{separator}options=-c%20search_path%3D{}",
-            self.admin_url, self.name
-        )
+        self.0.url()
     }
 
     /// Drops the schema and everything in it.
-    pub async fn drop_schema(mut self) {
-        drop_schema(&self.admin_url, &self.name).await;
-        self.name.clear();
+    pub async fn drop_schema(self) {
+        self.0
+            .drop_schema()
+            .await
+            .expect("dropping the test schema");
     }
-}
-
-impl Drop for PgSchema {
-    /// A test that failed before `drop_schema` still removes its schema, on a
-    /// thread of its own because the test's runtime may be gone or busy.
-    fn drop(&mut self) {
-        if self.name.is_empty() {
-            return;
-        }
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the cleanup");
-            runtime.block_on(drop_schema(&admin_url, &name));
-        });
-        let _ = cleanup.join();
-    }
-}
-
-async fn drop_schema(admin_url: &str, name: &str) {
-    let mut conn = PgConnection::connect(admin_url)
-        .await
-        .expect("connecting to drop the test schema");
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {name} CASCADE")))
-        .execute(&mut conn)
-        .await
-        .expect("dropping the test schema");
-    conn.close().await.ok();
 }
 
 /// A directory removed (with its contents) when dropped.
