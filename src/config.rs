@@ -154,7 +154,8 @@ pub struct Config {
     /// Records one sweep step handles at a time.
     #[arg(long, env = "SWEEP_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub sweep_batch_size: u64,
-    /// How long a rotated-out key keeps verifying.
+    /// How long a rotated-out key keeps verifying and a replaced webhook
+    /// secret keeps signing next to the new one.
     #[arg(long, env = "KEY_ROTATION_OVERLAP_SEC", default_value_t = 86_400)]
     pub key_rotation_overlap_sec: u64,
     /// Sweep batches one step may run at the same time.
