@@ -22,7 +22,7 @@ use admp::jobs::sweeper::sweep_once;
 use admp::server::{RunningHub, start_with_store};
 use admp::store::mech::{AGENTS, MESSAGES, MechSettings, MechStore};
 use admp::store::{
-    Agent, AgentKey, Enqueued, LeaseRequest, Message, MessageState, Store, StoreError,
+    AckRequest, Agent, AgentKey, Enqueued, LeaseRequest, Message, MessageState, Store, StoreError,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -519,6 +519,51 @@ async fn sweeps_use_the_index_and_bounded_concurrency() {
     assert!(max > 1 && max <= 8, "{max}");
     assert_eq!(emulator.count(MESSAGES), 0);
     assert_eq!(emulator.counters().lists.load(Ordering::SeqCst), lists);
+}
+
+#[tokio::test]
+async fn a_batch_ack_writes_its_entries_in_parallel() {
+    let emulator = MechEmulator::start().await;
+    let store = open(&Config {
+        mech_concurrency: 8,
+        ..fast(&emulator)
+    })
+    .await;
+    store.create_agent(agent("bob")).await.unwrap();
+    for i in 0..40 {
+        let m = message(&format!("m{i:02}"), "bob", 0, 60_000);
+        store.enqueue(m, 1_000, None).await.unwrap();
+    }
+    let leased = store
+        .lease(&LeaseRequest {
+            recipient: "bob".into(),
+            now: 1,
+            visibility_ms: 60_000,
+            max_messages: 40,
+            max_attempts: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 40);
+    let acks: Vec<AckRequest> = leased
+        .iter()
+        .map(|m| AckRequest {
+            recipient: "bob".into(),
+            message_id: m.id.clone(),
+            lease_id: m.lease_id.clone(),
+            result: None,
+            now: 2,
+        })
+        .collect();
+    emulator.set_latency(Duration::from_millis(5));
+    emulator.reset_max_in_flight();
+    let before = emulator.requests();
+    let outcomes = store.ack_many(&acks).await.unwrap();
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert_eq!(emulator.requests() - before, 40, "one write per entry");
+    let max = emulator.counters().max_in_flight.load(Ordering::SeqCst);
+    assert!(max > 1 && max <= 8, "writes overlap, bounded: {max}");
+    assert_eq!(store.inbox_stats("bob").await.unwrap().acked, 40);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

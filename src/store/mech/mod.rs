@@ -667,6 +667,72 @@ impl Store for MechStore {
         .await
     }
 
+    /// Per inbox, under its writer lock: every entry is checked against the
+    /// index (and the entries before it), then the acks are written to Mech
+    /// in parallel (bounded by `MECH_CONCURRENCY`) instead of one round trip
+    /// after the other; each applies to the index once Mech confirmed it.
+    async fn ack_many(&self, requests: &[AckRequest]) -> StoreResult<Vec<StoreResult<Message>>> {
+        let mut outcomes: Vec<Option<StoreResult<Message>>> =
+            requests.iter().map(|_| None).collect();
+        let mut recipients: Vec<&str> = requests.iter().map(|r| r.recipient.as_str()).collect();
+        recipients.sort_unstable();
+        recipients.dedup();
+        for recipient in recipients {
+            let entries = requests
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.recipient == recipient);
+            let Some(cell) = self.cell(recipient) else {
+                for (i, _) in entries {
+                    outcomes[i] = Some(Err(StoreError::MessageNotFound));
+                }
+                continue;
+            };
+            let _writer = cell.writer.lock().await;
+            let mut items = Vec::new();
+            let mut positions = Vec::new();
+            {
+                let state = cell.state.lock();
+                let mut planned: BTreeSet<&str> = BTreeSet::new();
+                for (i, request) in entries {
+                    let id = request.message_id.as_str();
+                    let acked = if planned.contains(id) {
+                        Err(StoreError::NotLeased)
+                    } else {
+                        state
+                            .check_lease(id, request.lease_id.as_deref())
+                            .and_then(|()| {
+                                let slot =
+                                    state.messages.get(id).ok_or(StoreError::MessageNotFound)?;
+                                let mut m = slot.message.clone();
+                                m.end(MessageState::Acked, request.now);
+                                m.result = request.result.clone();
+                                Ok((slot.seq, m))
+                            })
+                    };
+                    match acked {
+                        Ok(item) => {
+                            planned.insert(id);
+                            positions.push(i);
+                            items.push(item);
+                        }
+                        Err(e) => outcomes[i] = Some(Err(e)),
+                    }
+                }
+            }
+            for (at, message, written) in self.write_messages(items).await {
+                outcomes[positions[at]] = Some(written.map(|()| {
+                    cell.state.lock().replace(message.clone());
+                    message
+                }));
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| outcome.expect("every entry is settled"))
+            .collect())
+    }
+
     async fn nack(&self, request: &NackRequest) -> StoreResult<Message> {
         self.change_message(
             &request.recipient,
