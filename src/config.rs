@@ -94,7 +94,7 @@ pub struct Config {
     /// How long the open breaker answers 503 before letting one probe through.
     #[arg(long, env = "MECH_BREAKER_RESET_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub mech_breaker_reset_ms: u64,
-    /// Mech requests bulk work (sweeps, start-up scan) keeps in flight at once.
+    /// Mech requests bulk work (sweeps, start-up scan, batch acks) keeps in flight at once.
     #[arg(long, env = "MECH_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub mech_concurrency: u64,
     /// Largest document the mech backend writes, in KiB (checked before the call).
