@@ -63,9 +63,12 @@ impl PostgresStore {
         max_connections: u32,
         wakers: Arc<InboxWakers>,
     ) -> StoreResult<Self> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Internal(format!("DATABASE_URL: {e}")))?
-            .application_name("admp");
+        let mut options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Internal(format!("DATABASE_URL: {e}")))?;
+        // `admp` in pg_stat_activity unless the URL names the instance itself.
+        if options.get_application_name().is_none() {
+            options = options.application_name("admp");
+        }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
