@@ -270,6 +270,23 @@ impl MechStore {
             .await?)
     }
 
+    /// Writes existing deliveries with bounded concurrency, each with its result.
+    async fn write_deliveries(&self, items: Vec<Delivery>) -> Vec<(Delivery, StoreResult<()>)> {
+        stream::iter(items)
+            .map(|delivery| async move {
+                let _permit = self
+                    .bulk
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed");
+                let result = self.write_delivery(&delivery, true).await;
+                (delivery, result)
+            })
+            .buffer_unordered(self.concurrency())
+            .collect()
+            .await
+    }
+
     /// Changes one leased/dead message of one inbox through `change`, checked by `check`.
     async fn change_message(
         &self,
@@ -971,19 +988,7 @@ impl Store for MechStore {
                 })
                 .collect()
         };
-        let written: Vec<(Delivery, StoreResult<()>)> = stream::iter(claims)
-            .map(|d| async move {
-                let _permit = self
-                    .bulk
-                    .acquire()
-                    .await
-                    .expect("the semaphore is never closed");
-                let result = self.write_delivery(&d, true).await;
-                (d, result)
-            })
-            .buffer_unordered(self.concurrency())
-            .collect()
-            .await;
+        let written = self.write_deliveries(claims).await;
         let mut claimed = Vec::new();
         let mut first_error = None;
         let mut book = self.deliveries.lock();
@@ -1080,19 +1085,7 @@ impl Store for MechStore {
                 ..d.clone()
             })
             .collect();
-        let written: Vec<(Delivery, StoreResult<()>)> = stream::iter(pending)
-            .map(|d| async move {
-                let _permit = self
-                    .bulk
-                    .acquire()
-                    .await
-                    .expect("the semaphore is never closed");
-                let result = self.write_delivery(&d, true).await;
-                (d, result)
-            })
-            .buffer_unordered(self.concurrency())
-            .collect()
-            .await;
+        let written = self.write_deliveries(pending).await;
         let mut cancelled = 0;
         let mut first_error = None;
         let mut book = self.deliveries.lock();
