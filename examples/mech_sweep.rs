@@ -25,7 +25,7 @@ use admp::config::Config;
 use admp::hub::{Clock, Hub};
 use admp::jobs::sweeper::sweep_once;
 use admp::store::mech::{AGENTS, MESSAGES, MechSettings, MechStore};
-use admp::store::{Agent, AgentKey, Message, MessageState, Store};
+use admp::store::{Agent, AgentKey, Message, Store};
 use clap::Parser;
 use mech_emulator::MechEmulator;
 use serde_json::json;
@@ -74,25 +74,17 @@ fn agent(id: &str, now: i64) -> Agent {
 }
 
 fn expired_message(id: &str, to: &str, now: i64) -> Message {
+    // Sent two minutes ago with a one-minute TTL.
     Message {
-        id: id.into(),
-        recipient: to.into(),
-        sender: "bench-sender".into(),
-        envelope: json!({ "id": id, "subject": "bench", "body": { "id": id } }).into(),
-        state: MessageState::Queued,
-        attempts: 0,
-        lease_id: None,
-        lease_until: None,
-        visible_at: now - 120_000,
-        expires_at: now - 60_000,
-        created_at: now - 120_000,
-        updated_at: now - 120_000,
-        acked_at: None,
-        ended_at: None,
-        dead_reason: None,
-        result: None,
-        idempotency_key: None,
         content_hash: format!("bench-{id}"),
+        ..Message::queued(
+            id.into(),
+            to.into(),
+            "bench-sender".into(),
+            json!({ "id": id, "subject": "bench", "body": { "id": id } }).into(),
+            now - 120_000,
+            60_000,
+        )
     }
 }
 

@@ -217,26 +217,14 @@ fn agent(id: &str) -> Agent {
 }
 
 fn message(id: &str, recipient: &str) -> Message {
-    Message {
-        id: id.into(),
-        recipient: recipient.into(),
-        sender: "sender".into(),
-        envelope: json!({"id": id}).into(),
-        state: MessageState::Queued,
-        attempts: 0,
-        lease_id: None,
-        lease_until: None,
-        visible_at: T0,
-        expires_at: T0 + 3_600_000,
-        created_at: T0,
-        updated_at: T0,
-        acked_at: None,
-        ended_at: None,
-        dead_reason: None,
-        result: None,
-        idempotency_key: None,
-        content_hash: String::new(),
-    }
+    Message::queued(
+        id.into(),
+        recipient.into(),
+        "sender".into(),
+        json!({"id": id}).into(),
+        T0,
+        3_600_000,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,7 @@ use admp::jobs::sweeper::sweep_once;
 use admp::server::{RunningHub, start_with_store};
 use admp::store::mech::{AGENTS, MESSAGES, MechSettings, MechStore};
 use admp::store::{
-    AckRequest, Agent, AgentKey, Enqueued, LeaseRequest, Message, MessageState, Store, StoreError,
+    AckRequest, Agent, AgentKey, Enqueued, LeaseRequest, Message, Store, StoreError,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -108,24 +108,15 @@ fn agent(id: &str) -> Agent {
 
 fn message(id: &str, to: &str, now: i64, ttl_ms: i64) -> Message {
     Message {
-        id: id.into(),
-        recipient: to.into(),
-        sender: "alice".into(),
-        envelope: json!({ "id": id, "body": { "n": id } }).into(),
-        state: MessageState::Queued,
-        attempts: 0,
-        lease_id: None,
-        lease_until: None,
-        visible_at: now,
-        expires_at: now + ttl_ms,
-        created_at: now,
-        updated_at: now,
-        acked_at: None,
-        ended_at: None,
-        dead_reason: None,
-        result: None,
-        idempotency_key: None,
         content_hash: format!("hash-{id}"),
+        ..Message::queued(
+            id.into(),
+            to.into(),
+            "alice".into(),
+            json!({ "id": id, "body": { "n": id } }).into(),
+            now,
+            ttl_ms,
+        )
     }
 }
 

@@ -295,34 +295,26 @@ mod contract {
 
     /// A queued message for `recipient`, visible at `at`, living an hour.
     fn message(id: &str, recipient: &str, at: Millis) -> Message {
+        let envelope = json!({
+            "version": "1.0",
+            "id": id,
+            "to": format!("agent://{recipient}"),
+            "from": "agent://sender",
+            "subject": "task",
+            "body": {"z": [1, 2.5, "é"], "a": null, "10": true, "2": false},
+            "timestamp": "2023-11-14T22:13:20Z",
+        });
         Message {
-            id: id.to_string(),
-            recipient: recipient.to_string(),
-            sender: "sender".into(),
-            envelope: json!({
-                "version": "1.0",
-                "id": id,
-                "to": format!("agent://{recipient}"),
-                "from": "agent://sender",
-                "subject": "task",
-                "body": {"z": [1, 2.5, "é"], "a": null, "10": true, "2": false},
-                "timestamp": "2023-11-14T22:13:20Z",
-            })
-            .into(),
-            state: MessageState::Queued,
-            attempts: 0,
-            lease_id: None,
-            lease_until: None,
-            visible_at: at,
-            expires_at: at + 60 * MINUTE,
-            created_at: at,
-            updated_at: at,
-            acked_at: None,
-            ended_at: None,
-            dead_reason: None,
-            result: None,
             idempotency_key: Some(id.to_string()),
             content_hash: format!("hash-of-{id}"),
+            ..Message::queued(
+                id.to_string(),
+                recipient.to_string(),
+                "sender".into(),
+                envelope.into(),
+                at,
+                60 * MINUTE,
+            )
         }
     }
 

@@ -9,9 +9,7 @@ use time::format_description::well_known::{Iso8601, Rfc3339};
 use super::{Caller, Hub, HubError, HubResult, ids};
 use crate::config::MAX_CLOCK_SKEW;
 use crate::signing::{body_hash, envelope as envelope_sig};
-use crate::store::{
-    Delivery, DeliveryState, Enqueued, Envelope, Message, MessageState, StoreError,
-};
+use crate::store::{Delivery, DeliveryState, Enqueued, Envelope, Message, StoreError};
 
 /// The only envelope version this hub speaks.
 pub const ENVELOPE_VERSION: &str = "1.0";
@@ -164,28 +162,21 @@ impl Hub {
             ),
         };
         let ttl_ms = fields.ttl_sec.unwrap_or(self.config.message_ttl_sec) as i64 * 1000;
+        let id = fields
+            .id
+            .filter(|id| ids::is_valid_message_id(id))
+            .map_or_else(new_message_id, str::to_string);
         let mut message = Message {
-            id: fields
-                .id
-                .filter(|id| ids::is_valid_message_id(id))
-                .map_or_else(new_message_id, str::to_string),
-            recipient: to.clone(),
-            sender: from,
             content_hash: content_hash(&fields, &body_hash),
-            envelope: Envelope::from_object(&envelope),
-            state: MessageState::Queued,
-            attempts: 0,
-            lease_id: None,
-            lease_until: None,
-            visible_at: now,
-            expires_at: now + ttl_ms,
-            created_at: now,
-            updated_at: now,
-            acked_at: None,
-            ended_at: None,
-            dead_reason: None,
-            result: None,
             idempotency_key,
+            ..Message::queued(
+                id,
+                to.clone(),
+                from,
+                Envelope::from_object(&envelope),
+                now,
+                ttl_ms,
+            )
         };
         let quota = self.config.max_messages_per_agent;
         let wants_push = recipient.webhook_url.is_some();

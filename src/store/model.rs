@@ -338,6 +338,39 @@ pub struct Message {
 }
 
 impl Message {
+    /// A message as a send stores it: queued, visible from `now`, expiring
+    /// `ttl_ms` later, with no idempotency key and an empty content hash
+    /// (the send pipeline sets both).
+    pub fn queued(
+        id: String,
+        recipient: String,
+        sender: String,
+        envelope: Envelope,
+        now: Millis,
+        ttl_ms: i64,
+    ) -> Self {
+        Message {
+            id,
+            recipient,
+            sender,
+            envelope,
+            state: MessageState::Queued,
+            attempts: 0,
+            lease_id: None,
+            lease_until: None,
+            visible_at: now,
+            expires_at: now + ttl_ms,
+            created_at: now,
+            updated_at: now,
+            acked_at: None,
+            ended_at: None,
+            dead_reason: None,
+            result: None,
+            idempotency_key: None,
+            content_hash: String::new(),
+        }
+    }
+
     /// Moves the message to an end state.
     pub fn end(&mut self, state: MessageState, now: Millis) {
         self.state = state;

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use admp::store::{Message, MessageState};
+use admp::store::Message;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -37,26 +37,14 @@ where
 
 /// A queued message as the hub would store it, built directly for store-level tests.
 pub fn message(id: &str, recipient: &str, now: i64, ttl_ms: i64) -> Message {
-    Message {
-        id: id.to_string(),
-        recipient: recipient.to_string(),
-        sender: "alice".to_string(),
-        envelope: json!({"version": "1.0", "subject": id}).into(),
-        state: MessageState::Queued,
-        attempts: 0,
-        lease_id: None,
-        lease_until: None,
-        visible_at: now,
-        expires_at: now + ttl_ms,
-        created_at: now,
-        updated_at: now,
-        acked_at: None,
-        ended_at: None,
-        dead_reason: None,
-        result: None,
-        idempotency_key: None,
-        content_hash: String::new(),
-    }
+    Message::queued(
+        id.to_string(),
+        recipient.to_string(),
+        "alice".to_string(),
+        json!({"version": "1.0", "subject": id}).into(),
+        now,
+        ttl_ms,
+    )
 }
 
 /// How the receiver answers one request.
