@@ -120,6 +120,19 @@ pub fn status_and_code(e: &HubError) -> (StatusCode, &'static str) {
         ReplayedRequest => (S::UNAUTHORIZED, "REPLAYED_REQUEST"),
         TokenExpired => (S::UNAUTHORIZED, "TOKEN_EXPIRED"),
         TokenInvalid => (S::UNAUTHORIZED, "TOKEN_INVALID"),
+        GroupNotFound(_) => (S::NOT_FOUND, "GROUP_NOT_FOUND"),
+        InvalidName(_) => (S::BAD_REQUEST, "INVALID_NAME"),
+        NameTooLong => (S::BAD_REQUEST, "NAME_TOO_LONG"),
+        InvalidNameChars => (S::BAD_REQUEST, "INVALID_NAME_CHARS"),
+        AgentIdRequired => (S::BAD_REQUEST, "AGENT_ID_REQUIRED"),
+        GroupRefused { op, refusal, .. } => (
+            match refusal {
+                crate::hub::Refusal::Forbidden => S::FORBIDDEN,
+                crate::hub::Refusal::NotFound => S::NOT_FOUND,
+                crate::hub::Refusal::Conflict => S::CONFLICT,
+            },
+            op.code(),
+        ),
         StorageUnavailable(_) => (S::SERVICE_UNAVAILABLE, "STORAGE_UNAVAILABLE"),
         Internal(_) => (S::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
     }
@@ -322,6 +335,83 @@ pub const ERROR_CODES: &[(u16, &str, &str)] = &[
     ),
     (500, "INTERNAL_ERROR", "A bug; logged with the request id."),
     (
+        400,
+        "INVALID_NAME",
+        "Group name missing, empty or not a string.",
+    ),
+    (
+        400,
+        "NAME_TOO_LONG",
+        "Group name longer than 100 characters.",
+    ),
+    (
+        400,
+        "INVALID_NAME_CHARS",
+        "Group name with characters other than letters, digits, spaces, `-`, `_`, `.`.",
+    ),
+    (
+        400,
+        "AGENT_ID_REQUIRED",
+        "Adding a group member without `agent_id`.",
+    ),
+    (404, "GROUP_NOT_FOUND", "No group with this id."),
+    (
+        403,
+        "CREATE_GROUP_FAILED",
+        "Group creation refused (403; 404 when the creating agent does not exist).",
+    ),
+    (403, "GET_GROUP_FAILED", "Reading a group refused."),
+    (
+        403,
+        "UPDATE_GROUP_FAILED",
+        "Changing a group needs its owner or an admin (403).",
+    ),
+    (
+        403,
+        "DELETE_GROUP_FAILED",
+        "Only the owner deletes a group (403).",
+    ),
+    (
+        403,
+        "LIST_MEMBERS_FAILED",
+        "Only members (or the operator) list the members (403).",
+    ),
+    (
+        403,
+        "ADD_MEMBER_FAILED",
+        "Adding a member refused: role (403), unknown agent (404), already a member or group full (409).",
+    ),
+    (
+        403,
+        "REMOVE_MEMBER_FAILED",
+        "Removing a member refused: role, or the owner (403); not a member (404).",
+    ),
+    (
+        403,
+        "JOIN_FAILED",
+        "Join refused: invite-only or wrong key (403), already a member or group full (409).",
+    ),
+    (
+        403,
+        "LEAVE_FAILED",
+        "Leave refused: not a member, or the owner (403).",
+    ),
+    (
+        403,
+        "POST_MESSAGE_FAILED",
+        "Posting refused: the sender is not a member (403).",
+    ),
+    (
+        403,
+        "GET_MESSAGES_FAILED",
+        "History refused: not a member, or history hidden from members (403).",
+    ),
+    (
+        403,
+        "LIST_GROUPS_FAILED",
+        "Listing another agent's groups (403).",
+    ),
+    (
         503,
         "STORAGE_UNAVAILABLE",
         "The storage backend is unreachable; see `Retry-After`.",
@@ -386,13 +476,19 @@ mod tests {
                 | ReplayedRequest
                 | TokenExpired
                 | TokenInvalid
+                | GroupNotFound(_)
+                | InvalidName(_)
+                | NameTooLong
+                | InvalidNameChars
+                | AgentIdRequired
+                | GroupRefused { .. }
                 | StorageUnavailable(_)
                 | Internal(_) => {}
             }
         }
         use HubError::*;
         let s = String::new;
-        let all = vec![
+        let mut all = vec![
             HubError::invalid("f", "m"),
             InvalidEnvelope(s()),
             InvalidTimestamp,
@@ -428,7 +524,17 @@ mod tests {
             TokenInvalid,
             StorageUnavailable(s()),
             Internal(s()),
+            GroupNotFound(s()),
+            InvalidName(s()),
+            NameTooLong,
+            InvalidNameChars,
+            AgentIdRequired,
         ];
+        all.extend(crate::hub::GroupOp::ALL.map(|op| GroupRefused {
+            op,
+            refusal: crate::hub::Refusal::Forbidden,
+            message: s(),
+        }));
         all.iter().for_each(witness);
         all
     }

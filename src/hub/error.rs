@@ -67,10 +67,91 @@ pub enum HubError {
     #[error("session token malformed or forged")]
     TokenInvalid,
 
+    #[error("group {0} not found")]
+    GroupNotFound(String),
+    #[error("{0}")]
+    InvalidName(String),
+    #[error("group name is longer than 100 characters")]
+    NameTooLong,
+    #[error("group name may hold only letters, digits, spaces, '-', '_' and '.'")]
+    InvalidNameChars,
+    #[error("agent_id is required")]
+    AgentIdRequired,
+    #[error("{message}")]
+    GroupRefused {
+        op: GroupOp,
+        refusal: Refusal,
+        message: String,
+    },
+
     #[error("storage unavailable: {0}")]
     StorageUnavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// The group route a refusal comes from: GROUPS.md gives each its own code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupOp {
+    Create,
+    Get,
+    Update,
+    Delete,
+    ListMembers,
+    AddMember,
+    RemoveMember,
+    Join,
+    Leave,
+    Post,
+    History,
+    ListGroups,
+}
+
+impl GroupOp {
+    /// Every operation, for the error-code table's tests.
+    pub const ALL: [GroupOp; 12] = [
+        GroupOp::Create,
+        GroupOp::Get,
+        GroupOp::Update,
+        GroupOp::Delete,
+        GroupOp::ListMembers,
+        GroupOp::AddMember,
+        GroupOp::RemoveMember,
+        GroupOp::Join,
+        GroupOp::Leave,
+        GroupOp::Post,
+        GroupOp::History,
+        GroupOp::ListGroups,
+    ];
+
+    /// The stable `*_FAILED` code of the route.
+    pub fn code(self) -> &'static str {
+        match self {
+            GroupOp::Create => "CREATE_GROUP_FAILED",
+            GroupOp::Get => "GET_GROUP_FAILED",
+            GroupOp::Update => "UPDATE_GROUP_FAILED",
+            GroupOp::Delete => "DELETE_GROUP_FAILED",
+            GroupOp::ListMembers => "LIST_MEMBERS_FAILED",
+            GroupOp::AddMember => "ADD_MEMBER_FAILED",
+            GroupOp::RemoveMember => "REMOVE_MEMBER_FAILED",
+            GroupOp::Join => "JOIN_FAILED",
+            GroupOp::Leave => "LEAVE_FAILED",
+            GroupOp::Post => "POST_MESSAGE_FAILED",
+            GroupOp::History => "GET_MESSAGES_FAILED",
+            GroupOp::ListGroups => "LIST_GROUPS_FAILED",
+        }
+    }
+}
+
+/// Why a group route refused: the HTTP status of its `*_FAILED` code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Role, membership or access (403).
+    Forbidden,
+    /// A named agent does not exist (404).
+    NotFound,
+    /// Already a member, or the group is full (409).
+    Conflict,
 }
 
 /// Result alias for hub operations.
@@ -100,9 +181,13 @@ impl From<StoreError> for HubError {
             StoreError::IdempotencyConflict => HubError::DuplicateMessageId,
             StoreError::InvalidCursor => HubError::invalid("cursor", "invalid cursor"),
             StoreError::Unavailable(m) => HubError::StorageUnavailable(m),
-            e @ (StoreError::MessageIdTaken | StoreError::Internal(_)) => {
-                HubError::Internal(e.to_string())
-            }
+            StoreError::GroupNotFound => HubError::GroupNotFound(String::new()),
+            e @ (StoreError::MessageIdTaken
+            | StoreError::Internal(_)
+            | StoreError::GroupExists
+            | StoreError::AlreadyMember
+            | StoreError::GroupFull
+            | StoreError::NotMember) => HubError::Internal(e.to_string()),
         }
     }
 }

@@ -9,7 +9,7 @@ use time::format_description::well_known::{Iso8601, Rfc3339};
 use super::{Caller, Hub, HubError, HubResult, ids};
 use crate::config::MAX_CLOCK_SKEW;
 use crate::signing::{body_hash, envelope as envelope_sig};
-use crate::store::{Delivery, DeliveryState, Enqueued, Envelope, Message, StoreError};
+use crate::store::{Delivery, Enqueued, Envelope, Message, StoreError};
 
 /// The only envelope version this hub speaks.
 pub const ENVELOPE_VERSION: &str = "1.0";
@@ -181,7 +181,7 @@ impl Hub {
         let quota = self.config.max_messages_per_agent;
         let wants_push = recipient.webhook_url.is_some();
         let outcome = loop {
-            let delivery = wants_push.then(|| new_delivery(&message, now));
+            let delivery = wants_push.then(|| Delivery::pending_for(&message, now));
             match self.store.enqueue(message.clone(), quota, delivery).await {
                 // The envelope id is taken by another inbox's message: this one gets its own id.
                 Err(StoreError::MessageIdTaken) => message.id = new_message_id(),
@@ -210,23 +210,6 @@ impl Hub {
 
 fn new_message_id() -> String {
     uuid::Uuid::new_v4().to_string()
-}
-
-/// The webhook notification of a new message, due at once. Its id is the
-/// Standard Webhooks `webhook-id`, stable across retries.
-fn new_delivery(message: &Message, now: i64) -> Delivery {
-    Delivery {
-        id: format!("wh_{}", uuid::Uuid::new_v4().simple()),
-        message_id: message.id.clone(),
-        agent_id: message.recipient.clone(),
-        state: DeliveryState::Pending,
-        attempts: 0,
-        next_attempt_at: now,
-        created_at: now,
-        updated_at: now,
-        last_status: None,
-        last_error: None,
-    }
 }
 
 fn into_object(envelope: Value) -> HubResult<Map<String, Value>> {

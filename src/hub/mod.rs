@@ -26,7 +26,7 @@ pub use agents::{Registered, Registration, RotatedKey, is_public_ip};
 pub use audit::{AuditPage, DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE};
 pub use auth::{Caller, Credentials};
 pub use clock::Clock;
-pub use error::{HubError, HubResult};
+pub use error::{GroupOp, HubError, HubResult, Refusal};
 pub use inbox::{AckInput, MAX_BATCH, NackInput, PullInput};
 pub use messages::{SendInput, Sent};
 pub use wakers::InboxWakers;

@@ -269,4 +269,89 @@ impl Store for InstrumentedStore {
         self.timed("import_message", self.inner.import_message(message))
             .await
     }
+
+    async fn create_group(&self, group: Group, now: Millis) -> StoreResult<()> {
+        self.timed("create_group", self.inner.create_group(group, now))
+            .await
+    }
+
+    async fn get_group(&self, group_id: &str) -> StoreResult<Option<Group>> {
+        self.timed("get_group", self.inner.get_group(group_id))
+            .await
+    }
+
+    async fn update_group(&self, group_id: &str, change: &GroupChange) -> StoreResult<Group> {
+        self.timed("update_group", self.inner.update_group(group_id, change))
+            .await
+    }
+
+    async fn delete_group(&self, group_id: &str) -> StoreResult<bool> {
+        self.timed("delete_group", self.inner.delete_group(group_id))
+            .await
+    }
+
+    async fn group_member(
+        &self,
+        group_id: &str,
+        agent_id: &str,
+    ) -> StoreResult<Option<GroupMember>> {
+        self.timed("group_member", self.inner.group_member(group_id, agent_id))
+            .await
+    }
+
+    async fn group_members(&self, group_id: &str) -> StoreResult<Vec<GroupMember>> {
+        self.timed("group_members", self.inner.group_members(group_id))
+            .await
+    }
+
+    async fn add_group_member(&self, group_id: &str, member: GroupMember) -> StoreResult<()> {
+        self.timed(
+            "add_group_member",
+            self.inner.add_group_member(group_id, member),
+        )
+        .await
+    }
+
+    async fn remove_group_member(&self, group_id: &str, agent_id: &str) -> StoreResult<bool> {
+        self.timed(
+            "remove_group_member",
+            self.inner.remove_group_member(group_id, agent_id),
+        )
+        .await
+    }
+
+    async fn agent_groups(
+        &self,
+        agent_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(Group, GroupRole)>> {
+        self.timed("agent_groups", self.inner.agent_groups(agent_id, limit))
+            .await
+    }
+
+    async fn post_to_group(&self, post: GroupPost, fan: FanOut) -> StoreResult<Posted> {
+        self.timed("post_to_group", self.inner.post_to_group(post, fan))
+            .await
+    }
+
+    async fn group_history(
+        &self,
+        group_id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<GroupPost>> {
+        self.timed(
+            "group_history",
+            self.inner.group_history(group_id, limit, cursor),
+        )
+        .await
+    }
+
+    async fn purge_group_history(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        self.timed(
+            "purge_group_history",
+            self.inner.purge_group_history(now, limit),
+        )
+        .await
+    }
 }

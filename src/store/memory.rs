@@ -19,6 +19,8 @@ use parking_lot::Mutex;
 
 use super::*;
 
+mod groups;
+
 /// Ordering key inside an inbox index: a time, then the arrival sequence.
 pub(super) type IndexKey = (Millis, u64);
 
@@ -251,6 +253,7 @@ pub struct MemoryStore {
     seq: AtomicU64,
     deliveries: Mutex<DeliveryBook>,
     audit: Mutex<Vec<AuditEvent>>,
+    groups: Mutex<super::group_index::GroupIndex>,
 }
 
 impl MemoryStore {
@@ -334,6 +337,7 @@ impl Store for MemoryStore {
             }
         }
         self.cancel_deliveries(agent_id, now).await?;
+        self.groups.lock().forget_agent(agent_id);
         Ok(true)
     }
 
@@ -769,6 +773,67 @@ impl Store for MemoryStore {
         }
         self.insert_message(&mut inbox, message);
         Ok(true)
+    }
+
+    async fn create_group(&self, group: Group, now: Millis) -> StoreResult<()> {
+        self.groups_create(group, now)
+    }
+
+    async fn get_group(&self, group_id: &str) -> StoreResult<Option<Group>> {
+        Ok(self.groups_index().group(group_id))
+    }
+
+    async fn update_group(&self, group_id: &str, change: &GroupChange) -> StoreResult<Group> {
+        self.groups_index().update(group_id, change)
+    }
+
+    async fn delete_group(&self, group_id: &str) -> StoreResult<bool> {
+        Ok(self.groups_index().delete(group_id).is_some())
+    }
+
+    async fn group_member(
+        &self,
+        group_id: &str,
+        agent_id: &str,
+    ) -> StoreResult<Option<GroupMember>> {
+        Ok(self.groups_index().member(group_id, agent_id))
+    }
+
+    async fn group_members(&self, group_id: &str) -> StoreResult<Vec<GroupMember>> {
+        Ok(self.groups_index().members(group_id))
+    }
+
+    async fn add_group_member(&self, group_id: &str, member: GroupMember) -> StoreResult<()> {
+        self.groups_add_member(group_id, member)
+    }
+
+    async fn remove_group_member(&self, group_id: &str, agent_id: &str) -> StoreResult<bool> {
+        Ok(self.groups_index().remove(group_id, agent_id))
+    }
+
+    async fn agent_groups(
+        &self,
+        agent_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(Group, GroupRole)>> {
+        Ok(self.groups_index().agent_groups(agent_id, limit))
+    }
+
+    async fn post_to_group(&self, post: GroupPost, fan: FanOut) -> StoreResult<Posted> {
+        self.groups_post(post, fan)
+    }
+
+    async fn group_history(
+        &self,
+        group_id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<GroupPost>> {
+        self.groups_index().history(group_id, limit, cursor)
+    }
+
+    async fn purge_group_history(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        Ok(self.groups_purge(now, limit))
     }
 }
 

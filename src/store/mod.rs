@@ -5,6 +5,8 @@
 //! operation here is a complete state transition that the backend makes atomic,
 //! so correctness never depends on the caller.
 
+mod group_index;
+mod groups;
 pub mod instrumented;
 pub mod mech;
 pub mod memory;
@@ -12,12 +14,14 @@ mod model;
 pub mod postgres;
 pub mod scratch;
 mod sql;
+mod sql_groups;
 pub mod sqlite;
 pub mod transfer;
 
 use async_trait::async_trait;
 use serde_json::Value;
 
+pub use groups::*;
 pub use model::*;
 
 /// Why a store operation failed; the hub turns these into protocol errors.
@@ -43,6 +47,16 @@ pub enum StoreError {
     MessageIdTaken,
     #[error("invalid cursor")]
     InvalidCursor,
+    #[error("group id already taken")]
+    GroupExists,
+    #[error("group not found")]
+    GroupNotFound,
+    #[error("already a member of the group")]
+    AlreadyMember,
+    #[error("the group has reached max_members")]
+    GroupFull,
+    #[error("not a member of the group")]
+    NotMember,
     #[error("storage unavailable: {0}")]
     Unavailable(String),
     #[error("storage failure: {0}")]
@@ -170,6 +184,51 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts an exported message as is (state, attempts, lease, idempotency
     /// key); false (and no change) if the id exists.
     async fn import_message(&self, message: Message) -> StoreResult<bool>;
+
+    /// Inserts a group and its owner (`created_by`, role owner) in one step;
+    /// `GroupExists` if the id is taken, `AgentNotFound` without the owner.
+    async fn create_group(&self, group: Group, now: Millis) -> StoreResult<()>;
+    /// Fetches a group with its `member_count`.
+    async fn get_group(&self, group_id: &str) -> StoreResult<Option<Group>>;
+    /// Applies an owner's or admin's change and returns the new group.
+    async fn update_group(&self, group_id: &str, change: &GroupChange) -> StoreResult<Group>;
+    /// Deletes a group, its members and its history; false if there was none.
+    async fn delete_group(&self, group_id: &str) -> StoreResult<bool>;
+    /// One membership record.
+    async fn group_member(
+        &self,
+        group_id: &str,
+        agent_id: &str,
+    ) -> StoreResult<Option<GroupMember>>;
+    /// Members ordered by agent id.
+    async fn group_members(&self, group_id: &str) -> StoreResult<Vec<GroupMember>>;
+    /// Adds one member, enforcing the group's `max_members` exactly under
+    /// concurrency: `GroupNotFound`, `AgentNotFound`, `AlreadyMember`, `GroupFull`.
+    async fn add_group_member(&self, group_id: &str, member: GroupMember) -> StoreResult<()>;
+    /// Removes one member; false if it was none.
+    async fn remove_group_member(&self, group_id: &str, agent_id: &str) -> StoreResult<bool>;
+    /// The groups an agent belongs to with its role, ordered by group id.
+    async fn agent_groups(
+        &self,
+        agent_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(Group, GroupRole)>>;
+    /// Fans a post out in ONE atomic step: the sender's membership is
+    /// checked, the history record and one copy per other member (with its
+    /// webhook delivery) are stored together, a member whose inbox is full
+    /// only fails its own copy. The idempotency key (scope: the group) makes
+    /// a retry return the original post. `NotMember`, `GroupNotFound`,
+    /// `IdempotencyConflict`, `MessageIdTaken` store nothing.
+    async fn post_to_group(&self, post: GroupPost, fan: FanOut) -> StoreResult<Posted>;
+    /// A group's history, newest first, after `cursor` (see [`history_cursor`]).
+    async fn group_history(
+        &self,
+        group_id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<GroupPost>>;
+    /// Deletes history records past their `expires_at`, at most `limit`.
+    async fn purge_group_history(&self, now: Millis, limit: usize) -> StoreResult<u64>;
 }
 
 /// Free-form agent metadata (a JSON object).

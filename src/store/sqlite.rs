@@ -307,6 +307,8 @@ WHERE seq IN (
 )
 RETURNING state";
 
+super::sql_groups::group_sql!(SqliteConnection, SqliteRow, "", "");
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
@@ -936,5 +938,109 @@ impl Store for SqliteStore {
             .await
             .map_err(db_error)?;
         Ok(inserted.rows_affected() == 1)
+    }
+
+    async fn create_group(&self, group: Group, now: Millis) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        group_sql::create(&mut tx, &group, now).await?;
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn get_group(&self, group_id: &str) -> StoreResult<Option<Group>> {
+        group_sql::get_group(
+            &mut *self.reader.acquire().await.map_err(db_error)?,
+            group_id,
+        )
+        .await
+    }
+
+    async fn update_group(&self, group_id: &str, change: &GroupChange) -> StoreResult<Group> {
+        let mut tx = self.write_tx().await?;
+        let group = group_sql::update(&mut tx, group_id, change).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(group)
+    }
+
+    async fn delete_group(&self, group_id: &str) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        let deleted = group_sql::delete(&mut tx, group_id).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(deleted)
+    }
+
+    async fn group_member(
+        &self,
+        group_id: &str,
+        agent_id: &str,
+    ) -> StoreResult<Option<GroupMember>> {
+        group_sql::member(
+            &mut *self.reader.acquire().await.map_err(db_error)?,
+            group_id,
+            agent_id,
+        )
+        .await
+    }
+
+    async fn group_members(&self, group_id: &str) -> StoreResult<Vec<GroupMember>> {
+        group_sql::members(
+            &mut *self.reader.acquire().await.map_err(db_error)?,
+            group_id,
+        )
+        .await
+    }
+
+    async fn add_group_member(&self, group_id: &str, member: GroupMember) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        group_sql::add_member(&mut tx, group_id, &member).await?;
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn remove_group_member(&self, group_id: &str, agent_id: &str) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        let removed = group_sql::remove_member(&mut tx, group_id, agent_id).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(removed)
+    }
+
+    async fn agent_groups(
+        &self,
+        agent_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(Group, GroupRole)>> {
+        group_sql::agent_groups(
+            &mut *self.reader.acquire().await.map_err(db_error)?,
+            agent_id,
+            limit,
+        )
+        .await
+    }
+
+    async fn post_to_group(&self, post: GroupPost, fan: FanOut) -> StoreResult<Posted> {
+        let mut tx = self.write_tx().await?;
+        let (posted, _woken) = group_sql::post(&mut tx, post, &fan).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(posted)
+    }
+
+    async fn group_history(
+        &self,
+        group_id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<GroupPost>> {
+        group_sql::history(
+            &mut *self.reader.acquire().await.map_err(db_error)?,
+            group_id,
+            limit,
+            cursor,
+        )
+        .await
+    }
+
+    async fn purge_group_history(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        let mut tx = self.write_tx().await?;
+        let purged = group_sql::purge_history(&mut tx, now, limit).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(purged)
     }
 }

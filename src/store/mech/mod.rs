@@ -25,6 +25,7 @@
 
 pub mod breaker;
 pub mod client;
+mod groups;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -124,6 +125,7 @@ pub struct MechStore {
     /// one left it, so concurrent batches never pick the same records (and
     /// come back short while work remains).
     sweeps: tokio::sync::Mutex<()>,
+    groups: groups::MechGroups,
 }
 
 impl MechStore {
@@ -150,6 +152,7 @@ impl MechStore {
             audit: Mutex::default(),
             bulk: Semaphore::new(concurrency),
             sweeps: tokio::sync::Mutex::new(()),
+            groups: groups::MechGroups::default(),
         };
         let mut next_seq = 0u64;
         for doc in &agents {
@@ -196,6 +199,7 @@ impl MechStore {
         events.sort_by_key(|e| e.seq);
         *store.audit.lock() = events;
         store.seq.store(next_seq, Ordering::Relaxed);
+        store.load_groups().await?;
         tracing::info!(
             agents = agents.len(),
             messages = messages.len(),
@@ -505,6 +509,7 @@ impl Store for MechStore {
             self.agents.remove(agent_id);
         }
         self.cancel_deliveries(agent_id, now).await?;
+        self.groups_forget_agent(agent_id).await?;
         Ok(true)
     }
 
@@ -1229,5 +1234,66 @@ impl Store for MechStore {
         }
         cell.state.lock().insert(seq, message);
         Ok(true)
+    }
+
+    async fn create_group(&self, group: Group, now: Millis) -> StoreResult<()> {
+        self.groups_create(group, now).await
+    }
+
+    async fn get_group(&self, group_id: &str) -> StoreResult<Option<Group>> {
+        Ok(self.groups_index().group(group_id))
+    }
+
+    async fn update_group(&self, group_id: &str, change: &GroupChange) -> StoreResult<Group> {
+        self.groups_update(group_id, change).await
+    }
+
+    async fn delete_group(&self, group_id: &str) -> StoreResult<bool> {
+        self.groups_delete(group_id).await
+    }
+
+    async fn group_member(
+        &self,
+        group_id: &str,
+        agent_id: &str,
+    ) -> StoreResult<Option<GroupMember>> {
+        Ok(self.groups_index().member(group_id, agent_id))
+    }
+
+    async fn group_members(&self, group_id: &str) -> StoreResult<Vec<GroupMember>> {
+        Ok(self.groups_index().members(group_id))
+    }
+
+    async fn add_group_member(&self, group_id: &str, member: GroupMember) -> StoreResult<()> {
+        self.groups_add_member(group_id, member).await
+    }
+
+    async fn remove_group_member(&self, group_id: &str, agent_id: &str) -> StoreResult<bool> {
+        self.groups_remove_member(group_id, agent_id).await
+    }
+
+    async fn agent_groups(
+        &self,
+        agent_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(Group, GroupRole)>> {
+        Ok(self.groups_index().agent_groups(agent_id, limit))
+    }
+
+    async fn post_to_group(&self, post: GroupPost, fan: FanOut) -> StoreResult<Posted> {
+        self.groups_post(post, fan).await
+    }
+
+    async fn group_history(
+        &self,
+        group_id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<GroupPost>> {
+        self.groups_index().history(group_id, limit, cursor)
+    }
+
+    async fn purge_group_history(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        self.groups_purge(now, limit).await
     }
 }
