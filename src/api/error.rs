@@ -133,6 +133,7 @@ pub fn status_and_code(e: &HubError) -> (StatusCode, &'static str) {
             },
             op.code(),
         ),
+        FanOutTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
         StorageUnavailable(_) => (S::SERVICE_UNAVAILABLE, "STORAGE_UNAVAILABLE"),
         Internal(_) => (S::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
     }
@@ -321,7 +322,7 @@ pub const ERROR_CODES: &[(u16, &str, &str)] = &[
     (
         413,
         "PAYLOAD_TOO_LARGE",
-        "The body exceeds `MAX_MESSAGE_SIZE_KB`.",
+        "The body exceeds `MAX_MESSAGE_SIZE_KB` (or a group post's envelope times its members exceeds 64 MiB).",
     ),
     (
         429,
@@ -360,7 +361,6 @@ pub const ERROR_CODES: &[(u16, &str, &str)] = &[
         "CREATE_GROUP_FAILED",
         "Group creation refused (403; 404 when the creating agent does not exist).",
     ),
-    (403, "GET_GROUP_FAILED", "Reading a group refused."),
     (
         403,
         "UPDATE_GROUP_FAILED",
@@ -405,11 +405,6 @@ pub const ERROR_CODES: &[(u16, &str, &str)] = &[
         403,
         "GET_MESSAGES_FAILED",
         "History refused: not a member, or history hidden from members (403).",
-    ),
-    (
-        403,
-        "LIST_GROUPS_FAILED",
-        "Listing another agent's groups (403).",
     ),
     (
         503,
@@ -482,6 +477,7 @@ mod tests {
                 | InvalidNameChars
                 | AgentIdRequired
                 | GroupRefused { .. }
+                | FanOutTooLarge { .. }
                 | StorageUnavailable(_)
                 | Internal(_) => {}
             }
@@ -529,6 +525,7 @@ mod tests {
             NameTooLong,
             InvalidNameChars,
             AgentIdRequired,
+            FanOutTooLarge { limit: 1 },
         ];
         all.extend(crate::hub::GroupOp::ALL.map(|op| GroupRefused {
             op,

@@ -149,11 +149,20 @@ pub struct LeasedMessage {
     pub lease_until: Option<i64>,
     pub lease_id: Option<String>,
     pub attempts: u32,
+    /// For a group copy: the group it was posted to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// For a group copy: the post's id, the same in every member's copy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_message_id: Option<String>,
 }
 
 impl From<Message> for LeasedMessage {
     fn from(m: Message) -> Self {
+        let (group_id, group_message_id) = crate::store::copy_origin(&m).unzip();
         LeasedMessage {
+            group_id,
+            group_message_id,
             message_id: m.id,
             envelope: m.envelope,
             lease_until: m.lease_until,

@@ -7,6 +7,7 @@ pub mod agents;
 pub mod audit;
 pub mod error;
 pub mod extract;
+pub mod groups;
 pub mod messages;
 pub mod observe;
 pub mod ratelimit;
@@ -92,8 +93,13 @@ impl AppState {
         messages::send, messages::reply, messages::status,
         messages::pull, messages::ack, messages::batch_ack, messages::nack,
         messages::inbox_stats, messages::reclaim, messages::dead_letters, messages::requeue,
+        groups::create_group, groups::get_group, groups::update_group, groups::delete_group,
+        groups::list_members, groups::add_member, groups::remove_member,
+        groups::join_group, groups::leave_group, groups::post_message, groups::history,
+        groups::agent_groups,
     ),
-    tags((name = "agents"), (name = "messages"), (name = "inbox"), (name = "system"))
+    tags((name = "agents"), (name = "messages"), (name = "inbox"), (name = "system"),
+        (name = "groups"))
 )]
 pub struct ApiDoc;
 
@@ -187,6 +193,28 @@ pub fn router(state: AppState) -> Router {
             get(messages::dead_letters),
         )
         .route("/api/messages/{message_id}/status", get(messages::status))
+        .route("/api/groups", post(groups::create_group))
+        .route(
+            "/api/groups/{group_id}",
+            get(groups::get_group)
+                .put(groups::update_group)
+                .delete(groups::delete_group),
+        )
+        .route(
+            "/api/groups/{group_id}/members",
+            get(groups::list_members).post(groups::add_member),
+        )
+        .route(
+            "/api/groups/{group_id}/members/{agent_id}",
+            axum::routing::delete(groups::remove_member),
+        )
+        .route("/api/groups/{group_id}/join", post(groups::join_group))
+        .route("/api/groups/{group_id}/leave", post(groups::leave_group))
+        .route(
+            "/api/groups/{group_id}/messages",
+            post(groups::post_message).get(groups::history),
+        )
+        .route("/api/agents/{agent_id}/groups", get(groups::agent_groups))
         .with_state(state.clone());
 
     Router::new()

@@ -84,6 +84,9 @@ pub enum HubError {
         message: String,
     },
 
+    #[error("envelope size times group members exceeds {limit} bytes")]
+    FanOutTooLarge { limit: usize },
+
     #[error("storage unavailable: {0}")]
     StorageUnavailable(String),
     #[error("internal error: {0}")]
@@ -94,7 +97,6 @@ pub enum HubError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupOp {
     Create,
-    Get,
     Update,
     Delete,
     ListMembers,
@@ -104,14 +106,12 @@ pub enum GroupOp {
     Leave,
     Post,
     History,
-    ListGroups,
 }
 
 impl GroupOp {
     /// Every operation, for the error-code table's tests.
-    pub const ALL: [GroupOp; 12] = [
+    pub const ALL: [GroupOp; 10] = [
         GroupOp::Create,
-        GroupOp::Get,
         GroupOp::Update,
         GroupOp::Delete,
         GroupOp::ListMembers,
@@ -121,14 +121,12 @@ impl GroupOp {
         GroupOp::Leave,
         GroupOp::Post,
         GroupOp::History,
-        GroupOp::ListGroups,
     ];
 
     /// The stable `*_FAILED` code of the route.
     pub fn code(self) -> &'static str {
         match self {
             GroupOp::Create => "CREATE_GROUP_FAILED",
-            GroupOp::Get => "GET_GROUP_FAILED",
             GroupOp::Update => "UPDATE_GROUP_FAILED",
             GroupOp::Delete => "DELETE_GROUP_FAILED",
             GroupOp::ListMembers => "LIST_MEMBERS_FAILED",
@@ -138,7 +136,6 @@ impl GroupOp {
             GroupOp::Leave => "LEAVE_FAILED",
             GroupOp::Post => "POST_MESSAGE_FAILED",
             GroupOp::History => "GET_MESSAGES_FAILED",
-            GroupOp::ListGroups => "LIST_GROUPS_FAILED",
         }
     }
 }

@@ -102,40 +102,15 @@ impl Hub {
         caller: &Caller,
     ) -> HubResult<Sent> {
         let now = self.now();
-        let fields = EnvelopeFields::validate(&envelope)?;
-        check_timestamp(fields.timestamp, now)?;
-        let from = ids::normalize(fields.from).to_string();
+        let verified = self.verify_signed(&envelope, raw, caller).await?;
+        let fields = &verified.fields;
+        if !is_agent_address(fields.to) {
+            return Err(HubError::InvalidEnvelope(
+                "`to` is not a valid agent address".into(),
+            ));
+        }
+        let from = verified.from.clone();
         let to = ids::normalize(fields.to).to_string();
-        if let Some(signer) = caller.agent_id()
-            && signer != from
-        {
-            return Err(HubError::SignerMismatch {
-                signer: signer.to_string(),
-                from,
-            });
-        }
-
-        let sender = self
-            .store
-            .get_agent(&from)
-            .await?
-            .ok_or_else(|| HubError::UnknownSender(from.clone()))?;
-        let raw_text = std::str::from_utf8(raw)
-            .map_err(|_| HubError::InvalidEnvelope("body is not UTF-8".into()))?;
-        let body_hash = body_hash::envelope_body_hash(raw_text)
-            .map_err(|e| HubError::InvalidEnvelope(format!("invalid JSON: {e}")))?;
-        let base = envelope_sig::signing_base(
-            fields.timestamp,
-            &body_hash,
-            fields.from,
-            fields.to,
-            fields.correlation_id,
-        );
-        let signature = signature_value(&envelope)?;
-        if !envelope_sig::verify(&base, signature, &self.verifying_keys(&sender)) {
-            return Err(HubError::InvalidSignature);
-        }
-
         let recipient = self
             .store
             .get_agent(&to)
@@ -145,29 +120,14 @@ impl Hub {
             return Err(HubError::SenderNotTrusted(from));
         }
 
-        let idempotency_key = match idempotency_key {
-            Some(key) if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN => {
-                return Err(HubError::invalid(
-                    "Idempotency-Key",
-                    "must be 1-255 characters",
-                ));
-            }
-            Some(key) => Some(key),
-            // Without a key or an envelope id, the signature itself identifies
-            // the envelope, so a replayed request is a duplicate, never a second delivery.
-            None => Some(
-                fields
-                    .id
-                    .map_or_else(|| format!("sig:{signature}"), str::to_string),
-            ),
-        };
+        let idempotency_key = Some(verified.idempotency_key(idempotency_key)?);
         let ttl_ms = fields.ttl_sec.unwrap_or(self.config.message_ttl_sec) as i64 * 1000;
         let id = fields
             .id
             .filter(|id| ids::is_valid_message_id(id))
             .map_or_else(new_message_id, str::to_string);
         let mut message = Message {
-            content_hash: content_hash(&fields, &body_hash),
+            content_hash: verified.content_hash(),
             idempotency_key,
             ..Message::queued(
                 id,
@@ -208,7 +168,95 @@ impl Hub {
     }
 }
 
-fn new_message_id() -> String {
+/// An envelope whose signature was verified against its registered sender.
+pub(super) struct Verified<'a> {
+    pub(super) fields: EnvelopeFields<'a>,
+    /// Normalised sender id.
+    pub(super) from: String,
+    pub(super) body_hash: String,
+    pub(super) signature: &'a str,
+}
+
+impl Verified<'_> {
+    /// The idempotency key of this envelope: the `Idempotency-Key` header,
+    /// else the envelope id, else the signature itself (so a replayed request
+    /// is a duplicate, never a second delivery).
+    pub(super) fn idempotency_key(&self, header: Option<String>) -> HubResult<String> {
+        match header {
+            Some(key) if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN => Err(
+                HubError::invalid("Idempotency-Key", "must be 1-255 characters"),
+            ),
+            Some(key) => Ok(key),
+            None => Ok(self
+                .fields
+                .id
+                .map_or_else(|| format!("sig:{}", self.signature), str::to_string)),
+        }
+    }
+
+    /// Identifies "the same message" for idempotency.
+    pub(super) fn content_hash(&self) -> String {
+        content_hash(&self.fields, &self.body_hash)
+    }
+}
+
+impl Hub {
+    /// Validates an envelope and verifies its signature once: timestamp
+    /// inside the skew, HTTP signer = `from`, `from` registered, signature by
+    /// one of its active keys over the signing base (PROTOCOL.md §3).
+    pub(super) async fn verify_signed<'a>(
+        &self,
+        envelope: &'a Map<String, Value>,
+        raw: &[u8],
+        caller: &Caller,
+    ) -> HubResult<Verified<'a>> {
+        let fields = EnvelopeFields::validate(envelope)?;
+        check_timestamp(fields.timestamp, self.now())?;
+        let from = ids::normalize(fields.from).to_string();
+        if let Some(signer) = caller.agent_id()
+            && signer != from
+        {
+            return Err(HubError::SignerMismatch {
+                signer: signer.to_string(),
+                from,
+            });
+        }
+        let sender = self
+            .store
+            .get_agent(&from)
+            .await?
+            .ok_or_else(|| HubError::UnknownSender(from.clone()))?;
+        let raw_text = std::str::from_utf8(raw)
+            .map_err(|_| HubError::InvalidEnvelope("body is not UTF-8".into()))?;
+        let body_hash = body_hash::envelope_body_hash(raw_text)
+            .map_err(|e| HubError::InvalidEnvelope(format!("invalid JSON: {e}")))?;
+        let base = envelope_sig::signing_base(
+            fields.timestamp,
+            &body_hash,
+            fields.from,
+            fields.to,
+            fields.correlation_id,
+        );
+        let signature = signature_value(envelope)?;
+        if !envelope_sig::verify(&base, signature, &self.verifying_keys(&sender)) {
+            return Err(HubError::InvalidSignature);
+        }
+        Ok(Verified {
+            fields,
+            from,
+            body_hash,
+            signature,
+        })
+    }
+}
+
+/// `agent://<id>` or `<id>` with a valid id.
+fn is_agent_address(address: &str) -> bool {
+    let id = ids::normalize(address);
+    id.len() <= ids::MAX_AGENT_ID_LEN && ids::is_valid_message_id(id)
+}
+
+pub(super) fn new_message_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
@@ -241,15 +289,15 @@ fn fill_or_check(
 }
 
 /// The envelope fields the protocol reads, borrowed from the envelope.
-struct EnvelopeFields<'a> {
-    id: Option<&'a str>,
-    msg_type: Option<&'a str>,
-    from: &'a str,
-    to: &'a str,
-    subject: &'a str,
-    correlation_id: Option<&'a str>,
-    timestamp: &'a str,
-    ttl_sec: Option<u64>,
+pub(super) struct EnvelopeFields<'a> {
+    pub(super) id: Option<&'a str>,
+    pub(super) msg_type: Option<&'a str>,
+    pub(super) from: &'a str,
+    pub(super) to: &'a str,
+    pub(super) subject: &'a str,
+    pub(super) correlation_id: Option<&'a str>,
+    pub(super) timestamp: &'a str,
+    pub(super) ttl_sec: Option<u64>,
 }
 
 impl<'a> EnvelopeFields<'a> {
@@ -296,13 +344,10 @@ impl<'a> EnvelopeFields<'a> {
             correlation_id: optional("correlation_id")?,
             ttl_sec: ttl_sec(envelope.get("ttl_sec"))?,
         };
-        for (name, address) in [("from", fields.from), ("to", fields.to)] {
-            let id = ids::normalize(address);
-            if id.len() > ids::MAX_AGENT_ID_LEN || !ids::is_valid_message_id(id) {
-                return Err(HubError::InvalidEnvelope(format!(
-                    "`{name}` is not a valid agent address"
-                )));
-            }
+        if !is_agent_address(fields.from) {
+            return Err(HubError::InvalidEnvelope(
+                "`from` is not a valid agent address".into(),
+            ));
         }
         if let Some(headers) = envelope.get("headers")
             && !(headers.is_object() || headers.is_null())

@@ -7,6 +7,7 @@ mod audit;
 pub mod auth;
 mod clock;
 mod error;
+mod groups;
 pub mod ids;
 mod inbox;
 mod messages;
@@ -27,6 +28,9 @@ pub use audit::{AuditPage, DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE};
 pub use auth::{Caller, Credentials};
 pub use clock::Clock;
 pub use error::{GroupOp, HubError, HubResult, Refusal};
+pub use groups::{
+    GroupPosted, GroupUpdate, GroupView, MAX_GROUP_MEMBERS, NewGroup, PostInput, group_id,
+};
 pub use inbox::{AckInput, MAX_BATCH, NackInput, PullInput};
 pub use messages::{SendInput, Sent};
 pub use wakers::InboxWakers;

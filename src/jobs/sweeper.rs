@@ -1,5 +1,6 @@
 //! The periodic sweep (PROTOCOL.md §7): end expired leases, expire TTL'd
-//! messages, purge records past retention, mark silent agents offline.
+//! messages, purge records past retention and group history past its TTL,
+//! mark silent agents offline.
 //!
 //! Each step calls one bulk store operation repeatedly, `SWEEP_BATCH_SIZE`
 //! records per call. While batches come back full there is a backlog, and up
@@ -40,6 +41,8 @@ pub struct SweepReport {
     pub expired: u64,
     /// Ended records past retention, deleted.
     pub purged: u64,
+    /// Group history records past their group's `message_ttl_sec`, deleted.
+    pub history_purged: u64,
     /// Agents newly marked offline.
     pub offline: u64,
     pub durations: StepDurations,
@@ -124,6 +127,7 @@ pub async fn run(hub: Arc<Hub>, stats: Arc<SweepStats>) {
                     dead = report.reclaimed.dead,
                     expired = report.expired,
                     purged = report.purged,
+                    history_purged = report.history_purged,
                     offline = report.offline,
                     reclaim_ms = report.durations.reclaim.as_millis() as u64,
                     expire_ms = report.durations.expire.as_millis() as u64,
@@ -175,6 +179,8 @@ pub async fn sweep_once(hub: &Hub) -> StoreResult<SweepReport> {
     let step = Instant::now();
     let ended_before = now() - (config.message_retention_sec * 1000) as i64;
     report.purged = drain(limits, || store.purge_retained(ended_before, limits.batch)).await?;
+    report.history_purged =
+        drain(limits, || store.purge_group_history(now(), limits.batch)).await?;
     report.durations.purge = step.elapsed();
 
     let step = Instant::now();
