@@ -2,6 +2,7 @@
 //! The CLI, the benchmark and the black-box tests all talk to the hub through it.
 
 pub mod cli;
+pub mod groups;
 pub mod transfer;
 
 use std::time::SystemTime;
