@@ -234,6 +234,13 @@ macro_rules! conformance {
                 concurrent_leases_never_share_a_message,
                 concurrent_enqueues_respect_the_quota,
                 concurrent_audit_appends_keep_one_chain,
+                groups_create_get_update_delete,
+                group_members_add_list_remove_with_refusals,
+                concurrent_group_joins_admit_exactly_max_members,
+                group_post_fans_out_in_one_step,
+                group_post_idempotency_and_refusals,
+                group_history_pages_newest_first_and_purges,
+                delete_agent_removes_memberships_and_owned_groups,
             );
 
             $(
@@ -1672,5 +1679,475 @@ mod contract {
         assert_eq!(next.seq, 4);
         let all = store.list_audit(None, 100).await.unwrap();
         assert_eq!(first_broken_link(GENESIS_HASH, &all), None);
+    }
+
+    fn group(id: &str, owner: &str, max_members: u32) -> Group {
+        Group {
+            id: id.to_string(),
+            name: "Team".into(),
+            created_by: owner.to_string(),
+            access: GroupAccess::Open,
+            join_key_hash: Some("sha256$00$ff".into()),
+            settings: GroupSettings {
+                history_visible: true,
+                max_members,
+                message_ttl_sec: 60,
+            },
+            created_at: T0,
+            updated_at: T0,
+            member_count: 0,
+        }
+    }
+
+    fn member(agent_id: &str, role: GroupRole, at: Millis) -> GroupMember {
+        GroupMember {
+            agent_id: agent_id.to_string(),
+            role,
+            joined_at: at,
+        }
+    }
+
+    fn post(id: &str, group_id: &str, sender: &str, at: Millis) -> GroupPost {
+        let envelope = json!({"version": "1.0", "from": format!("agent://{sender}"),
+            "to": group_id, "subject": "s", "body": {"10": 1, "a": [1.5]},
+            "timestamp": "2023-11-14T22:13:20Z", "signature": {"alg": "ed25519", "kid": "k", "sig": "c2ln"}});
+        GroupPost {
+            id: id.to_string(),
+            group_id: group_id.to_string(),
+            sender: sender.to_string(),
+            envelope: envelope.into(),
+            created_at: at,
+            expires_at: at + MINUTE,
+            idempotency_key: Some(format!("key-{id}")),
+            content_hash: format!("hash-{id}"),
+            deliveries: Vec::new(),
+        }
+    }
+
+    fn fan(at: Millis, quota: u64) -> FanOut {
+        FanOut {
+            quota,
+            copy_expires_at: at + 60 * MINUTE,
+            now: at,
+        }
+    }
+
+    const G: &str = "group://team-0000abcd";
+
+    pub async fn groups_create_get_update_delete(store: Arc<dyn Store>) {
+        setup_agents(&store, &["alice"]).await;
+        assert!(matches!(
+            store.create_group(group(G, "ghost", 5), T0).await,
+            Err(StoreError::AgentNotFound)
+        ));
+        store.create_group(group(G, "alice", 5), T0).await.unwrap();
+        assert!(matches!(
+            store.create_group(group(G, "alice", 5), T0).await,
+            Err(StoreError::GroupExists)
+        ));
+        let stored = store.get_group(G).await.unwrap().unwrap();
+        assert_eq!(
+            stored,
+            Group {
+                member_count: 1,
+                ..group(G, "alice", 5)
+            }
+        );
+        assert_eq!(
+            store.group_members(G).await.unwrap(),
+            [member("alice", GroupRole::Owner, T0)]
+        );
+        let change = GroupChange {
+            name: Some("Renamed".into()),
+            max_members: Some(9),
+            now: T0 + 1,
+            ..GroupChange::default()
+        };
+        let updated = store.update_group(G, &change).await.unwrap();
+        assert_eq!(updated.name, "Renamed");
+        assert_eq!(updated.settings.max_members, 9);
+        assert!(updated.settings.history_visible, "untouched");
+        assert_eq!(updated.settings.message_ttl_sec, 60, "untouched");
+        assert_eq!(updated.updated_at, T0 + 1);
+        assert_eq!(store.get_group(G).await.unwrap(), Some(updated));
+        assert!(matches!(
+            store.update_group("group://none-00000000", &change).await,
+            Err(StoreError::GroupNotFound)
+        ));
+        store
+            .post_to_group(post("p1", G, "alice", T0), fan(T0, QUOTA))
+            .await
+            .unwrap();
+        assert!(store.delete_group(G).await.unwrap());
+        assert!(!store.delete_group(G).await.unwrap());
+        assert_eq!(store.get_group(G).await.unwrap(), None);
+        assert!(store.group_members(G).await.unwrap().is_empty());
+        assert!(
+            store
+                .group_history(G, 10, None)
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+        assert!(store.agent_groups("alice", 10).await.unwrap().is_empty());
+        // The id is free again.
+        store.create_group(group(G, "alice", 5), T0).await.unwrap();
+    }
+
+    pub async fn group_members_add_list_remove_with_refusals(store: Arc<dyn Store>) {
+        setup_agents(&store, &["alice", "bob", "carol", "dave"]).await;
+        store.create_group(group(G, "alice", 3), T0).await.unwrap();
+        let other = "group://other-00000001";
+        store
+            .create_group(group(other, "bob", 3), T0)
+            .await
+            .unwrap();
+        store
+            .add_group_member(G, member("carol", GroupRole::Admin, T0 + 2))
+            .await
+            .unwrap();
+        store
+            .add_group_member(G, member("bob", GroupRole::Member, T0 + 1))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store
+                .add_group_member(G, member("bob", GroupRole::Member, T0))
+                .await,
+            Err(StoreError::AlreadyMember)
+        ));
+        assert!(matches!(
+            store
+                .add_group_member(G, member("dave", GroupRole::Member, T0))
+                .await,
+            Err(StoreError::GroupFull)
+        ));
+        assert!(matches!(
+            store
+                .add_group_member(
+                    "group://none-00000000",
+                    member("dave", GroupRole::Member, T0)
+                )
+                .await,
+            Err(StoreError::GroupNotFound)
+        ));
+        assert!(matches!(
+            store
+                .add_group_member(other, member("ghost", GroupRole::Member, T0))
+                .await,
+            Err(StoreError::AgentNotFound)
+        ));
+        assert_eq!(
+            store.group_members(G).await.unwrap(),
+            [
+                member("alice", GroupRole::Owner, T0),
+                member("bob", GroupRole::Member, T0 + 1),
+                member("carol", GroupRole::Admin, T0 + 2),
+            ]
+        );
+        assert_eq!(
+            store.group_member(G, "carol").await.unwrap(),
+            Some(member("carol", GroupRole::Admin, T0 + 2))
+        );
+        assert_eq!(store.group_member(G, "dave").await.unwrap(), None);
+        let bobs: Vec<(String, GroupRole, u64)> = store
+            .agent_groups("bob", 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(g, r)| (g.id, r, g.member_count))
+            .collect();
+        assert_eq!(
+            bobs,
+            [
+                (other.to_string(), GroupRole::Owner, 1),
+                (G.to_string(), GroupRole::Member, 3)
+            ],
+            "ordered by group id"
+        );
+        assert_eq!(store.agent_groups("bob", 1).await.unwrap().len(), 1);
+        assert!(store.remove_group_member(G, "bob").await.unwrap());
+        assert!(!store.remove_group_member(G, "bob").await.unwrap());
+        assert_eq!(store.get_group(G).await.unwrap().unwrap().member_count, 2);
+        store
+            .add_group_member(G, member("dave", GroupRole::Member, T0))
+            .await
+            .unwrap();
+    }
+
+    pub async fn concurrent_group_joins_admit_exactly_max_members(store: Arc<dyn Store>) {
+        let agents: Vec<String> = (0..24).map(|i| format!("a{i:02}")).collect();
+        let ids: Vec<&str> = agents.iter().map(String::as_str).collect();
+        setup_agents(&store, &ids).await;
+        setup_agents(&store, &["owner"]).await;
+        store.create_group(group(G, "owner", 7), T0).await.unwrap();
+        let joins = agents.iter().map(|a| {
+            let store = store.clone();
+            let a = a.clone();
+            tokio::spawn(async move {
+                store
+                    .add_group_member(G, member(&a, GroupRole::Member, T0))
+                    .await
+            })
+        });
+        let outcomes = futures::future::join_all(joins).await;
+        let admitted = outcomes.iter().filter(|o| matches!(o, Ok(Ok(())))).count();
+        let full = outcomes
+            .iter()
+            .filter(|o| matches!(o, Ok(Err(StoreError::GroupFull))))
+            .count();
+        assert_eq!((admitted, full), (6, 18), "owner + 6 = max_members 7");
+        assert_eq!(store.group_members(G).await.unwrap().len(), 7);
+    }
+
+    pub async fn group_post_fans_out_in_one_step(store: Arc<dyn Store>) {
+        setup_agents(&store, &["alice", "bob", "carol", "dave", "eve"]).await;
+        store
+            .update_agent(
+                "carol",
+                &AgentChange::SetWebhook {
+                    url: Some("https://example.com/hook".into()),
+                    secret: Some("s".into()),
+                    overlap_until: T0,
+                    now: T0,
+                },
+            )
+            .await
+            .unwrap();
+        store.create_group(group(G, "alice", 10), T0).await.unwrap();
+        for a in ["bob", "carol", "dave"] {
+            store
+                .add_group_member(G, member(a, GroupRole::Member, T0))
+                .await
+                .unwrap();
+        }
+        // dave's inbox is full (quota 1).
+        store
+            .enqueue(message("fill", "dave", T0), 1, None)
+            .await
+            .unwrap();
+        let p = post("p1", G, "alice", T0);
+        let Posted::Created(stored) = store.post_to_group(p.clone(), fan(T0, 1)).await.unwrap()
+        else {
+            panic!("a new post is created")
+        };
+        let outcome: Vec<(&str, &str, &str)> = stored
+            .deliveries
+            .iter()
+            .map(|d| {
+                (
+                    d.agent_id.as_str(),
+                    d.message_id.as_str(),
+                    d.status.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            outcome,
+            [
+                ("bob", "p1.0", "delivered"),
+                ("carol", "p1.1", "delivered"),
+                ("dave", "p1.2", "failed")
+            ]
+        );
+        assert_eq!(stored.deliveries[2].reason.as_deref(), Some("inbox_full"));
+        for (agent, id) in [("bob", "p1.0"), ("carol", "p1.1")] {
+            let copy = get(&store, id).await;
+            assert_eq!(copy.recipient, agent);
+            assert_eq!(copy.sender, "alice");
+            assert_eq!(copy.envelope, p.envelope, "the sender's envelope, verbatim");
+            assert_eq!(copy.state, MessageState::Queued);
+            assert_eq!(copy.expires_at, T0 + 60 * MINUTE);
+            assert_eq!(copy_origin(&copy), Some((G.to_string(), "p1".to_string())));
+            let leased = lease(&store, agent, T0, 10).await;
+            assert_eq!(ids(&leased), [id], "an ordinary, leaseable message");
+            store
+                .ack(&ack_request(agent, id, leased[0].lease_id.as_deref(), T0))
+                .await
+                .unwrap();
+        }
+        assert!(store.get_message("p1.2").await.unwrap().is_none());
+        assert!(
+            lease(&store, "alice", T0, 10).await.is_empty(),
+            "no copy for the sender"
+        );
+        // carol has a webhook: her copy got a delivery in the same step.
+        let due = store.claim_due_deliveries(T0, 10, MINUTE).await.unwrap();
+        let pushed: Vec<(&str, &str)> = due
+            .iter()
+            .map(|d| (d.agent_id.as_str(), d.message_id.as_str()))
+            .collect();
+        assert_eq!(pushed, [("carol", "p1.1")]);
+        let history = store.group_history(G, 10, None).await.unwrap();
+        assert_eq!(history.items, [stored]);
+    }
+
+    pub async fn group_post_idempotency_and_refusals(store: Arc<dyn Store>) {
+        setup_agents(&store, &["alice", "bob", "eve"]).await;
+        store.create_group(group(G, "alice", 10), T0).await.unwrap();
+        store
+            .add_group_member(G, member("bob", GroupRole::Member, T0))
+            .await
+            .unwrap();
+        let Posted::Created(first) = store
+            .post_to_group(post("p1", G, "alice", T0), fan(T0, QUOTA))
+            .await
+            .unwrap()
+        else {
+            panic!("created")
+        };
+        // Same key, same content (a retry with a fresh post id): the original.
+        let retry = GroupPost {
+            id: "p2".into(),
+            idempotency_key: Some("key-p1".into()),
+            content_hash: "hash-p1".into(),
+            ..post("p2", G, "alice", T0 + 5)
+        };
+        assert_eq!(
+            store
+                .post_to_group(retry.clone(), fan(T0 + 5, QUOTA))
+                .await
+                .unwrap(),
+            Posted::Duplicate(first)
+        );
+        assert!(store.get_message("p2.0").await.unwrap().is_none());
+        let conflict = GroupPost {
+            content_hash: "other".into(),
+            ..retry
+        };
+        assert!(matches!(
+            store.post_to_group(conflict, fan(T0, QUOTA)).await,
+            Err(StoreError::IdempotencyConflict)
+        ));
+        assert!(matches!(
+            store
+                .post_to_group(post("p3", G, "eve", T0), fan(T0, QUOTA))
+                .await,
+            Err(StoreError::NotMember)
+        ));
+        assert!(matches!(
+            store
+                .post_to_group(
+                    post("p4", "group://none-00000000", "alice", T0),
+                    fan(T0, QUOTA)
+                )
+                .await,
+            Err(StoreError::GroupNotFound)
+        ));
+        // A copy id taken by another message: nothing of the post is stored.
+        store
+            .enqueue(message("p5.0", "eve", T0), QUOTA, None)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store
+                .post_to_group(post("p5", G, "alice", T0), fan(T0, QUOTA))
+                .await,
+            Err(StoreError::MessageIdTaken)
+        ));
+        assert_eq!(
+            store.group_history(G, 10, None).await.unwrap().items.len(),
+            1
+        );
+        assert_eq!(
+            lease(&store, "bob", T0, 10).await.len(),
+            1,
+            "only p1's copy"
+        );
+    }
+
+    pub async fn group_history_pages_newest_first_and_purges(store: Arc<dyn Store>) {
+        setup_agents(&store, &["alice"]).await;
+        store.create_group(group(G, "alice", 10), T0).await.unwrap();
+        for (id, at) in [("a", T0), ("b", T0 + 1), ("c", T0 + 1), ("d", T0 + 2)] {
+            store
+                .post_to_group(post(id, G, "alice", at), fan(at, QUOTA))
+                .await
+                .unwrap();
+        }
+        let page = store.group_history(G, 2, None).await.unwrap();
+        let ids_of = |p: &Page<GroupPost>| p.items.iter().map(|p| p.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids_of(&page), ["d", "c"]);
+        let page = store
+            .group_history(G, 2, page.next_cursor.as_deref())
+            .await
+            .unwrap();
+        assert_eq!(ids_of(&page), ["b", "a"]);
+        assert_eq!(page.next_cursor, None);
+        assert!(matches!(
+            store.group_history(G, 2, Some("nonsense")).await,
+            Err(StoreError::InvalidCursor)
+        ));
+        // Posts live a minute; purge in bounded batches.
+        assert_eq!(store.purge_group_history(T0 + MINUTE, 10).await.unwrap(), 1);
+        assert_eq!(
+            store.purge_group_history(T0 + MINUTE + 2, 1).await.unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .purge_group_history(T0 + MINUTE + 2, 10)
+                .await
+                .unwrap(),
+            2
+        );
+        assert!(
+            store
+                .group_history(G, 10, None)
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+        // A purged key can be used again.
+        assert!(matches!(
+            store
+                .post_to_group(post("a", G, "alice", T0 + 3), fan(T0 + 3, QUOTA))
+                .await,
+            Ok(Posted::Created(_))
+        ));
+    }
+
+    pub async fn delete_agent_removes_memberships_and_owned_groups(store: Arc<dyn Store>) {
+        setup_agents(&store, &["alice", "bob"]).await;
+        let owned = "group://bobs-00000002";
+        store.create_group(group(G, "alice", 10), T0).await.unwrap();
+        store
+            .create_group(group(owned, "bob", 10), T0)
+            .await
+            .unwrap();
+        store
+            .add_group_member(G, member("bob", GroupRole::Member, T0))
+            .await
+            .unwrap();
+        store
+            .add_group_member(owned, member("alice", GroupRole::Member, T0))
+            .await
+            .unwrap();
+        store
+            .post_to_group(post("p1", owned, "bob", T0), fan(T0, QUOTA))
+            .await
+            .unwrap();
+        assert!(store.delete_agent("bob", T0).await.unwrap());
+        assert_eq!(store.group_member(G, "bob").await.unwrap(), None);
+        assert_eq!(store.get_group(G).await.unwrap().unwrap().member_count, 1);
+        assert_eq!(store.get_group(owned).await.unwrap(), None);
+        assert!(
+            store
+                .group_history(owned, 10, None)
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+        let alices: Vec<String> = store
+            .agent_groups("alice", 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(g, _)| g.id)
+            .collect();
+        assert_eq!(alices, [G]);
     }
 }

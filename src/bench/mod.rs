@@ -49,6 +49,8 @@ pub enum Scenario {
     Depth,
     /// Idle long-pollers; time from a send to the poller's wake-up.
     Longpoll,
+    /// Signed posts to one group of `--members` agents: posts/s, member copies/s, post latency.
+    Fanout,
     /// Every scenario, the drain in each auth mode (signature, session, batch).
     All,
 }
@@ -126,6 +128,9 @@ pub struct BenchArgs {
     /// Sends whose wake-up latency the longpoll scenario times.
     #[arg(long, default_value_t = 200)]
     pub wakeups: u64,
+    /// Members of the fanout scenario's group (the poster included).
+    #[arg(long, default_value_t = 100)]
+    pub members: usize,
     /// Print JSON instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -143,6 +148,7 @@ impl BenchArgs {
             ("--fill-sec", self.fill_sec),
             ("--pollers", self.pollers as u64),
             ("--wakeups", self.wakeups),
+            ("--members", self.members as u64),
         ];
         for (flag, value) in positive {
             if value == 0 {
@@ -162,6 +168,12 @@ impl BenchArgs {
             return Err(
                 "--concurrency and --pollers are capped at 10000, --agents at 1000000".into(),
             );
+        }
+        if self.members > crate::hub::MAX_GROUP_MEMBERS as usize {
+            return Err(format!(
+                "--members is capped at {} (max_members of a group)",
+                crate::hub::MAX_GROUP_MEMBERS
+            ));
         }
         if self.body_bytes > 1 << 20 {
             return Err("--body-bytes is capped at 1 MiB".into());

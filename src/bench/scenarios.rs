@@ -109,6 +109,7 @@ pub async fn run_step(
         Scenario::Mixed => mixed(&http, target, args, step).await?,
         Scenario::Depth => depth(&http, target, args, step).await?,
         Scenario::Longpoll => vec![longpoll(&http, target, args, step.auth).await?],
+        Scenario::Fanout => fanout(&http, target, args, step.auth).await?,
         Scenario::All => anyhow::bail!("`all` is expanded into steps before running"),
     };
     let rss = target.rss_mib();
@@ -712,6 +713,94 @@ async fn longpoll(
     );
     report.note = Some("latency: send start → poller holds the message".into());
     Ok(report)
+}
+
+/// `fanout`: one group of `--members` agents; `--messages` signed posts, each
+/// from a member (round-robin) to every other member. Rows: posts/s with the
+/// post latency, and member copies stored per second over the same time.
+async fn fanout(
+    http: &reqwest::Client,
+    target: &Target,
+    args: &BenchArgs,
+    auth: Auth,
+) -> anyhow::Result<Vec<Report>> {
+    let members = fleet(http, target, args.members, args.concurrency, auth).await?;
+    let owner = &members[0];
+    let created = owner
+        .create_group(&json!({"name": "bench fanout",
+            "settings": {"max_members": args.members, "message_ttl_sec": 3600}}))
+        .await?;
+    anyhow::ensure!(
+        created.status() == StatusCode::CREATED,
+        "creating the group: {}",
+        created.status()
+    );
+    let group: Value = created.json().await?;
+    let group_id = group["id"]
+        .as_str()
+        .context("group id in the create response")?
+        .to_string();
+    let mut joins = futures::stream::iter(members.iter().skip(1))
+        .map(|m| m.join_group(&group_id, None))
+        .buffer_unordered(args.concurrency.max(1));
+    while let Some(joined) = joins.next().await {
+        let status = joined?.status();
+        anyhow::ensure!(status == StatusCode::OK, "joining the group: {status}");
+    }
+    drop(joins);
+    let copies = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(0));
+    let group_id = Arc::new(group_id);
+    let total = args.messages;
+    let deadline = Instant::now() + args.duration();
+    let body = body_of(args.body_bytes);
+    let start = Instant::now();
+    let outs = run_workers(args.concurrency, |w| {
+        let (members, next, copies, group_id, body) = (
+            members.clone(),
+            next.clone(),
+            copies.clone(),
+            group_id.clone(),
+            body.clone(),
+        );
+        async move {
+            let mut out = WorkerOut::default();
+            let poster = &members[w % members.len()];
+            while next.fetch_add(1, Ordering::Relaxed) < total && Instant::now() < deadline {
+                let envelope = poster.group_envelope(&group_id, "bench", body.clone());
+                let t0 = Instant::now();
+                let outcome = match poster.post_group(&group_id, &envelope).await {
+                    Ok(r) if r.status() == StatusCode::CREATED => r.json::<Value>().await.ok(),
+                    _ => None,
+                };
+                match outcome.and_then(|v| v["delivered"].as_u64()) {
+                    Some(delivered) => {
+                        out.latency.push(t0.elapsed());
+                        out.ops += 1;
+                        out.last = Some(Instant::now());
+                        copies.fetch_add(delivered, Ordering::Relaxed);
+                    }
+                    None => out.errors += 1,
+                }
+            }
+            out
+        }
+    })
+    .await?;
+    let totals = Totals::merge(outs);
+    let label = format!("{} members, {}", args.members, auth_name(auth));
+    let errors = totals.errors;
+    let posts = totals.report(format!("fanout posts ({label})"), start);
+    let elapsed = Duration::from_secs_f64(posts.elapsed_sec);
+    let mut copies_row = Report::new(
+        format!("fanout member copies ({label})"),
+        copies.load(Ordering::Relaxed),
+        errors,
+        elapsed,
+        &mut [],
+    );
+    copies_row.note = Some("copies stored by the posts above, over the same wall time".into());
+    Ok(vec![posts, copies_row])
 }
 
 #[cfg(test)]

@@ -78,6 +78,9 @@ enum Command {
     /// Agent management.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Groups: create, join, leave, post, members, history (GROUPS.md).
+    #[command(subcommand)]
+    Group(GroupCommand),
     /// Send a signed message.
     Send {
         /// Sending agent (its key is read from the key directory).
@@ -153,6 +156,70 @@ enum AgentCommand {
     Show {
         #[arg(long = "as")]
         as_agent: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// Create a group; the agent becomes its owner. Prints the group (with its id).
+    Create {
+        #[arg(long = "as")]
+        as_agent: String,
+        #[arg(long)]
+        name: String,
+        /// `open`, `invite-only` or `key-protected`.
+        #[arg(long, default_value = "open")]
+        access: String,
+        /// Join key of a key-protected group.
+        #[arg(long)]
+        join_key: Option<String>,
+        #[arg(long)]
+        max_members: Option<u64>,
+        /// History TTL in seconds.
+        #[arg(long)]
+        message_ttl_sec: Option<u64>,
+    },
+    /// Join a group (with its key when key-protected).
+    Join {
+        #[arg(long = "as")]
+        as_agent: String,
+        group_id: String,
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Leave a group.
+    Leave {
+        #[arg(long = "as")]
+        as_agent: String,
+        group_id: String,
+    },
+    /// Post a signed message to every other member.
+    Post {
+        #[arg(long = "as")]
+        as_agent: String,
+        group_id: String,
+        #[arg(long)]
+        subject: String,
+        /// JSON body.
+        #[arg(long, default_value = "{}")]
+        body: String,
+    },
+    /// List the members.
+    Members {
+        #[arg(long = "as")]
+        as_agent: String,
+        group_id: String,
+    },
+    /// Show the history, newest first.
+    History {
+        #[arg(long = "as")]
+        as_agent: String,
+        group_id: String,
+        #[arg(long)]
+        limit: Option<u64>,
+        /// `next_cursor` of the previous page.
+        #[arg(long)]
+        before: Option<String>,
     },
 }
 
@@ -295,6 +362,7 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
                 .await?;
             print_response(response).await?;
         }
+        Command::Group(command) => group_command(command).await?,
         Command::Send {
             as_agent,
             to,
@@ -333,6 +401,70 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn group_command(command: GroupCommand) -> anyhow::Result<()> {
+    let response = match command {
+        GroupCommand::Create {
+            as_agent,
+            name,
+            access,
+            join_key,
+            max_members,
+            message_ttl_sec,
+        } => {
+            let mut settings = serde_json::Map::new();
+            if let Some(n) = max_members {
+                settings.insert("max_members".into(), json!(n));
+            }
+            if let Some(t) = message_ttl_sec {
+                settings.insert("message_ttl_sec".into(), json!(t));
+            }
+            let mut access = json!({ "type": access });
+            if let Some(key) = join_key {
+                access["join_key"] = json!(key);
+            }
+            let body = json!({ "name": name, "access": access, "settings": settings });
+            load_agent(&as_agent)?.create_group(&body).await?
+        }
+        GroupCommand::Join {
+            as_agent,
+            group_id,
+            key,
+        } => {
+            load_agent(&as_agent)?
+                .join_group(&group_id, key.as_deref())
+                .await?
+        }
+        GroupCommand::Leave { as_agent, group_id } => {
+            load_agent(&as_agent)?.leave_group(&group_id).await?
+        }
+        GroupCommand::Post {
+            as_agent,
+            group_id,
+            subject,
+            body,
+        } => {
+            let client = load_agent(&as_agent)?;
+            let body: Value = serde_json::from_str(&body).context("--body must be JSON")?;
+            let envelope = client.group_envelope(&group_id, &subject, body);
+            client.post_group(&group_id, &envelope).await?
+        }
+        GroupCommand::Members { as_agent, group_id } => {
+            load_agent(&as_agent)?.group_members(&group_id).await?
+        }
+        GroupCommand::History {
+            as_agent,
+            group_id,
+            limit,
+            before,
+        } => {
+            load_agent(&as_agent)?
+                .group_history(&group_id, limit, before.as_deref())
+                .await?
+        }
+    };
+    print_response(response).await
 }
 
 /// GETs the health URL once; `Ok` only on exactly 200. Proxies from the

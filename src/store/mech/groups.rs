@@ -353,15 +353,17 @@ impl MechStore {
             });
         }
         let plan = plan_fan_out(&mut post, &fan, planned);
-        for copy in &plan.copies {
-            match self.owners.entry(copy.id.clone()) {
-                Entry::Occupied(_) => {
-                    self.release_ids(&plan.copies);
-                    return Err(StoreError::MessageIdTaken);
-                }
+        for (n, copy) in plan.copies.iter().enumerate() {
+            let taken = match self.owners.entry(copy.id.clone()) {
+                Entry::Occupied(_) => true,
                 Entry::Vacant(slot) => {
                     slot.insert(copy.recipient.clone());
+                    false
                 }
+            };
+            if taken {
+                self.release_ids(&plan.copies[..n]);
+                return Err(StoreError::MessageIdTaken);
             }
         }
         let pkey = post_key(&post.id);
