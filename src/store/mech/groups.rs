@@ -412,12 +412,7 @@ impl MechStore {
             }
         }
         if let Some(e) = failure {
-            for (collection, key, result) in &results {
-                if result.is_ok() {
-                    self.compensate(collection, key).await;
-                }
-            }
-            self.compensate(GROUP_POSTS, &pkey).await;
+            self.clean_up_post(&pkey, &pending, &results).await;
             self.release_ids(&plan.copies);
             tracing::warn!(post = %post.id, error = %e, "Mech group fan-out failed and was cleaned up");
             return Err(e);
@@ -436,6 +431,49 @@ impl MechStore {
         drop(guards);
         self.groups_index().record_post(post.clone());
         Ok(Posted::Created(post))
+    }
+
+    /// Undoes a failed fan-out. The post goes back to `pending` first, so
+    /// whatever the cleanup cannot delete (a write whose failure was only a
+    /// lost answer included) is rolled back at the next start; every planned
+    /// document is deleted (absent ones count as deleted), and the post
+    /// document last, only once nothing of it is left.
+    async fn clean_up_post(
+        &self,
+        pkey: &str,
+        pending: &Value,
+        writes: &[(String, String, Result<(), MechError>)],
+    ) {
+        let repended = self
+            .client
+            .put(GROUP_POSTS, pkey, pending, true)
+            .await
+            .is_ok();
+        let targets: Vec<(String, String)> = writes
+            .iter()
+            .map(|(collection, key, _)| (collection.clone(), key.clone()))
+            .collect();
+        let deleted: Vec<bool> = stream::iter(targets)
+            .map(|(collection, key)| async move {
+                let _permit = self.bulk.acquire().await.expect("never closed");
+                self.client.delete(&collection, &key).await.is_ok()
+            })
+            .buffer_unordered(self.concurrency())
+            .collect()
+            .await;
+        if deleted.iter().all(|ok| *ok) {
+            self.compensate(GROUP_POSTS, pkey).await;
+        } else if repended {
+            tracing::warn!(
+                post = pkey,
+                "a failed group fan-out left documents in Mech; its post stays pending and is rolled back at the next start"
+            );
+        } else {
+            tracing::error!(
+                post = pkey,
+                "a failed group fan-out left documents in Mech and its post could not be marked pending; check the post's copies"
+            );
+        }
     }
 
     fn release_ids(&self, copies: &[Message]) {

@@ -42,6 +42,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 pub use client::{MechClient, MechError, MechSettings};
+pub use groups::{GROUP_MEMBERS, GROUP_POSTS, GROUPS};
 
 use super::memory::Inbox;
 use super::*;
