@@ -953,3 +953,45 @@ async fn deleting_an_agent_removes_its_memberships_and_owned_groups() {
     let (_, mine) = read(get(&alice, &alice.agent_path("groups")).await).await;
     assert_eq!(mine["groups"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn openapi_describes_every_group_route() {
+    let hub = TestHub::default().await;
+    let (status, doc) = read(hub.http.get(hub.url("/openapi.json")).send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    for (method, path) in [
+        ("post", "/api/groups"),
+        ("get", "/api/groups/{group_id}"),
+        ("put", "/api/groups/{group_id}"),
+        ("delete", "/api/groups/{group_id}"),
+        ("get", "/api/groups/{group_id}/members"),
+        ("post", "/api/groups/{group_id}/members"),
+        ("delete", "/api/groups/{group_id}/members/{agent_id}"),
+        ("post", "/api/groups/{group_id}/join"),
+        ("post", "/api/groups/{group_id}/leave"),
+        ("post", "/api/groups/{group_id}/messages"),
+        ("get", "/api/groups/{group_id}/messages"),
+        ("get", "/api/agents/{agent_id}/groups"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} missing from /openapi.json"
+        );
+        let concrete = path
+            .replace("{group_id}", "group%3A%2F%2Fx-00000000")
+            .replace("{agent_id}", "bob");
+        let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let (status, body) = read(
+            hub.http
+                .request(method.clone(), hub.url(&concrete))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(
+            status != 405 && body["error"] != "NOT_FOUND",
+            "{method} {concrete} is not routed: {status} {body}"
+        );
+    }
+}
