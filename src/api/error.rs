@@ -100,6 +100,7 @@ pub fn status_and_code(e: &HubError) -> (StatusCode, &'static str) {
         SignerMismatch { .. } => (S::FORBIDDEN, "SIGNER_MISMATCH"),
         SenderNotTrusted(_) => (S::FORBIDDEN, "SENDER_NOT_TRUSTED"),
         AgentNotFound(_) => (S::NOT_FOUND, "AGENT_NOT_FOUND"),
+        RecipientNotFound(_) => (S::NOT_FOUND, "RECIPIENT_NOT_FOUND"),
         AgentExists(_) => (S::CONFLICT, "AGENT_EXISTS"),
         MessageNotFound(_) => (S::NOT_FOUND, "MESSAGE_NOT_FOUND"),
         NotLeased => (S::CONFLICT, "NOT_LEASED"),
@@ -278,6 +279,11 @@ pub const ERROR_CODES: &[(u16, &str, &str)] = &[
     ),
     (404, "NOT_FOUND", "No such route."),
     (404, "AGENT_NOT_FOUND", "No such agent."),
+    (
+        404,
+        "RECIPIENT_NOT_FOUND",
+        "Send or reply to an agent that is not registered (or was deleted).",
+    ),
     (404, "MESSAGE_NOT_FOUND", "No such message (in this inbox)."),
     (
         405,
@@ -366,6 +372,7 @@ mod tests {
                 | SignerMismatch { .. }
                 | SenderNotTrusted(_)
                 | AgentNotFound(_)
+                | RecipientNotFound(_)
                 | AgentExists(_)
                 | MessageNotFound(_)
                 | NotLeased
@@ -406,6 +413,7 @@ mod tests {
             },
             SenderNotTrusted(s()),
             AgentNotFound(s()),
+            RecipientNotFound(s()),
             AgentExists(s()),
             MessageNotFound(s()),
             NotLeased,
