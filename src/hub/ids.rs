@@ -10,8 +10,7 @@ pub const MAX_AGENT_ID_LEN: usize = 255;
 pub const RESERVED_PREFIXES: [&str; 2] = ["did:", "agent:"];
 
 /// Why an id is refused, the same wherever an agent id is accepted.
-pub const AGENT_ID_RULE: &str =
-    "must be 1-255 characters of [A-Za-z0-9._:-] and not start with did: or agent: (in any letter case)";
+pub const AGENT_ID_RULE: &str = "must be 1-255 characters of [A-Za-z0-9._:-] and not start with did: or agent: (in any letter case)";
 
 /// True for 1–255 chars of `[A-Za-z0-9._:-]` not starting with a reserved prefix.
 pub fn is_valid_agent_id(id: &str) -> bool {
@@ -75,7 +74,14 @@ mod tests {
 
     #[test]
     fn reserved_prefixes_in_any_letter_case() {
-        for id in ["DID:spoofed", "Did:x", "dId:x", "AGENT:foo", "Agent:foo", "aGeNt:x"] {
+        for id in [
+            "DID:spoofed",
+            "Did:x",
+            "dId:x",
+            "AGENT:foo",
+            "Agent:foo",
+            "aGeNt:x",
+        ] {
             assert!(has_reserved_prefix(id), "{id}");
             assert!(!is_valid_agent_id(id), "{id}");
             assert!(require_agent_id("agent_id", id).is_err(), "{id}");

@@ -152,12 +152,17 @@ async fn payload_and_both_signatures_verify() {
     assert_eq!(body["message_id"], message_id.as_str());
     assert_eq!(body["envelope"], envelope);
     // A number of epoch milliseconds, as the Node server's `Date.now()`.
-    let delivered_at = body["delivered_at"].as_i64().expect("delivered_at is a number");
+    let delivered_at = body["delivered_at"]
+        .as_i64()
+        .expect("delivered_at is a number");
     let now_ms = SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    assert!((now_ms - 60_000..=now_ms).contains(&delivered_at), "{delivered_at}");
+    assert!(
+        (now_ms - 60_000..=now_ms).contains(&delivered_at),
+        "{delivered_at}"
+    );
 
     webhook::verify_headers(SECRET, &request.headers, &request.body, SystemTime::now())
         .expect("Standard Webhooks signature verifies");
@@ -168,7 +173,10 @@ async fn payload_and_both_signatures_verify() {
     let (unsigned, _) = raw.rsplit_once(",\"signature\":").unwrap();
     let unsigned = format!("{unsigned}}}");
     assert_eq!(webhook::node_json(&unsigned), unsigned);
-    assert_eq!(body["signature"], webhook::legacy_signature(SECRET, &unsigned));
+    assert_eq!(
+        body["signature"],
+        webhook::legacy_signature(SECRET, &unsigned)
+    );
     assert!(
         webhook::verify_headers(
             "whsec_AAAA",
