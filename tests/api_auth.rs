@@ -454,7 +454,7 @@ async fn trust_list_restricts_senders() {
         .send()
         .await
         .unwrap();
-    expect_error(response, 400, "INVALID_INPUT").await;
+    expect_error(response, 400, "AGENT_ID_REQUIRED").await;
 }
 
 #[tokio::test]

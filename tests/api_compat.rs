@@ -188,6 +188,38 @@ async fn reserved_prefixes_are_refused_wherever_an_id_is_accepted() {
 }
 
 #[tokio::test]
+async fn missing_required_fields_answer_the_node_servers_codes() {
+    let hub = TestHub::default().await;
+    let alice = hub.agent("alice").await;
+    for body in [
+        json!({}),
+        json!({"agent_id": ""}),
+        json!({"agent_id": null}),
+    ] {
+        let response = alice
+            .request(Method::POST, &alice.agent_path("trusted"), Some(&body))
+            .send()
+            .await
+            .unwrap();
+        let error = expect_error(response, 400, "AGENT_ID_REQUIRED").await;
+        assert_eq!(error["field"], "agent_id");
+    }
+    for body in [
+        json!({}),
+        json!({"webhook_url": ""}),
+        json!({"webhook_secret": "s"}),
+    ] {
+        let response = alice
+            .request(Method::POST, &alice.agent_path("webhook"), Some(&body))
+            .send()
+            .await
+            .unwrap();
+        let error = expect_error(response, 400, "WEBHOOK_URL_REQUIRED").await;
+        assert_eq!(error["field"], "webhook_url");
+    }
+}
+
+#[tokio::test]
 async fn the_docs_page_carries_the_product_name() {
     let hub = TestHub::default().await;
     // `/docs` redirects to the page, as before.

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::ApiResult;
+use super::error::{ApiError, ApiResult};
 use super::extract::{ApiPath, ApiQuery, Authed};
 use super::openapi::{AGENT_SCOPE, AUTHED, JSON_BODY, PARAMS};
 use crate::audit::AuditKind;
@@ -254,7 +254,8 @@ pub struct TrustedResponse {
 /// `POST /api/agents/{id}/trusted` body.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct TrustRequest {
-    pub agent_id: String,
+    /// Required (400 `AGENT_ID_REQUIRED` when absent or empty).
+    pub agent_id: Option<String>,
 }
 
 /// Lists the agents allowed to send to this one (empty: everyone).
@@ -273,10 +274,12 @@ pub async fn list_trusted(
     }))
 }
 
+route_errors!(TrustErrors: AUTHED, AGENT_SCOPE, PARAMS, JSON_BODY, &["AGENT_ID_REQUIRED"]);
+
 /// Adds an agent to the trust list.
 #[utoipa::path(post, path = "/api/agents/{agent_id}/trusted", tag = "agents",
     params(("agent_id" = String, Path)), request_body = TrustRequest,
-    responses((status = 200, body = TrustedResponse), AgentBodyErrors))]
+    responses((status = 200, body = TrustedResponse), TrustErrors))]
 pub async fn add_trusted(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,
@@ -284,8 +287,12 @@ pub async fn add_trusted(
 ) -> ApiResult<Json<TrustedResponse>> {
     app.hub.scope(&req.caller, &agent_id).await?;
     let body: TrustRequest = req.json()?;
-    let agent = app.hub.trust(&agent_id, &body.agent_id).await?;
-    let detail = json!({ "trusted": body.agent_id });
+    let other = body
+        .agent_id
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| ApiError::required("AGENT_ID_REQUIRED", "agent_id"))?;
+    let agent = app.hub.trust(&agent_id, &other).await?;
+    let detail = json!({ "trusted": other });
     app.audit(&req, AuditKind::TrustAdded, &agent_id, detail)
         .await;
     Ok(Json(TrustedResponse {
@@ -315,7 +322,8 @@ pub async fn remove_trusted(
 /// `POST /api/agents/{id}/webhook` body.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct WebhookRequest {
-    pub webhook_url: String,
+    /// Required (400 `WEBHOOK_URL_REQUIRED` when absent or empty).
+    pub webhook_url: Option<String>,
     /// Generated as `whsec_…` when absent.
     pub webhook_secret: Option<String>,
 }
@@ -346,10 +354,12 @@ pub struct WebhookRemoved {
     pub webhook_configured: bool,
 }
 
+route_errors!(WebhookErrors: AUTHED, AGENT_SCOPE, PARAMS, JSON_BODY, &["WEBHOOK_URL_REQUIRED"]);
+
 /// Sets the webhook that is notified of new messages.
 #[utoipa::path(post, path = "/api/agents/{agent_id}/webhook", tag = "agents",
     params(("agent_id" = String, Path)), request_body = WebhookRequest,
-    responses((status = 200, body = WebhookConfigured), AgentBodyErrors))]
+    responses((status = 200, body = WebhookConfigured), WebhookErrors))]
 pub async fn set_webhook(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,
@@ -357,9 +367,13 @@ pub async fn set_webhook(
 ) -> ApiResult<Json<WebhookConfigured>> {
     app.hub.scope(&req.caller, &agent_id).await?;
     let body: WebhookRequest = req.json()?;
+    let url = body
+        .webhook_url
+        .filter(|url| !url.is_empty())
+        .ok_or_else(|| ApiError::required("WEBHOOK_URL_REQUIRED", "webhook_url"))?;
     let agent = app
         .hub
-        .set_webhook(&agent_id, body.webhook_url, body.webhook_secret)
+        .set_webhook(&agent_id, url, body.webhook_secret)
         .await?;
     let detail = json!({ "webhook_url": agent.webhook_url });
     app.audit(&req, AuditKind::WebhookSet, &agent_id, detail)

@@ -64,6 +64,18 @@ impl ApiError {
         ApiError::from(HubError::invalid(field, message))
     }
 
+    /// 400 for a missing or empty required field, with the code the Node
+    /// server answered for it (`AGENT_ID_REQUIRED`, `WEBHOOK_URL_REQUIRED`).
+    pub fn required(code: &'static str, field: &str) -> Self {
+        let mut error = Self::new(
+            StatusCode::BAD_REQUEST,
+            code,
+            format!("{field} is required"),
+        );
+        error.field = Some(field.to_string());
+        error
+    }
+
     /// 429 `RATE_LIMITED`, retry after at least a second.
     pub fn rate_limited(retry_after_sec: u64) -> Self {
         let mut error = Self::new(
@@ -175,6 +187,16 @@ pub const ERROR_CODES: &[(u16, &str, &str)] = &[
         400,
         "INVALID_INPUT",
         "A field has the wrong type or an out-of-range value; `field` names it.",
+    ),
+    (
+        400,
+        "AGENT_ID_REQUIRED",
+        "A trust-list addition without `agent_id` (the Node server's code).",
+    ),
+    (
+        400,
+        "WEBHOOK_URL_REQUIRED",
+        "A webhook change without `webhook_url` (the Node server's code).",
     ),
     (
         400,
