@@ -64,6 +64,18 @@ impl ApiError {
         ApiError::from(HubError::invalid(field, message))
     }
 
+    /// 400 for a missing or empty required field, with the code the Node
+    /// server answered for it (`AGENT_ID_REQUIRED`, `WEBHOOK_URL_REQUIRED`).
+    pub fn required(code: &'static str, field: &str) -> Self {
+        let mut error = Self::new(
+            StatusCode::BAD_REQUEST,
+            code,
+            format!("{field} is required"),
+        );
+        error.field = Some(field.to_string());
+        error
+    }
+
     /// 429 `RATE_LIMITED`, retry after at least a second.
     pub fn rate_limited(retry_after_sec: u64) -> Self {
         let mut error = Self::new(
@@ -100,6 +112,7 @@ pub fn status_and_code(e: &HubError) -> (StatusCode, &'static str) {
         SignerMismatch { .. } => (S::FORBIDDEN, "SIGNER_MISMATCH"),
         SenderNotTrusted(_) => (S::FORBIDDEN, "SENDER_NOT_TRUSTED"),
         AgentNotFound(_) => (S::NOT_FOUND, "AGENT_NOT_FOUND"),
+        RecipientNotFound(_) => (S::NOT_FOUND, "RECIPIENT_NOT_FOUND"),
         AgentExists(_) => (S::CONFLICT, "AGENT_EXISTS"),
         MessageNotFound(_) => (S::NOT_FOUND, "MESSAGE_NOT_FOUND"),
         NotLeased => (S::CONFLICT, "NOT_LEASED"),
@@ -188,6 +201,16 @@ pub const ERROR_CODES: &[(u16, &str, &str)] = &[
         400,
         "INVALID_INPUT",
         "A field has the wrong type or an out-of-range value; `field` names it.",
+    ),
+    (
+        400,
+        "AGENT_ID_REQUIRED",
+        "A trust-list addition or a group member addition without `agent_id` (the Node server's code).",
+    ),
+    (
+        400,
+        "WEBHOOK_URL_REQUIRED",
+        "A webhook change without `webhook_url` (the Node server's code).",
     ),
     (
         400,
@@ -292,6 +315,11 @@ pub const ERROR_CODES: &[(u16, &str, &str)] = &[
     ),
     (404, "NOT_FOUND", "No such route."),
     (404, "AGENT_NOT_FOUND", "No such agent."),
+    (
+        404,
+        "RECIPIENT_NOT_FOUND",
+        "Send or reply to an agent that is not registered (or was deleted).",
+    ),
     (404, "MESSAGE_NOT_FOUND", "No such message (in this inbox)."),
     (
         405,
@@ -350,16 +378,16 @@ pub const ERROR_CODES: &[(u16, &str, &str)] = &[
         "INVALID_NAME_CHARS",
         "Group name with characters other than letters, digits, spaces, `-`, `_`, `.`.",
     ),
-    (
-        400,
-        "AGENT_ID_REQUIRED",
-        "Adding a group member without `agent_id`.",
-    ),
     (404, "GROUP_NOT_FOUND", "No group with this id."),
     (
         403,
         "CREATE_GROUP_FAILED",
-        "Group creation refused (403; 404 when the creating agent does not exist).",
+        "Group creation refused (GROUPS.md gives each group route one code, with 403/404/409).",
+    ),
+    (
+        404,
+        "CREATE_GROUP_FAILED",
+        "Group creation by an agent deleted meanwhile.",
     ),
     (
         403,
@@ -379,17 +407,38 @@ pub const ERROR_CODES: &[(u16, &str, &str)] = &[
     (
         403,
         "ADD_MEMBER_FAILED",
-        "Adding a member refused: role (403), unknown agent (404), already a member or group full (409).",
+        "Adding a member refused: only owners and admins add members, only the owner adds admins.",
+    ),
+    (
+        404,
+        "ADD_MEMBER_FAILED",
+        "Adding an agent that does not exist.",
+    ),
+    (
+        409,
+        "ADD_MEMBER_FAILED",
+        "Adding a member: already a member, or the group has `max_members`.",
     ),
     (
         403,
         "REMOVE_MEMBER_FAILED",
-        "Removing a member refused: role, or the owner (403); not a member (404).",
+        "Removing a member refused: the owner, or an admin by anyone but the owner.",
+    ),
+    (
+        404,
+        "REMOVE_MEMBER_FAILED",
+        "Removing an agent that is not a member.",
     ),
     (
         403,
         "JOIN_FAILED",
-        "Join refused: invite-only or wrong key (403), already a member or group full (409).",
+        "Join refused: the group is invite-only, or the join key is missing or wrong.",
+    ),
+    (404, "JOIN_FAILED", "Joining as an agent deleted meanwhile."),
+    (
+        409,
+        "JOIN_FAILED",
+        "Join refused: already a member, or the group has `max_members`.",
     ),
     (
         403,
@@ -451,6 +500,7 @@ mod tests {
                 | SignerMismatch { .. }
                 | SenderNotTrusted(_)
                 | AgentNotFound(_)
+                | RecipientNotFound(_)
                 | AgentExists(_)
                 | MessageNotFound(_)
                 | NotLeased
@@ -498,6 +548,7 @@ mod tests {
             },
             SenderNotTrusted(s()),
             AgentNotFound(s()),
+            RecipientNotFound(s()),
             AgentExists(s()),
             MessageNotFound(s()),
             NotLeased,
@@ -541,11 +592,9 @@ mod tests {
         for e in every_hub_error() {
             let (status, code) = status_and_code(&e);
             assert!(
-                ERROR_CODES.contains(&(
-                    status.as_u16(),
-                    code,
-                    ERROR_CODES.iter().find(|c| c.1 == code).map_or("", |c| c.2)
-                )),
+                ERROR_CODES
+                    .iter()
+                    .any(|c| (c.0, c.1) == (status.as_u16(), code)),
                 "{code} ({status}) missing from ERROR_CODES"
             );
         }
@@ -555,7 +604,8 @@ mod tests {
 
     #[test]
     fn codes_are_unique() {
-        let mut codes: Vec<_> = ERROR_CODES.iter().map(|c| c.1).collect();
+        // A code may have several statuses (GROUPS.md's `*_FAILED` codes), each once.
+        let mut codes: Vec<_> = ERROR_CODES.iter().map(|c| (c.0, c.1)).collect();
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), ERROR_CODES.len());

@@ -8,10 +8,39 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::{ApiResult, ErrorBody};
+use super::error::ApiResult;
 use super::extract::{ApiPath, ApiQuery, Authed};
+use super::openapi::{AGENT_SCOPE, AUTHED, ENVELOPE, JSON_BODY, PARAMS};
 use crate::hub::{GroupPosted, GroupUpdate, GroupView, NewGroup, PostInput};
+use crate::route_errors;
 use crate::store::{CopyOutcome, Envelope, Group, GroupMember, GroupPost, GroupRole};
+
+/// Who acts on a group route: the gate, credentials (or `X-Agent-ID` for
+/// the operator and legacy callers, naming an existing agent).
+const ACTOR: &[&str] = &[
+    "API_KEY_REQUIRED",
+    "AUTH_REQUIRED",
+    "INVALID_INPUT",
+    "AGENT_NOT_FOUND",
+];
+/// The group in the path.
+const GROUP: &[&str] = &["GROUP_NOT_FOUND"];
+/// A group name's rules.
+const NAME: &[&str] = &["INVALID_NAME", "NAME_TOO_LONG", "INVALID_NAME_CHARS"];
+
+route_errors!(CreateGroupErrors: AUTHED, ACTOR, JSON_BODY, NAME, &["CREATE_GROUP_FAILED"]);
+route_errors!(GetGroupErrors: AUTHED, ACTOR, PARAMS, GROUP);
+route_errors!(UpdateGroupErrors: AUTHED, ACTOR, PARAMS, JSON_BODY, GROUP, NAME, &["UPDATE_GROUP_FAILED"]);
+route_errors!(DeleteGroupErrors: AUTHED, ACTOR, PARAMS, GROUP, &["DELETE_GROUP_FAILED"]);
+route_errors!(ListMembersErrors: AUTHED, ACTOR, PARAMS, GROUP, &["LIST_MEMBERS_FAILED"]);
+route_errors!(AddMemberErrors: AUTHED, ACTOR, PARAMS, JSON_BODY, GROUP, &["ADD_MEMBER_FAILED", "AGENT_ID_REQUIRED"]);
+route_errors!(RemoveMemberErrors: AUTHED, ACTOR, PARAMS, GROUP, &["REMOVE_MEMBER_FAILED"]);
+route_errors!(JoinErrors: AUTHED, ACTOR, PARAMS, JSON_BODY, GROUP, &["JOIN_FAILED"]);
+route_errors!(LeaveErrors: AUTHED, ACTOR, PARAMS, GROUP, &["LEAVE_FAILED"]);
+route_errors!(PostErrors: AUTHED, ACTOR, PARAMS, ENVELOPE, GROUP,
+    &["POST_MESSAGE_FAILED", "RECIPIENT_MISMATCH", "PAYLOAD_TOO_LARGE"]);
+route_errors!(HistoryErrors: AUTHED, ACTOR, PARAMS, GROUP, &["GET_MESSAGES_FAILED"]);
+route_errors!(AgentGroupsErrors: AUTHED, AGENT_SCOPE, PARAMS);
 
 /// Header naming the acting agent for operator (master key) and legacy calls.
 pub const AGENT_ID_HEADER: &str = "x-agent-id";
@@ -135,6 +164,14 @@ pub struct GroupSummary {
     pub member_count: u64,
 }
 
+/// `GET /api/groups/{id}`: the whole group for members, a summary for others.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum GroupAnswer {
+    Full(GroupFull),
+    Summary(GroupSummary),
+}
+
 fn full(group: Group, members: Vec<GroupMember>) -> GroupFull {
     GroupFull {
         access: AccessView {
@@ -156,23 +193,22 @@ fn full(group: Group, members: Vec<GroupMember>) -> GroupFull {
 }
 
 fn view_json(view: GroupView) -> Value {
-    match view {
-        GroupView::Full(group, members) => serde_json::to_value(full(group, members)),
-        GroupView::Summary(g) => serde_json::to_value(GroupSummary {
+    let answer = match view {
+        GroupView::Full(group, members) => GroupAnswer::Full(full(group, members)),
+        GroupView::Summary(g) => GroupAnswer::Summary(GroupSummary {
             access_type: g.access.as_str(),
             member_count: g.member_count,
             id: g.id,
             name: g.name,
         }),
-    }
-    .expect("views serialise")
+    };
+    serde_json::to_value(answer).expect("views serialise")
 }
 
 /// Creates a group; the caller is its owner.
 #[utoipa::path(post, path = "/api/groups", tag = "groups", request_body = CreateGroupRequest,
     params(("X-Agent-ID" = Option<String>, Header, description = "acting agent (master key or legacy mode only)")),
-    responses((status = 201, body = GroupFull), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 201, body = GroupFull), CreateGroupErrors))]
 pub async fn create_group(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -198,8 +234,7 @@ pub async fn create_group(
 /// A group: the whole group for members, a summary for others.
 #[utoipa::path(get, path = "/api/groups/{group_id}", tag = "groups",
     params(("group_id" = String, Path, description = "URL-encoded group://… id")),
-    responses((status = 200, description = "GroupFull for members, GroupSummary for others", body = GroupFull),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "GroupFull for members, GroupSummary for others", body = GroupAnswer), GetGroupErrors))]
 pub async fn get_group(
     State(app): State<AppState>,
     ApiPath(group_id): ApiPath<String>,
@@ -215,8 +250,7 @@ pub async fn get_group(
 /// Changes a group's name or settings (owner or admin).
 #[utoipa::path(put, path = "/api/groups/{group_id}", tag = "groups",
     params(("group_id" = String, Path)), request_body = UpdateGroupRequest,
-    responses((status = 200, body = GroupFull), (status = 400, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = GroupFull), UpdateGroupErrors))]
 pub async fn update_group(
     State(app): State<AppState>,
     ApiPath(group_id): ApiPath<String>,
@@ -239,7 +273,7 @@ pub async fn update_group(
 /// Deletes a group with its members and history (owner).
 #[utoipa::path(delete, path = "/api/groups/{group_id}", tag = "groups",
     params(("group_id" = String, Path)),
-    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204), DeleteGroupErrors))]
 pub async fn delete_group(
     State(app): State<AppState>,
     ApiPath(group_id): ApiPath<String>,
@@ -260,8 +294,7 @@ pub struct MembersResponse {
 /// The members (members only).
 #[utoipa::path(get, path = "/api/groups/{group_id}/members", tag = "groups",
     params(("group_id" = String, Path)),
-    responses((status = 200, body = MembersResponse), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = MembersResponse), ListMembersErrors))]
 pub async fn list_members(
     State(app): State<AppState>,
     ApiPath(group_id): ApiPath<String>,
@@ -278,9 +311,7 @@ pub async fn list_members(
 /// Adds a member (owner or admin; only the owner adds admins).
 #[utoipa::path(post, path = "/api/groups/{group_id}/members", tag = "groups",
     params(("group_id" = String, Path)), request_body = AddMemberRequest,
-    responses((status = 200, body = GroupFull), (status = 400, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = GroupFull), AddMemberErrors))]
 pub async fn add_member(
     State(app): State<AppState>,
     ApiPath(group_id): ApiPath<String>,
@@ -304,8 +335,7 @@ pub async fn add_member(
 /// Removes a member (owner or admin; never the owner).
 #[utoipa::path(delete, path = "/api/groups/{group_id}/members/{agent_id}", tag = "groups",
     params(("group_id" = String, Path), ("agent_id" = String, Path)),
-    responses((status = 200, body = GroupFull), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = GroupFull), RemoveMemberErrors))]
 pub async fn remove_member(
     State(app): State<AppState>,
     ApiPath((group_id, agent_id)): ApiPath<(String, String)>,
@@ -323,8 +353,7 @@ pub async fn remove_member(
 /// Joins a group: open, or key-protected with the right key.
 #[utoipa::path(post, path = "/api/groups/{group_id}/join", tag = "groups",
     params(("group_id" = String, Path)), request_body = JoinRequest,
-    responses((status = 200, body = GroupFull), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = GroupFull), JoinErrors))]
 pub async fn join_group(
     State(app): State<AppState>,
     ApiPath(group_id): ApiPath<String>,
@@ -350,8 +379,7 @@ pub struct LeaveResponse {
 /// Leaves a group (not the owner).
 #[utoipa::path(post, path = "/api/groups/{group_id}/leave", tag = "groups",
     params(("group_id" = String, Path)),
-    responses((status = 200, body = LeaveResponse), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = LeaveResponse), LeaveErrors))]
 pub async fn leave_group(
     State(app): State<AppState>,
     ApiPath(group_id): ApiPath<String>,
@@ -430,10 +458,7 @@ impl From<GroupPosted> for PostResponse {
 #[utoipa::path(post, path = "/api/groups/{group_id}/messages", tag = "groups",
     params(("group_id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
     request_body(content = Object, description = "ADMP envelope signed by the sender, `to` = group id; under AGENT_AUTH=legacy also {subject, body, correlation_id?, reply_to?}"),
-    responses((status = 201, body = PostResponse), (status = 200, body = PostResponse),
-        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 413, body = ErrorBody)))]
+    responses((status = 201, body = PostResponse), (status = 200, body = PostResponse), PostErrors))]
 pub async fn post_message(
     State(app): State<AppState>,
     ApiPath(group_id): ApiPath<String>,
@@ -502,8 +527,7 @@ pub struct HistoryResponse {
 /// The group's posts, newest first (members; `history_visible`).
 #[utoipa::path(get, path = "/api/groups/{group_id}/messages", tag = "groups",
     params(("group_id" = String, Path), HistoryQuery),
-    responses((status = 200, body = HistoryResponse), (status = 400, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = HistoryResponse), HistoryErrors))]
 pub async fn history(
     State(app): State<AppState>,
     ApiPath(group_id): ApiPath<String>,
@@ -543,8 +567,7 @@ pub struct AgentGroupsResponse {
 /// The groups an agent belongs to (the agent itself or the operator).
 #[utoipa::path(get, path = "/api/agents/{agent_id}/groups", tag = "groups",
     params(("agent_id" = String, Path)),
-    responses((status = 200, body = AgentGroupsResponse), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = AgentGroupsResponse), AgentGroupsErrors))]
 pub async fn agent_groups(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,

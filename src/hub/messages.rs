@@ -104,18 +104,14 @@ impl Hub {
         let now = self.now();
         let verified = self.verify_signed(&envelope, raw, caller).await?;
         let fields = &verified.fields;
-        if !is_agent_address(fields.to) {
-            return Err(HubError::InvalidEnvelope(
-                "`to` is not a valid agent address".into(),
-            ));
-        }
+        ids::require_agent_id("to", ids::normalize(fields.to))?;
         let from = verified.from.clone();
         let to = ids::normalize(fields.to).to_string();
         let recipient = self
             .store
             .get_agent(&to)
             .await?
-            .ok_or_else(|| HubError::AgentNotFound(to.clone()))?;
+            .ok_or_else(|| HubError::RecipientNotFound(to.clone()))?;
         if !recipient.trusted_agents.is_empty() && !recipient.trusted_agents.contains(&from) {
             return Err(HubError::SenderNotTrusted(from));
         }
@@ -145,7 +141,7 @@ impl Hub {
             match self.store.enqueue(message.clone(), quota, delivery).await {
                 // The envelope id is taken by another inbox's message: this one gets its own id.
                 Err(StoreError::MessageIdTaken) => message.id = new_message_id(),
-                Err(StoreError::AgentNotFound) => return Err(HubError::AgentNotFound(to)),
+                Err(StoreError::AgentNotFound) => return Err(HubError::RecipientNotFound(to)),
                 other => break other?,
             }
         };
@@ -250,12 +246,6 @@ impl Hub {
     }
 }
 
-/// `agent://<id>` or `<id>` with a valid id.
-fn is_agent_address(address: &str) -> bool {
-    let id = ids::normalize(address);
-    id.len() <= ids::MAX_AGENT_ID_LEN && ids::is_valid_message_id(id)
-}
-
 pub(super) fn new_message_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -344,11 +334,7 @@ impl<'a> EnvelopeFields<'a> {
             correlation_id: optional("correlation_id")?,
             ttl_sec: ttl_sec(envelope.get("ttl_sec"))?,
         };
-        if !is_agent_address(fields.from) {
-            return Err(HubError::InvalidEnvelope(
-                "`from` is not a valid agent address".into(),
-            ));
-        }
+        ids::require_agent_id("from", ids::normalize(fields.from))?;
         if let Some(headers) = envelope.get("headers")
             && !(headers.is_object() || headers.is_null())
         {
