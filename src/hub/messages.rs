@@ -102,9 +102,12 @@ impl Hub {
         caller: &Caller,
     ) -> HubResult<Sent> {
         let now = self.now();
+        // A recipient no agent could have is refused before any signature work.
+        if let Some(Value::String(to)) = envelope.get("to") {
+            ids::require_agent_id("to", ids::normalize(to))?;
+        }
         let verified = self.verify_signed(&envelope, raw, caller).await?;
         let fields = &verified.fields;
-        ids::require_agent_id("to", ids::normalize(fields.to))?;
         let from = verified.from.clone();
         let to = ids::normalize(fields.to).to_string();
         let recipient = self
