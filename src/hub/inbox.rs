@@ -255,6 +255,45 @@ impl Hub {
         Ok(self.store.inbox_stats(agent_id).await?)
     }
 
+    /// The inbox's counts once they are no longer `unchanged`: at once if
+    /// they already differ, else as soon as a message becomes available (the
+    /// wake-ups long-poll uses) or at the end of `wait_sec`, whichever comes
+    /// first. Leases nothing: a watcher learns that mail arrived without
+    /// taking it from the consumer that will pull it.
+    pub async fn watch_inbox_stats(
+        &self,
+        agent_id: &str,
+        wait_sec: u64,
+        unchanged: impl Fn(&StateCounts) -> bool,
+    ) -> HubResult<StateCounts> {
+        if wait_sec > MAX_WAIT_SEC {
+            return Err(HubError::invalid(
+                "wait_sec",
+                format!("must be between 0 and {MAX_WAIT_SEC}"),
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_sec);
+        let notify = self.wakers.get(agent_id);
+        loop {
+            // Register interest before counting, so a send in between still wakes us.
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let counts = self.store.inbox_stats(agent_id).await?;
+            if !unchanged(&counts)
+                || tokio::time::Instant::now() >= deadline
+                || self.shutdown.is_cancelled()
+            {
+                return Ok(counts);
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = self.shutdown.cancelled() => {}
+            }
+        }
+    }
+
     /// Ends this agent's expired leases now instead of waiting for the sweeper.
     pub async fn reclaim(&self, agent_id: &str) -> HubResult<ReclaimCounts> {
         let counts = self
