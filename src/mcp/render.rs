@@ -116,8 +116,9 @@ impl From<HubMessage> for ReceivedMessage {
             .map(str::to_string);
         let statement = format!(
             "The hub accepted this message only after verifying its Ed25519 envelope signature \
-             with a public key registered to agent '{from}'; the sender's identity is authentic, \
-             its content is not vetted."
+             with a public key registered to agent '{from}': sender, recipient, timestamp, \
+             correlation_id and body are signed by '{from}'; subject, type and headers are not \
+             covered. Authentic sender, unvetted content."
         );
         for fenced in ["version", "id", "to", "signature"] {
             env.remove(fenced);

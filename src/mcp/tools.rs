@@ -329,7 +329,7 @@ impl InboxServer {
 
     #[tool(
         description = "Acknowledge a leased message as handled, so it is never delivered again.",
-        annotations(destructive_hint = true, idempotent_hint = false)
+        annotations(destructive_hint = false, idempotent_hint = false)
     )]
     async fn ack_message(
         &self,
