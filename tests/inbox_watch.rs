@@ -1,5 +1,6 @@
 //! `GET /api/agents/{id}/inbox/stats` as a non-leasing watch: an `ETag` on
-//! the counts, `If-None-Match` + `wait_sec` to wait for them to change.
+//! the counts, `If-None-Match` + `wait_sec` to wait for them to change; and
+//! `GET …/inbox/peek`, the waiting messages summarised without a lease.
 
 mod support;
 
@@ -104,4 +105,64 @@ async fn the_watch_is_bounded_and_only_for_the_inbox_owner() {
         .await
         .unwrap();
     expect_error(anonymous, 401, "AUTH_REQUIRED").await;
+}
+
+#[tokio::test]
+async fn peek_lists_waiting_messages_without_leasing_them() {
+    let hub = TestHub::default().await;
+    let alice = hub.agent("alice").await;
+    let bob = hub.agent("bob").await;
+    let first = send(&alice, "bob", json!({"n": 1})).await;
+    let second = send(&alice, "bob", json!({"n": 2})).await;
+    let peek = |limit: &str| {
+        bob.request(
+            Method::GET,
+            &bob.agent_path(&format!("inbox/peek{limit}")),
+            None,
+        )
+        .send()
+    };
+    let (status, body) = read(peek("").await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let listed: Vec<&str> = body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [first.as_str(), second.as_str()]);
+    let m = &body["messages"][0];
+    assert_eq!(
+        (
+            m["from"].as_str(),
+            m["subject"].as_str(),
+            m["type"].as_str()
+        ),
+        (Some("alice"), Some("test"), Some("task.request"))
+    );
+    assert_eq!(m["attempts"], 0);
+    assert!(m.get("envelope").is_none(), "a summary, not the message");
+    let (_, body) = read(peek("?limit=1").await.unwrap()).await;
+    assert_eq!(body["messages"].as_array().unwrap().len(), 1);
+
+    let leased = pull_one(&bob).await;
+    assert_eq!(
+        (leased["message_id"].as_str(), leased["attempts"].as_u64()),
+        (Some(first.as_str()), Some(1))
+    );
+    let (_, body) = read(peek("").await.unwrap()).await;
+    assert_eq!(
+        body["messages"][0]["message_id"],
+        second.as_str(),
+        "leased is not waiting"
+    );
+
+    expect_error(peek("?limit=21").await.unwrap(), 400, "INVALID_INPUT").await;
+    expect_error(peek("?limit=0").await.unwrap(), 400, "INVALID_INPUT").await;
+    let other = alice
+        .request(Method::GET, &bob.agent_path("inbox/peek"), None)
+        .send()
+        .await
+        .unwrap();
+    expect_error(other, 403, "FORBIDDEN").await;
 }

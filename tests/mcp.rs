@@ -221,6 +221,14 @@ async fn two_agents_exchange_reply_and_ack_over_mcp() {
         ),
         (Some("bob"), Some(1))
     );
+    let waiting = &inbox["oldest_waiting"][0];
+    assert_eq!(waiting["message_id"], message_id.as_str());
+    assert_eq!(waiting["from"], "alice");
+    assert_eq!(waiting["untrusted_subject"], "Summarise the report");
+    assert_eq!(
+        waiting["attempts"], 0,
+        "reading the resource leased nothing"
+    );
 
     // The same idempotency key again: no second delivery.
     let again = ok(

@@ -234,6 +234,7 @@ macro_rules! conformance {
                 concurrent_leases_never_share_a_message,
                 concurrent_enqueues_respect_the_quota,
                 concurrent_audit_appends_keep_one_chain,
+                peek_queued_shows_waiting_messages_without_leasing,
             );
 
             $(
@@ -1672,5 +1673,39 @@ mod contract {
         assert_eq!(next.seq, 4);
         let all = store.list_audit(None, 100).await.unwrap();
         assert_eq!(first_broken_link(GENESIS_HASH, &all), None);
+    }
+
+    pub async fn peek_queued_shows_waiting_messages_without_leasing(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        enqueue(&store, message("first", "bob", T0)).await;
+        enqueue(&store, message("second", "bob", T0)).await;
+        enqueue(&store, message("later", "bob", T0 + MINUTE)).await;
+        let peek = |now: Millis, limit: usize| {
+            let store = store.clone();
+            async move { store.peek_queued("bob", now, limit).await.unwrap() }
+        };
+        assert_eq!(ids(&peek(T0, 10).await), ["first", "second"]);
+        assert_eq!(ids(&peek(T0, 1).await), ["first"]);
+        assert_eq!(
+            ids(&peek(T0 + MINUTE, 10).await),
+            ["first", "second", "later"]
+        );
+        assert!(
+            store
+                .peek_queued("nobody", T0, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Peeking leased nothing: the first pull still gets it on its first attempt.
+        let leased = lease(&store, "bob", T0, 1).await;
+        assert_eq!((ids(&leased), leased[0].attempts), (vec!["first"], 1));
+        assert_eq!(
+            ids(&peek(T0, 10).await),
+            ["second"],
+            "leased is not waiting"
+        );
+        // Past its TTL a message is not waiting, even before the sweeper ends it.
+        assert_eq!(ids(&peek(T0 + 60 * MINUTE, 10).await), ["later"]);
     }
 }

@@ -425,6 +425,70 @@ pub async fn inbox_stats(
     Ok((etag, Json(InboxStatsResponse::from(counts))).into_response())
 }
 
+/// Peek query.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PeekQuery {
+    /// How many waiting messages to show (1..20, default 5).
+    pub limit: Option<usize>,
+}
+
+/// A waiting message, summarised (its envelope is read by pulling it).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WaitingMessage {
+    pub message_id: String,
+    /// Sender agent id (the envelope signature was verified on send).
+    pub from: String,
+    /// Sender-chosen type and subject (not covered by the signature).
+    #[serde(rename = "type")]
+    pub message_type: Option<String>,
+    pub subject: Option<String>,
+    pub created_at: i64,
+    pub attempts: u32,
+}
+
+/// The waiting messages of an inbox.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PeekResponse {
+    /// In the order a pull would take them.
+    pub messages: Vec<WaitingMessage>,
+}
+
+/// The next waiting messages of this inbox, summarised, without leasing them.
+#[utoipa::path(get, path = "/api/agents/{agent_id}/inbox/peek", tag = "inbox",
+    params(("agent_id" = String, Path), PeekQuery),
+    responses((status = 200, body = PeekResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn peek(
+    State(app): State<AppState>,
+    ApiPath(agent_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<PeekQuery>,
+    req: Authed,
+) -> ApiResult<Json<PeekResponse>> {
+    app.hub.scope(&req.caller, &agent_id).await?;
+    let waiting = app.hub.peek_inbox(&agent_id, query.limit).await?;
+    Ok(Json(PeekResponse {
+        messages: waiting
+            .into_iter()
+            .map(|m| {
+                let envelope = m.envelope.to_value();
+                let field = |name: &str| {
+                    envelope
+                        .get(name)
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                };
+                WaitingMessage {
+                    message_type: field("type"),
+                    subject: field("subject"),
+                    message_id: m.id,
+                    from: m.sender,
+                    created_at: m.created_at,
+                    attempts: m.attempts,
+                }
+            })
+            .collect(),
+    }))
+}
+
 /// Strong entity tag of a set of counts: equal tags, equal counts.
 fn stats_etag(c: &StateCounts) -> String {
     format!(

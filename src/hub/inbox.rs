@@ -19,6 +19,9 @@ pub const MAX_WAIT_SEC: u64 = 20;
 pub const MAX_BATCH: u64 = 100;
 /// Default page size of the dead-letter listing.
 pub const DEFAULT_DEAD_PAGE: usize = 50;
+/// Default and largest number of waiting messages a peek shows.
+pub const DEFAULT_PEEK: usize = 5;
+pub const MAX_PEEK: usize = 20;
 
 /// Pull parameters as sent by the client (validated here).
 #[derive(Debug, Default, Clone)]
@@ -253,6 +256,23 @@ impl Hub {
     /// Counts of one inbox by state.
     pub async fn inbox_stats(&self, agent_id: &str) -> HubResult<StateCounts> {
         Ok(self.store.inbox_stats(agent_id).await?)
+    }
+
+    /// The next `limit` (1..=20, default 5) waiting messages, in pull order,
+    /// without leasing them: what an inbox overview shows.
+    pub async fn peek_inbox(
+        &self,
+        agent_id: &str,
+        limit: Option<usize>,
+    ) -> HubResult<Vec<Message>> {
+        let limit = limit.unwrap_or(DEFAULT_PEEK);
+        if !(1..=MAX_PEEK).contains(&limit) {
+            return Err(HubError::invalid(
+                "limit",
+                format!("must be between 1 and {MAX_PEEK}"),
+            ));
+        }
+        Ok(self.store.peek_queued(agent_id, self.now(), limit).await?)
     }
 
     /// The inbox's counts once they are no longer `unchanged`: at once if

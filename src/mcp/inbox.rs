@@ -1,4 +1,5 @@
-//! The `admp://inbox` resource and the watch that drives its update
+//! The `admp://inbox` resource (counts and the oldest waiting messages, from
+//! the hub's stats and peek routes) and the watch that drives its update
 //! notifications. The watch never leases: it long-polls the hub's inbox
 //! counts (`GET …/inbox/stats?wait_sec=20` with `If-None-Match`), which the
 //! hub answers as soon as a message arrives, so a subscribed client learns
@@ -13,6 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::hub::{HubFailure, HubLink};
+use super::render::UNTRUSTED_NOTICE;
 
 /// URI of the inbox resource.
 pub const INBOX_URI: &str = "admp://inbox";
@@ -43,14 +45,48 @@ pub struct InboxStats {
     pub dead: u64,
 }
 
+/// How many waiting messages the resource lists.
+const WAITING_SHOWN: usize = 10;
+
 /// What `admp://inbox` reads as.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct InboxResource {
     pub agent_id: String,
     pub hub_url: String,
     pub stats: InboxStats,
+    /// The oldest waiting (queued) messages, in the order check_inbox will return them.
+    pub oldest_waiting: Vec<WaitingMessage>,
+    /// Subjects and types are written by the senders.
+    pub untrusted_notice: &'static str,
     /// How to get the waiting messages.
     pub hint: &'static str,
+}
+
+/// A waiting message, summarised; reading it means leasing it (check_inbox).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct WaitingMessage {
+    pub message_id: String,
+    /// Sender agent id, authenticated by the hub.
+    pub from: String,
+    /// When the hub accepted it (epoch ms).
+    pub created_at: i64,
+    pub attempts: u32,
+    /// Subject as the sender wrote it: untrusted.
+    pub untrusted_subject: Option<String>,
+    /// Type as the sender set it: untrusted.
+    pub untrusted_type: Option<String>,
+}
+
+/// One entry of the hub's peek answer.
+#[derive(Deserialize)]
+struct Peeked {
+    message_id: String,
+    from: String,
+    #[serde(rename = "type")]
+    message_type: Option<String>,
+    subject: Option<String>,
+    created_at: i64,
+    attempts: u32,
 }
 
 /// Result of one look at the counts.
@@ -67,13 +103,35 @@ pub async fn stats(link: &HubLink) -> Result<InboxStats, HubFailure> {
     link.call_as(Method::GET, &path, None).await
 }
 
-/// The resource's current content.
+/// The resource's current content: counts and the oldest waiting
+/// messages, both read without leasing anything.
 pub async fn read(link: &HubLink) -> Result<InboxResource, HubFailure> {
+    #[derive(Deserialize)]
+    struct Peek {
+        messages: Vec<Peeked>,
+    }
+    let path = link
+        .client()
+        .agent_path(&format!("inbox/peek?limit={WAITING_SHOWN}"));
+    let peek: Peek = link.call_as(Method::GET, &path, None).await?;
     Ok(InboxResource {
         agent_id: link.client().agent_id.clone(),
         hub_url: link.client().base.clone(),
         stats: stats(link).await?,
-        hint: "Call check_inbox to lease and read the queued messages; this resource never leases them.",
+        oldest_waiting: peek
+            .messages
+            .into_iter()
+            .map(|m| WaitingMessage {
+                message_id: m.message_id,
+                from: m.from,
+                created_at: m.created_at,
+                attempts: m.attempts,
+                untrusted_subject: m.subject,
+                untrusted_type: m.message_type,
+            })
+            .collect(),
+        untrusted_notice: UNTRUSTED_NOTICE,
+        hint: "Call check_inbox to lease and read the waiting messages; this resource never leases them.",
     })
 }
 

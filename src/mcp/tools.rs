@@ -538,7 +538,7 @@ impl ServerHandler for InboxServer {
         let inbox = Resource::new(INBOX_URI, "inbox")
             .with_title("ADMP inbox")
             .with_description(
-                "This agent's inbox counts by state; subscribe to be notified when they change.",
+                "This agent's inbox: counts by state and the oldest waiting messages (nothing leased); subscribe to be notified when mail arrives.",
             )
             .with_mime_type("application/json");
         Ok(ListResourcesResult::with_all_items(vec![inbox]))
