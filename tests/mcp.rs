@@ -425,6 +425,88 @@ async fn dead_letters_are_listed_and_requeued() {
     let _ = std::fs::remove_dir_all(&home);
 }
 
+/// Protocol 2026-07-28 (no `initialize`): `subscriptions/listen` naming
+/// `admp://inbox` delivers the same update when mail arrives.
+#[tokio::test]
+async fn a_listen_subscription_fires_on_a_send() {
+    use rmcp::model::{ServerNotification, SubscriptionFilter};
+    use rmcp::{ClientLifecycleMode, ClientServiceExt};
+    let hub = TestHub::default().await;
+    let home = scratch_dir();
+    let (alice, _) = start(&hub, &home, "alice").await;
+    // Spawned here, not by the SDK, to see the exit status at the end.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_admp"))
+        .args([
+            "mcp",
+            "--as",
+            "bob",
+            "--register",
+            "--hub",
+            &hub.running.url(),
+        ])
+        .env("ADMP_HOME", &home)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pipes = (child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    let bob = ()
+        .serve_with_lifecycle(
+            pipes,
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .expect("discover handshake");
+    let filter = SubscriptionFilter::builder()
+        .resource_subscription("admp://inbox")
+        .build();
+    let mut subscription = bob.listen(filter).await.unwrap();
+    assert_eq!(
+        subscription
+            .acknowledged()
+            .resource_subscriptions
+            .as_deref(),
+        Some(&["admp://inbox".to_string()][..])
+    );
+    // The stream opens with one update (anything since the acknowledgement).
+    let opening = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("the opening update")
+        .unwrap();
+    assert!(matches!(
+        opening,
+        Some(ServerNotification::ResourceUpdatedNotification(_))
+    ));
+    ok(
+        &alice,
+        "send_message",
+        json!({"to": "bob", "subject": "ping"}),
+    )
+    .await;
+    let notification = tokio::time::timeout(Duration::from_secs(1), subscription.next())
+        .await
+        .expect("an update within a second of the send")
+        .unwrap()
+        .expect("the subscription is open");
+    let ServerNotification::ResourceUpdatedNotification(update) = notification else {
+        panic!("unexpected {notification:?}")
+    };
+    assert_eq!(update.params.uri, "admp://inbox");
+    // Closing the session while the subscription runs: the server exits 0.
+    bob.cancel().await.unwrap();
+    drop(subscription);
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("admp mcp exits once stdin closes")
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    alice.cancel().await.unwrap();
+    let _ = std::fs::remove_dir_all(&home);
+}
+
 /// The real process, without the SDK in between: it answers `initialize`
 /// on stdout and exits 0 once its stdin closes.
 #[tokio::test]

@@ -13,11 +13,15 @@ pub mod render;
 pub mod tools;
 
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use clap::Args;
 use rmcp::ServiceExt;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio_util::sync::CancellationToken;
 
 use crate::client::AgentClient;
 use crate::client::cli::{key_file, load_agent_from, save_agent_in};
@@ -54,13 +58,44 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
         .try_init();
     let client = connect(&args).await?;
     tracing::info!(agent = %client.agent_id, hub = %client.base, "admp mcp serving on stdio");
-    let server = tools::InboxServer::new(hub::HubLink::new(client));
+    let closed = CancellationToken::new();
+    let server = tools::InboxServer::new(hub::HubLink::new(client), closed.clone());
+    let stdin = Stdin {
+        inner: tokio::io::stdin(),
+        closed,
+    };
     let service = server
-        .serve(rmcp::transport::stdio())
+        .serve((stdin, tokio::io::stdout()))
         .await
         .context("MCP handshake on stdio")?;
     service.waiting().await.context("MCP session")?;
     Ok(())
+}
+
+/// Stdin that cancels `closed` at end of input: a running subscription then
+/// ends with the session at once, instead of holding the exit for the SDK's
+/// drain timeout (during which MCP hosts may already send SIGTERM).
+struct Stdin {
+    inner: tokio::io::Stdin,
+    closed: CancellationToken,
+}
+
+impl AsyncRead for Stdin {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(())))
+            && buf.filled().len() == before
+            && buf.remaining() > 0
+        {
+            self.closed.cancel();
+        }
+        poll
+    }
 }
 
 /// The agent's client: from its key file, or freshly registered with `--register`.

@@ -219,15 +219,18 @@ pub struct InboxServer {
     link: Arc<HubLink>,
     /// Cancels the legacy `resources/subscribe` watch, when one runs.
     watch: Arc<Mutex<Option<CancellationToken>>>,
+    /// Cancelled when the client closes the session (end of stdin).
+    closed: CancellationToken,
     tool_router: ToolRouter<Self>,
 }
 
 impl InboxServer {
-    /// A server acting as the agent of `link`.
-    pub fn new(link: HubLink) -> Self {
+    /// A server acting as the agent of `link`, until `closed` is cancelled.
+    pub fn new(link: HubLink, closed: CancellationToken) -> Self {
         InboxServer {
             link: Arc::new(link),
             watch: Arc::default(),
+            closed,
             tool_router: Self::tool_router(),
         }
     }
@@ -574,7 +577,7 @@ impl ServerHandler for InboxServer {
             if watch.as_ref().is_some_and(|t| !t.is_cancelled()) {
                 return Ok(());
             }
-            let token = CancellationToken::new();
+            let token = self.closed.child_token();
             *watch = Some(token.clone());
             token
         };
@@ -635,7 +638,10 @@ impl ServerHandler for InboxServer {
             .as_ref()
             .is_some_and(|uris| uris.iter().any(|u| u == INBOX_URI));
         if !wants_inbox {
-            context.cancelled().await;
+            tokio::select! {
+                _ = context.cancelled() => {}
+                _ = self.closed.cancelled() => {}
+            }
             return Ok(());
         }
         let etag = inbox::baseline(&self.link).await.map_err(internal)?;
@@ -648,8 +654,14 @@ impl ServerHandler for InboxServer {
             .await
             .is_ok()
         };
+        // The SDK acknowledged the subscription before this baseline was
+        // taken: mail in between would go unnoticed, so say "read it" once.
+        if !notify().await {
+            return Ok(());
+        }
         tokio::select! {
             _ = context.cancelled() => {}
+            _ = self.closed.cancelled() => {}
             _ = inbox::follow(&self.link, etag, notify) => {}
         }
         Ok(())
