@@ -241,7 +241,8 @@ impl InboxServer {
         }
     }
 
-    async fn messages_from(&self, list: Vec<HubMessage>) -> Vec<ReceivedMessage> {
+    /// Renders hub records and remembers their senders for `reply`.
+    fn messages_from(&self, list: Vec<HubMessage>) -> Vec<ReceivedMessage> {
         let shown: Vec<ReceivedMessage> = list.into_iter().map(ReceivedMessage::from).collect();
         self.remember(&shown);
         shown
@@ -326,7 +327,7 @@ impl InboxServer {
             .await
             .map_err(tool_error)?;
         Ok(Json(InboxBatch {
-            messages: self.messages_from(pulled.messages).await,
+            messages: self.messages_from(pulled.messages),
         }))
     }
 
@@ -465,7 +466,7 @@ impl InboxServer {
             .await
             .map_err(tool_error)?;
         Ok(Json(DeadLetterPage {
-            messages: self.messages_from(page.messages).await,
+            messages: self.messages_from(page.messages),
             next_cursor: page.next_cursor,
         }))
     }
