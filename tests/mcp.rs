@@ -344,7 +344,7 @@ async fn hub_refusals_come_back_as_tool_errors_with_the_hub_code() {
     .await;
     assert_eq!(result.is_error, Some(true));
     let error = result.structured_content.unwrap();
-    assert_eq!(error["error"], "AGENT_NOT_FOUND", "{error}");
+    assert_eq!(error["error"], "RECIPIENT_NOT_FOUND", "{error}");
     assert_eq!(error["http_status"], 404);
     assert!(error["message"].is_string());
 
