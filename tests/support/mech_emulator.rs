@@ -372,7 +372,11 @@ impl MechEmulator {
             .lock()
             .order
             .values()
-            .filter(|d| d.payload.get("_collection").and_then(Value::as_str) == Some(collection))
+            .filter(|d| {
+                d.payload.get("_collection").and_then(Value::as_str) == Some(collection)
+                    && d.payload.get("_key").is_some_and(Value::is_string)
+                    && d.payload.get("record").is_some()
+            })
             .count()
     }
 

@@ -796,7 +796,8 @@ impl MechClient {
                         }
                         Ok(body) => {
                             if status.is_client_error()
-                                && !matches!(status, StatusCode::NOT_FOUND | StatusCode::CONFLICT)
+                                && (!matches!(status, StatusCode::NOT_FOUND | StatusCode::CONFLICT)
+                                    || table_missing(status, &body))
                             {
                                 return Err(rejected(op, status, &body));
                             }
@@ -965,6 +966,16 @@ fn validate_key(collection: &str, key: &str) -> Result<(), MechError> {
         ));
     }
     Ok(())
+}
+
+/// A 404 about the app's table, not a document: the live service's answer
+/// to `X-App-ID` (MECH-API.md), never to be read as "no such document".
+fn table_missing(status: StatusCode, body: &str) -> bool {
+    status == StatusCode::NOT_FOUND
+        && serde_json::from_str::<Value>(body)
+            .ok()
+            .and_then(|b| b.pointer("/error/code").and_then(Value::as_str).map(str::to_string))
+            .is_some_and(|code| code == "TABLE_NOT_FOUND")
 }
 
 /// Statuses worth another attempt: overload and server errors.
