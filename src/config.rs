@@ -500,9 +500,7 @@ impl Config {
         if let Some(secret) = &self.mech_api_secret
             && (secret.is_empty() || secret.chars().any(|c| c.is_control()))
         {
-            return Err(
-                "MECH_API_SECRET must be non-empty and free of control characters".into(),
-            );
+            return Err("MECH_API_SECRET must be non-empty and free of control characters".into());
         }
         if self.mech_backoff_base_ms > self.mech_backoff_max_ms {
             return Err("MECH_BACKOFF_BASE_MS must not exceed MECH_BACKOFF_MAX_MS".into());

@@ -20,9 +20,7 @@ use admp::config::Config;
 use admp::hub::{Clock, Hub};
 use admp::jobs::sweeper::sweep_once;
 use admp::server::{RunningHub, start_with_store};
-use admp::store::mech::{
-    AGENTS, ATTEMPTS, AUDIT, DELIVERIES, MESSAGES, MechSettings, MechStore,
-};
+use admp::store::mech::{AGENTS, ATTEMPTS, AUDIT, DELIVERIES, MESSAGES, MechSettings, MechStore};
 use admp::store::{
     AckRequest, Agent, AgentChange, AgentKey, Enqueued, LeaseRequest, Message, Store, StoreError,
 };
@@ -680,7 +678,10 @@ async fn a_restarted_hub_rebuilds_its_index_and_serves_the_same_inboxes(mode: Mo
     let stats_before = first.store.stats().await.unwrap();
     first.running.shutdown().await.unwrap();
     first.store.close().await;
-    assert!(emulator.lock_holder().is_none(), "a graceful stop releases the lock");
+    assert!(
+        emulator.lock_holder().is_none(),
+        "a graceful stop releases the lock"
+    );
 
     let second = MechHub::start(config).await;
     assert_eq!(second.store.stats().await.unwrap(), stats_before);
@@ -813,7 +814,16 @@ async fn a_hub_that_lost_its_lock_stops_writing(mode: Mode) {
     emulator.plant_lock("intruder/2/ef01", Duration::ZERO);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match store.update_agent("bob", &AgentChange::Heartbeat { now: 1, metadata: None }).await {
+        match store
+            .update_agent(
+                "bob",
+                &AgentChange::Heartbeat {
+                    now: 1,
+                    metadata: None,
+                },
+            )
+            .await
+        {
             Err(StoreError::Unavailable(m)) => {
                 assert!(m.contains("intruder/2/ef01"), "{m}");
                 break;
@@ -849,7 +859,12 @@ async fn credentials_and_the_app_id_header_follow_the_settings(mode: Mode) {
             let err = opened.err().expect("the live API refuses X-App-ID");
             assert!(err.to_string().contains("TABLE_NOT_FOUND"), "{err}");
         }
-        Mode::Legacy => opened.expect("the older API accepts X-App-ID").close().await,
+        Mode::Legacy => {
+            opened
+                .expect("the older API accepts X-App-ID")
+                .close()
+                .await
+        }
     }
     let expected = u64::from(mode == Mode::Live);
     assert_eq!(

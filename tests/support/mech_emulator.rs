@@ -221,20 +221,17 @@ impl MechEmulator {
         });
         let routes = match mode {
             Mode::Live => Router::new()
-                .route(
-                    "/api/apps/{app}/nosql/documents",
-                    get(list).post(create),
-                )
+                .route("/api/apps/{app}/nosql/documents", get(list).post(create))
                 .route(
                     "/api/apps/{app}/nosql/documents/{key}",
                     get(live_read).put(live_update).delete(live_remove),
                 ),
             Mode::Legacy => Router::new()
+                .route("/api/apps/{app}/nosql/documents", get(list).post(create))
                 .route(
-                    "/api/apps/{app}/nosql/documents",
-                    get(list).post(create),
+                    "/api/apps/{app}/nosql/documents/key/{key}",
+                    get(legacy_read),
                 )
-                .route("/api/apps/{app}/nosql/documents/key/{key}", get(legacy_read))
                 .route(
                     "/api/apps/{app}/nosql/documents/{collection}/{key}",
                     axum::routing::put(legacy_update).delete(legacy_remove),
@@ -446,7 +443,10 @@ impl MechEmulator {
     pub fn seed_foreign(&self, n: usize) {
         for i in 0..n {
             let (collection, payload) = match i % 8 {
-                0 => ("tasks", json!({ "title": format!("task {i}"), "done": i % 3 == 0 })),
+                0 => (
+                    "tasks",
+                    json!({ "title": format!("task {i}"), "done": i % 3 == 0 }),
+                ),
                 1 => (
                     "admp_agents",
                     json!({ "agent_id": format!("foreign-{i}"), "note": "another app, same collection name" }),
@@ -467,9 +467,15 @@ impl MechEmulator {
                     "admp_audit",
                     json!({ "_collection": 42, "seq": i, "hash": "not ours" }),
                 ),
-                6 => ("blobs", json!({ "content": { "__type": "blob_ref", "provider": "r2",
-                        "url": "https://example.invalid/x", "key": "k", "size": 10 } })),
-                _ => ("misc", json!({ "list": [1, 2, 3], "nested": { "_key": "k" } })),
+                6 => (
+                    "blobs",
+                    json!({ "content": { "__type": "blob_ref", "provider": "r2",
+                        "url": "https://example.invalid/x", "key": "k", "size": 10 } }),
+                ),
+                _ => (
+                    "misc",
+                    json!({ "list": [1, 2, 3], "nested": { "_key": "k" } }),
+                ),
             };
             let key = if i % 5 == 0 {
                 uuid::Uuid::new_v4().to_string()
@@ -521,7 +527,10 @@ async fn inject_faults(
     let _in_flight = InFlight::enter(&shared.counters);
     if let Some(app_id) = header(request.headers(), "x-app-id") {
         if shared.mode == Mode::Live {
-            shared.counters.app_id_headers.fetch_add(1, Ordering::SeqCst);
+            shared
+                .counters
+                .app_id_headers
+                .fetch_add(1, Ordering::SeqCst);
             return error(
                 StatusCode::NOT_FOUND,
                 "TABLE_NOT_FOUND",
@@ -682,7 +691,9 @@ async fn create(
     };
     let answer = match shared.mode {
         Mode::Live => json!({ "success": true, "data": { "id": id, "document_id": key } }),
-        Mode::Legacy => json!({ "success": true, "data": { "document": listed(Mode::Legacy, &stored) } }),
+        Mode::Legacy => {
+            json!({ "success": true, "data": { "document": listed(Mode::Legacy, &stored) } })
+        }
     };
     documents.insert(lookup, stored);
     shared.counters.writes.fetch_add(1, Ordering::SeqCst);

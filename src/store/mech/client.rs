@@ -553,13 +553,14 @@ impl MechClient {
             return Ok(found);
         };
         let records = self.list_raw(first).await?;
-        let unfiltered = records.iter().any(|r| {
-            match r.get("collection_name").and_then(Value::as_str) {
-                Some(listed) => listed != *first,
-                None => envelope_collection(r)
-                    .is_some_and(|c| c != *first && collections.contains(&c)),
-            }
-        });
+        let unfiltered =
+            records
+                .iter()
+                .any(|r| match r.get("collection_name").and_then(Value::as_str) {
+                    Some(listed) => listed != *first,
+                    None => envelope_collection(r)
+                        .is_some_and(|c| c != *first && collections.contains(&c)),
+                });
         let foreign = if unfiltered {
             self.sort_records(&records, &mut found, first, None)?
         } else {
@@ -848,19 +849,13 @@ impl MechClient {
 /// under `data.documents`, `documents` or `items` (older shapes).
 fn parse_list(body: Value) -> Result<Vec<Value>, String> {
     let mut body = body;
-    let taken = [
-        "/data/documents",
-        "/documents",
-        "/data",
-        "/items",
-        "",
-    ]
-    .iter()
-    .find_map(|path| {
-        body.pointer_mut(path)
-            .filter(|v| v.is_array())
-            .map(Value::take)
-    });
+    let taken = ["/data/documents", "/documents", "/data", "/items", ""]
+        .iter()
+        .find_map(|path| {
+            body.pointer_mut(path)
+                .filter(|v| v.is_array())
+                .map(Value::take)
+        });
     match taken {
         Some(Value::Array(records)) => Ok(records),
         _ => Err("no document array (looked at data, data.documents, documents, items)".into()),
@@ -974,7 +969,11 @@ fn table_missing(status: StatusCode, body: &str) -> bool {
     status == StatusCode::NOT_FOUND
         && serde_json::from_str::<Value>(body)
             .ok()
-            .and_then(|b| b.pointer("/error/code").and_then(Value::as_str).map(str::to_string))
+            .and_then(|b| {
+                b.pointer("/error/code")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
             .is_some_and(|code| code == "TABLE_NOT_FOUND")
 }
 
@@ -1119,12 +1118,20 @@ mod tests {
         let record = json!({"document": mine("admp_messages", "m", json!({"message": {"body":
             {"__type": "blob_ref", "provider": "r2", "url": "x", "key": "k", "size": 9}}}))});
         let err = ours(&record, "admp_messages").unwrap().unwrap_err();
-        assert!(err.contains("/message/body") && err.contains("blob"), "{err}");
+        assert!(
+            err.contains("/message/body") && err.contains("blob"),
+            "{err}"
+        );
     }
 
     #[test]
     fn list_responses_of_several_shapes_parse() {
-        assert_eq!(parse_list(json!({"success": true, "data": [1, 2]})).unwrap().len(), 2);
+        assert_eq!(
+            parse_list(json!({"success": true, "data": [1, 2]}))
+                .unwrap()
+                .len(),
+            2
+        );
         assert_eq!(
             parse_list(json!({"data": {"documents": [1], "pagination": {"total": 7}}}))
                 .unwrap()
@@ -1178,7 +1185,10 @@ mod tests {
         let open = MechError::BreakerOpen(Duration::from_secs(3));
         assert!(matches!(StoreError::from(open), StoreError::Unavailable(_)));
         let fenced = MechError::Fenced("lost".into());
-        assert!(matches!(StoreError::from(fenced), StoreError::Unavailable(_)));
+        assert!(matches!(
+            StoreError::from(fenced),
+            StoreError::Unavailable(_)
+        ));
         let odd = MechError::Malformed {
             op: "read".into(),
             status: 200,

@@ -114,7 +114,10 @@ impl HubLock {
         let pid = std::process::id();
         let started_at = now_ms();
         let mut mine = LockRecord {
-            holder: format!("{host}/{pid}/{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            holder: format!(
+                "{host}/{pid}/{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
             host,
             pid,
             started_at,
@@ -240,9 +243,11 @@ async fn heartbeat(client: Arc<MechClient>, mut mine: LockRecord) {
         mine.heartbeat_at = now_ms();
         let doc = serde_json::to_value(&mine).expect("a lock record serialises");
         let renewed = match read_lock(&client).await {
-            Ok(Some(Ok(record))) if record.holder == mine.holder => client
-                .update_guarded(LOCK_COLLECTION, LOCK_KEY, &doc, Guard::Unfenced)
-                .await,
+            Ok(Some(Ok(record))) if record.holder == mine.holder => {
+                client
+                    .update_guarded(LOCK_COLLECTION, LOCK_KEY, &doc, Guard::Unfenced)
+                    .await
+            }
             Ok(Some(Ok(other))) => {
                 let why = format!(
                     "{} took over the single-instance lock; this hub no longer writes to Mech \
@@ -253,14 +258,18 @@ async fn heartbeat(client: Arc<MechClient>, mut mine: LockRecord) {
                 client.stop_writes(why);
                 return;
             }
-            Ok(Some(Err(_))) => client
-                .update_guarded(LOCK_COLLECTION, LOCK_KEY, &doc, Guard::Unfenced)
-                .await,
+            Ok(Some(Err(_))) => {
+                client
+                    .update_guarded(LOCK_COLLECTION, LOCK_KEY, &doc, Guard::Unfenced)
+                    .await
+            }
             // Absent (deleted by a hub taking over, which then creates it):
             // recreate; a 409 means the other hub won, which the next beat sees.
-            Ok(None) => client
-                .create_guarded(LOCK_COLLECTION, LOCK_KEY, &doc, Guard::Unfenced)
-                .await,
+            Ok(None) => {
+                client
+                    .create_guarded(LOCK_COLLECTION, LOCK_KEY, &doc, Guard::Unfenced)
+                    .await
+            }
             Err(e) => Err(e),
         };
         match renewed {
