@@ -159,6 +159,8 @@ async fn failing_writes_leave_each_post_complete_or_absent() {
     emulator.set_error_rate(0.0);
     assert_eq!(assert_complete_or_absent(&store, T0).await, created);
     // What Mech holds rebuilds to the same: a restart finds no partial post.
+    // The documents stay as they are; releasing the single-instance lock lets the next store open.
+    store.close().await;
     let reopened = open(&emulator).await;
     let after = assert_complete_or_absent(&reopened, T0 + 120_000).await;
     assert!(after >= created, "every created post survives a restart");
@@ -196,6 +198,8 @@ async fn a_post_left_pending_by_a_crash_is_rolled_back_at_start() {
             json!({"seq": 10_000 + seq, "message": copy}),
         );
     }
+    // The documents stay as they are; releasing the single-instance lock lets the next store open.
+    store.close().await;
     let reopened = open(&emulator).await;
     assert_eq!(assert_complete_or_absent(&reopened, T0).await, 1);
     assert!(emulator.document(GROUP_POSTS, "gp_crashed").is_none());

@@ -97,6 +97,7 @@ impl AppState {
         groups::list_members, groups::add_member, groups::remove_member,
         groups::join_group, groups::leave_group, groups::post_message, groups::history,
         groups::agent_groups,
+        messages::peek,
     ),
     tags((name = "agents"), (name = "messages"), (name = "inbox"), (name = "system"),
         (name = "groups"))
@@ -184,6 +185,7 @@ pub fn router(state: AppState) -> Router {
             "/api/agents/{agent_id}/inbox/stats",
             get(messages::inbox_stats),
         )
+        .route("/api/agents/{agent_id}/inbox/peek", get(messages::peek))
         .route(
             "/api/agents/{agent_id}/inbox/reclaim",
             post(messages::reclaim),
