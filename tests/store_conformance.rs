@@ -234,6 +234,9 @@ macro_rules! conformance {
                 concurrent_leases_never_share_a_message,
                 concurrent_enqueues_respect_the_quota,
                 concurrent_audit_appends_keep_one_chain,
+                console_search_agents_pages_by_prefix,
+                console_dead_letters_across_inboxes_in_order,
+                console_failing_deliveries_and_retry_now,
             );
 
             $(
@@ -1672,5 +1675,172 @@ mod contract {
         assert_eq!(next.seq, 4);
         let all = store.list_audit(None, 100).await.unwrap();
         assert_eq!(first_broken_link(GENESIS_HASH, &all), None);
+    }
+
+    pub async fn console_search_agents_pages_by_prefix(store: Arc<dyn Store>) {
+        setup_agents(&store, &["b1", "a2", "ab", "a", "a1", "ba", "c"]).await;
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = store
+                .search_agents("a", 2, cursor.as_deref())
+                .await
+                .unwrap();
+            assert!(page.items.len() <= 2);
+            seen.extend(page.items.iter().map(|a| a.agent_id.clone()));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["a", "a1", "a2", "ab"]);
+        let all = store.search_agents("", 100, None).await.unwrap();
+        let all: Vec<&str> = all.items.iter().map(|a| a.agent_id.as_str()).collect();
+        assert_eq!(all, ["a", "a1", "a2", "ab", "b1", "ba", "c"]);
+        let b = store.search_agents("b", 1, None).await.unwrap();
+        assert_eq!(b.items, [agent("b1")]);
+        assert_eq!(b.next_cursor.as_deref(), Some("b1"));
+        let rest = store.search_agents("b", 1, Some("b1")).await.unwrap();
+        assert_eq!(rest.items[0].agent_id, "ba");
+        assert_eq!(rest.next_cursor, None);
+        assert!(
+            store
+                .search_agents("zz", 10, None)
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+    }
+
+    /// Enqueues `id` for `recipient` and dead-letters it at `at` (one attempt allowed).
+    async fn dead_letter(store: &Arc<dyn Store>, recipient: &str, id: &str, at: Millis) {
+        enqueue(store, message(id, recipient, T0)).await;
+        let leased = lease_with(store, recipient, at, 1, 1).await.remove(0);
+        let mut request = nack_request(
+            recipient,
+            id,
+            leased.lease_id.as_deref(),
+            NackAction::Requeue { visible_at: at },
+            at,
+        );
+        request.max_attempts = 1;
+        let dead = store.nack(&request).await.unwrap();
+        assert_eq!(dead.state, MessageState::Dead);
+    }
+
+    pub async fn console_dead_letters_across_inboxes_in_order(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob", "carol", "dave"]).await;
+        // Interleaved across inboxes; two die in the same millisecond.
+        dead_letter(&store, "bob", "x1", T0 + 10).await;
+        dead_letter(&store, "carol", "x2", T0 + 20).await;
+        dead_letter(&store, "bob", "x3", T0 + 20).await;
+        dead_letter(&store, "dave", "x4", T0 + 30).await;
+        dead_letter(&store, "carol", "x5", T0 + 40).await;
+        enqueue(&store, message("alive", "bob", T0)).await;
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = store.list_dead_all(2, cursor.as_deref()).await.unwrap();
+            assert!(page.items.len() <= 2);
+            seen.extend(page.items.iter().map(|m| {
+                assert_eq!(m.state, MessageState::Dead);
+                m.id.clone()
+            }));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["x1", "x2", "x3", "x4", "x5"]);
+        assert!(matches!(
+            store.list_dead_all(2, Some("garbage")).await,
+            Err(StoreError::InvalidCursor)
+        ));
+        store
+            .requeue_dead("carol", "x2", T0 + MINUTE)
+            .await
+            .unwrap();
+        let page = store.list_dead_all(10, None).await.unwrap();
+        assert_eq!(ids(&page.items), ["x1", "x3", "x4", "x5"]);
+        assert_eq!(page.next_cursor, None);
+    }
+
+    pub async fn console_failing_deliveries_and_retry_now(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        for n in 1..=4 {
+            store
+                .enqueue(
+                    message(&format!("m{n}"), "bob", T0),
+                    QUOTA,
+                    Some(delivery(&format!("d{n}"), &format!("m{n}"), "bob", T0)),
+                )
+                .await
+                .unwrap();
+        }
+        let attempt = |n: u32, at: Millis, status: u16| DeliveryAttempt {
+            delivery_id: format!("d{n}"),
+            message_id: format!("m{n}"),
+            agent_id: "bob".into(),
+            attempt: 1,
+            at,
+            status_code: Some(status),
+            latency_ms: 3,
+            error: (status >= 300).then(|| format!("HTTP {status}")),
+        };
+        store
+            .record_attempt(
+                &attempt(1, T0 + 10, 500),
+                AttemptOutcome::RetryAt(T0 + MINUTE),
+            )
+            .await
+            .unwrap();
+        store
+            .record_attempt(&attempt(2, T0 + 20, 503), AttemptOutcome::Failed)
+            .await
+            .unwrap();
+        store
+            .record_attempt(&attempt(3, T0 + 30, 200), AttemptOutcome::Delivered)
+            .await
+            .unwrap();
+        // d4: never attempted, so not failing.
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = store
+                .list_failing_deliveries(1, cursor.as_deref())
+                .await
+                .unwrap();
+            assert!(page.items.len() <= 1);
+            seen.extend(page.items.iter().map(|d| d.id.clone()));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["d2", "d1"]);
+        let failing = store.list_failing_deliveries(10, None).await.unwrap();
+        assert_eq!(failing.items[0].last_error.as_deref(), Some("HTTP 503"));
+        assert_eq!(failing.items[0].state, DeliveryState::Failed);
+        assert!(matches!(
+            store.list_failing_deliveries(2, Some("nope")).await,
+            Err(StoreError::InvalidCursor)
+        ));
+
+        let now = T0 + 100;
+        let retried = store.retry_delivery("d2", now).await.unwrap().unwrap();
+        assert_eq!(
+            (retried.state, retried.next_attempt_at, retried.attempts),
+            (DeliveryState::Pending, now, 1)
+        );
+        assert_eq!(store.get_delivery("d2").await.unwrap(), Some(retried));
+        let claimed = store.claim_due_deliveries(now, 10, 30_000).await.unwrap();
+        let mut due = ids_of(&claimed);
+        due.sort();
+        assert_eq!(due, ["d2", "d4"], "d1 is not due yet");
+        // Delivered stays delivered; unknown ids are None.
+        let delivered = store.retry_delivery("d3", now).await.unwrap().unwrap();
+        assert_eq!(delivered.state, DeliveryState::Delivered);
+        assert_eq!(store.retry_delivery("missing", now).await.unwrap(), None);
     }
 }

@@ -269,4 +269,50 @@ impl Store for InstrumentedStore {
         self.timed("import_message", self.inner.import_message(message))
             .await
     }
+
+    async fn search_agents(
+        &self,
+        prefix: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Agent>> {
+        self.timed(
+            "search_agents",
+            self.inner.search_agents(prefix, limit, cursor),
+        )
+        .await
+    }
+
+    async fn list_dead_all(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Message>> {
+        self.timed("list_dead_all", self.inner.list_dead_all(limit, cursor))
+            .await
+    }
+
+    async fn list_failing_deliveries(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Delivery>> {
+        self.timed(
+            "list_failing_deliveries",
+            self.inner.list_failing_deliveries(limit, cursor),
+        )
+        .await
+    }
+
+    async fn retry_delivery(
+        &self,
+        delivery_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<Delivery>> {
+        self.timed(
+            "retry_delivery",
+            self.inner.retry_delivery(delivery_id, now),
+        )
+        .await
+    }
 }

@@ -17,6 +17,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use parking_lot::Mutex;
 
+use super::inproc_console::{IdSearch, dead_across, failing_page, retried};
 use super::*;
 
 /// Ordering key inside an inbox index: a time, then the arrival sequence.
@@ -146,6 +147,17 @@ impl Inbox {
             items: page.into_iter().map(|(_, m)| m).collect(),
             next_cursor,
         })
+    }
+
+    /// Up to `n` dead-letter index entries after `after`, oldest first
+    /// (the hub-wide listing merges these across inboxes).
+    pub(super) fn dead_keys(&self, after: Option<IndexKey>, n: usize) -> Vec<(IndexKey, String)> {
+        let start = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        self.dead
+            .range((start, std::ops::Bound::Unbounded))
+            .take(n)
+            .map(|(k, id)| (*k, id.clone()))
+            .collect()
     }
 
     /// Runs `change` on one message, keeping every index consistent.
@@ -769,6 +781,50 @@ impl Store for MemoryStore {
         }
         self.insert_message(&mut inbox, message);
         Ok(true)
+    }
+
+    async fn search_agents(
+        &self,
+        prefix: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Agent>> {
+        let mut search = IdSearch::new(prefix, limit, cursor);
+        for agent in self.agents.iter() {
+            search.offer(agent.key());
+        }
+        let (ids, next_cursor) = search.finish();
+        let items = ids
+            .iter()
+            .filter_map(|id| self.agents.get(id).map(|a| a.value().clone()))
+            .collect();
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn list_dead_all(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Message>> {
+        dead_across(&self.all_inboxes(), |i| i.as_ref(), limit, cursor)
+    }
+
+    async fn list_failing_deliveries(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Delivery>> {
+        failing_page(&self.deliveries.lock().deliveries, limit, cursor)
+    }
+
+    async fn retry_delivery(
+        &self,
+        delivery_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<Delivery>> {
+        let mut book = self.deliveries.lock();
+        book.modify(delivery_id, |d| *d = retried(d.clone(), now));
+        Ok(book.deliveries.get(delivery_id).cloned())
     }
 }
 

@@ -5,6 +5,7 @@
 //! operation here is a complete state transition that the backend makes atomic,
 //! so correctness never depends on the caller.
 
+mod inproc_console;
 pub mod instrumented;
 pub mod mech;
 pub mod memory;
@@ -12,6 +13,7 @@ mod model;
 pub mod postgres;
 pub mod scratch;
 mod sql;
+mod sql_console;
 pub mod sqlite;
 pub mod transfer;
 
@@ -170,6 +172,46 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts an exported message as is (state, attempts, lease, idempotency
     /// key); false (and no change) if the id exists.
     async fn import_message(&self, message: Message) -> StoreResult<bool>;
+
+    /// Agents whose id starts with `prefix` (empty: all), ordered by id,
+    /// after `cursor` (the last id of the previous page): the console's search.
+    async fn search_agents(
+        &self,
+        prefix: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Agent>>;
+    /// Dead letters of every inbox, oldest first (cursor `<ended_at>.<seq>`).
+    async fn list_dead_all(&self, limit: usize, cursor: Option<&str>)
+    -> StoreResult<Page<Message>>;
+    /// Deliveries whose last attempt failed (`failed`, or `pending` after at
+    /// least one attempt), most recently updated first (cursor `<updated_at>.<id>`).
+    async fn list_failing_deliveries(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Delivery>>;
+    /// Makes a `pending` or `failed` delivery `pending` and due at `now`
+    /// (an operator's "retry now"); a delivered or cancelled one is returned
+    /// unchanged; `None` when there is no such delivery.
+    async fn retry_delivery(&self, delivery_id: &str, now: Millis)
+    -> StoreResult<Option<Delivery>>;
+}
+
+/// Splits a `<number>.<text>` cursor (dead letters, failing deliveries).
+pub fn parse_pair_cursor(cursor: &str) -> StoreResult<(Millis, &str)> {
+    let (at, rest) = cursor.split_once('.').ok_or(StoreError::InvalidCursor)?;
+    let at = at.parse().map_err(|_| StoreError::InvalidCursor)?;
+    if rest.is_empty() {
+        return Err(StoreError::InvalidCursor);
+    }
+    Ok((at, rest))
+}
+
+/// The upper bound of ids starting with `prefix` (agent ids are ASCII, so
+/// every one of them sorts below `prefix` + U+10FFFF bytewise).
+pub fn prefix_upper_bound(prefix: &str) -> String {
+    format!("{prefix}\u{10FFFF}")
 }
 
 /// Free-form agent metadata (a JSON object).

@@ -1035,4 +1035,37 @@ impl Store for PostgresStore {
             .map_err(db_error)?;
         Ok(inserted.rows_affected() == 1)
     }
+
+    async fn search_agents(
+        &self,
+        prefix: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Agent>> {
+        sql_console::postgres::search_agents(&self.pool, prefix, limit, cursor).await
+    }
+
+    async fn list_dead_all(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Message>> {
+        sql_console::postgres::list_dead_all(&self.pool, limit, cursor).await
+    }
+
+    async fn list_failing_deliveries(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Delivery>> {
+        sql_console::postgres::list_failing_deliveries(&self.pool, limit, cursor).await
+    }
+
+    async fn retry_delivery(
+        &self,
+        delivery_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<Delivery>> {
+        sql_console::postgres::retry_delivery(&self.pool, delivery_id, now).await
+    }
 }

@@ -937,4 +937,37 @@ impl Store for SqliteStore {
             .map_err(db_error)?;
         Ok(inserted.rows_affected() == 1)
     }
+
+    async fn search_agents(
+        &self,
+        prefix: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Agent>> {
+        sql_console::sqlite::search_agents(&self.reader, prefix, limit, cursor).await
+    }
+
+    async fn list_dead_all(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Message>> {
+        sql_console::sqlite::list_dead_all(&self.reader, limit, cursor).await
+    }
+
+    async fn list_failing_deliveries(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Delivery>> {
+        sql_console::sqlite::list_failing_deliveries(&self.reader, limit, cursor).await
+    }
+
+    async fn retry_delivery(
+        &self,
+        delivery_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<Delivery>> {
+        sql_console::sqlite::retry_delivery(&self.writer, delivery_id, now).await
+    }
 }

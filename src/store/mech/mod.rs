@@ -25,6 +25,7 @@
 
 pub mod breaker;
 pub mod client;
+mod console;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -1229,5 +1230,38 @@ impl Store for MechStore {
         }
         cell.state.lock().insert(seq, message);
         Ok(true)
+    }
+
+    async fn search_agents(
+        &self,
+        prefix: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Agent>> {
+        Ok(self.console_search_agents(prefix, limit, cursor))
+    }
+
+    async fn list_dead_all(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Message>> {
+        self.console_dead_all(limit, cursor)
+    }
+
+    async fn list_failing_deliveries(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Delivery>> {
+        self.console_failing(limit, cursor)
+    }
+
+    async fn retry_delivery(
+        &self,
+        delivery_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<Delivery>> {
+        self.console_retry(delivery_id, now).await
     }
 }
