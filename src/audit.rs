@@ -64,6 +64,16 @@ pub enum AuditKind {
     RateLimited,
     /// Messages moved to the dead letters.
     DeadLettered,
+    /// An operator opened a console session.
+    ConsoleLogin,
+    /// A console login with a wrong key (or refused by its rate limit).
+    ConsoleLoginFailed,
+    /// An operator closed a console session.
+    ConsoleLogout,
+    /// An operator requeued dead letters from the console.
+    ConsoleRequeued,
+    /// An operator made a webhook delivery due now from the console.
+    ConsoleDeliveryRetried,
 }
 
 impl AuditKind {
@@ -80,6 +90,11 @@ impl AuditKind {
             AuditKind::AuthFailed => "auth.failed",
             AuditKind::RateLimited => "rate_limit.exceeded",
             AuditKind::DeadLettered => "message.dead_lettered",
+            AuditKind::ConsoleLogin => "console.login",
+            AuditKind::ConsoleLoginFailed => "console.login_failed",
+            AuditKind::ConsoleLogout => "console.logout",
+            AuditKind::ConsoleRequeued => "console.requeued",
+            AuditKind::ConsoleDeliveryRetried => "console.delivery_retried",
         }
     }
 }

@@ -209,6 +209,22 @@ pub struct Config {
     /// Require the master key on `/metrics` (open by default, like `/health`).
     #[arg(long, env = "METRICS_REQUIRE_KEY", default_value_t = false, action = clap::ArgAction::Set)]
     pub metrics_require_key: bool,
+    /// Serve the operator console at `/console` (docs/CONSOLE.md).
+    #[arg(long, env = "CONSOLE_ENABLED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub console_enabled: bool,
+    /// A key that opens the console only (the master key opens it too).
+    #[arg(long, env = "CONSOLE_API_KEY", hide_env_values = true)]
+    pub console_api_key: Option<String>,
+    /// File holding the console key; excludes `CONSOLE_API_KEY`.
+    #[arg(long, env = "CONSOLE_API_KEY_FILE")]
+    pub console_api_key_file: Option<PathBuf>,
+    /// Console session lifetime.
+    #[arg(long, env = "CONSOLE_SESSION_TTL_SEC", default_value_t = 3_600, value_parser = clap::value_parser!(u64).range(60..=86_400))]
+    pub console_session_ttl_sec: u64,
+    /// Mark the console cookie `Secure` even without `X-Forwarded-Proto: https`
+    /// (set it when TLS ends at a proxy that does not send the header).
+    #[arg(long, env = "CONSOLE_SECURE_COOKIE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub console_secure_cookie: bool,
 }
 
 /// Moves the content of `file` into `value` (see [`Config::resolve_secret_files`]).
@@ -322,6 +338,11 @@ impl Default for Config {
             register_rate_limit_per_min: 60,
             trust_proxy: false,
             metrics_require_key: false,
+            console_enabled: false,
+            console_api_key: None,
+            console_api_key_file: None,
+            console_session_ttl_sec: 3_600,
+            console_secure_cookie: false,
         }
     }
 }
@@ -353,6 +374,11 @@ impl Config {
             &mut self.session_secret_file,
         )?;
         resolve_secret_file(
+            "CONSOLE_API_KEY",
+            &mut self.console_api_key,
+            &mut self.console_api_key_file,
+        )?;
+        resolve_secret_file(
             "MECH_API_KEY",
             &mut self.mech_api_key,
             &mut self.mech_api_key_file,
@@ -369,6 +395,7 @@ impl Config {
             ),
             ("SESSION_SECRET_FILE", &self.session_secret_file),
             ("MECH_API_KEY_FILE", &self.mech_api_key_file),
+            ("CONSOLE_API_KEY_FILE", &self.console_api_key_file),
         ] {
             if file.is_some() {
                 return Err(format!(
@@ -413,6 +440,17 @@ impl Config {
         }
         if self.metrics_require_key && self.master_api_key.is_none() {
             return Err("METRICS_REQUIRE_KEY=true needs MASTER_API_KEY".into());
+        }
+        if let Some(key) = &self.console_api_key
+            && key.len() < 16
+        {
+            return Err("CONSOLE_API_KEY must be at least 16 characters".into());
+        }
+        if self.console_enabled
+            && self.master_api_key.is_none()
+            && self.console_api_key.is_none()
+        {
+            return Err("CONSOLE_ENABLED=true needs MASTER_API_KEY or CONSOLE_API_KEY".into());
         }
         if let Some(secret) = &self.session_secret
             && secret.len() < 32

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod agents;
 pub mod audit;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod messages;
@@ -41,6 +42,10 @@ pub struct AppState {
     pub limits: Option<Arc<RateLimits>>,
     /// Keeps floods of refused requests from flooding the audit log.
     pub throttle: Arc<AuditThrottle>,
+    /// Counters of the sweeper and the webhook worker (the console shows them).
+    pub jobs: crate::jobs::JobStats,
+    /// Operator console sessions and login limits (`None` when disabled).
+    pub console: Option<Arc<console::ConsoleState>>,
 }
 
 /// How often the housekeeping task folds metric samples into buckets.
@@ -54,6 +59,11 @@ impl AppState {
         AppState {
             limits: RateLimits::from_config(&hub.config),
             throttle: Arc::new(AuditThrottle::default()),
+            jobs: crate::jobs::JobStats::default(),
+            console: hub
+                .config
+                .console_enabled
+                .then(|| Arc::new(console::ConsoleState::default())),
             hub,
         }
     }
@@ -71,6 +81,9 @@ impl AppState {
                         limits.retain_recent();
                     }
                     self.throttle.prune();
+                    if let Some(console) = &self.console {
+                        console.prune(self.hub.clock.now_ms());
+                    }
                 }
                 _ = self.hub.shutdown.cancelled() => return,
             }
@@ -189,10 +202,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/messages/{message_id}/status", get(messages::status))
         .with_state(state.clone());
 
+    let console = console::router(&state);
     Router::new()
         .merge(open)
         .merge(register)
         .merge(api)
+        .merge(console)
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         // Bodies are read and bounded by our own extractor (413 as JSON).

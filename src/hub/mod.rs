@@ -6,6 +6,7 @@ mod agents;
 mod audit;
 pub mod auth;
 mod clock;
+pub mod console;
 mod error;
 pub mod ids;
 mod inbox;
