@@ -446,10 +446,7 @@ impl Config {
         {
             return Err("CONSOLE_API_KEY must be at least 16 characters".into());
         }
-        if self.console_enabled
-            && self.master_api_key.is_none()
-            && self.console_api_key.is_none()
-        {
+        if self.console_enabled && self.master_api_key.is_none() && self.console_api_key.is_none() {
             return Err("CONSOLE_ENABLED=true needs MASTER_API_KEY or CONSOLE_API_KEY".into());
         }
         if let Some(secret) = &self.session_secret

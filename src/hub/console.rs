@@ -61,7 +61,12 @@ impl Hub {
             }
             self.wakers.wake(agent_id);
         }
-        let more = !self.store.list_dead(agent_id, 1, None).await?.items.is_empty();
+        let more = !self
+            .store
+            .list_dead(agent_id, 1, None)
+            .await?
+            .items
+            .is_empty();
         Ok((moved, more))
     }
 

@@ -61,8 +61,16 @@ pub async fn requeue_all(
             json!({ "count": moved, "more_remain": more }),
         )
         .await;
-    let notice = if more { "requeued-more" } else { "requeued-all" };
-    Ok(Redirect::to(&format!("/console/agents/{}?notice={notice}", enc(&agent_id))).into_response())
+    let notice = if more {
+        "requeued-more"
+    } else {
+        "requeued-all"
+    };
+    Ok(Redirect::to(&format!(
+        "/console/agents/{}?notice={notice}",
+        enc(&agent_id)
+    ))
+    .into_response())
 }
 
 /// `POST /console/deliveries/{id}/retry`.

@@ -41,7 +41,10 @@ pub fn router(state: &AppState) -> Router {
     }
     Router::new()
         .route("/console/static/console.css", get(stylesheet))
-        .route("/console/login", get(session::login_page).post(session::login))
+        .route(
+            "/console/login",
+            get(session::login_page).post(session::login),
+        )
         .route("/console/logout", post(session::logout))
         .route("/console", get(views::overview))
         .route("/console/agents", get(views::agents))
@@ -152,7 +155,11 @@ pub fn render(template: &impl askama::Template) -> Response {
         Ok(html) => Html(html).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "console template failed to render");
-            (StatusCode::INTERNAL_SERVER_ERROR, "console page failed to render").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "console page failed to render",
+            )
+                .into_response()
         }
     }
 }

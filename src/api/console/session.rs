@@ -186,11 +186,10 @@ pub async fn login(
         return StatusCode::NOT_FOUND.into_response();
     };
     let now = app.hub.clock.now_ms();
-    let limited = console
-        .failures
-        .lock()
-        .get(&ip.0)
-        .is_some_and(|f| now - f.since < FAILED_LOGIN_WINDOW_MS && f.count >= MAX_FAILED_LOGINS);
+    let limited =
+        console.failures.lock().get(&ip.0).is_some_and(|f| {
+            now - f.since < FAILED_LOGIN_WINDOW_MS && f.count >= MAX_FAILED_LOGINS
+        });
     if limited {
         return (
             StatusCode::TOO_MANY_REQUESTS,
@@ -305,7 +304,11 @@ pub async fn logout(
         "{COOKIE}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0{}",
         if secure { "; Secure" } else { "" }
     );
-    Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/console/login")).into_response())
+    Ok((
+        [(header::SET_COOKIE, cookie)],
+        Redirect::to("/console/login"),
+    )
+        .into_response())
 }
 
 /// `Secure` when TLS ends at a trusted proxy that says so, or when configured.

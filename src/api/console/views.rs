@@ -63,7 +63,10 @@ pub fn when(ms: Option<i64>) -> String {
 }
 
 /// A query-string value within bounds, or a 400 page.
-fn bounded<'a>(name: &'static str, value: &'a Option<String>) -> Result<Option<&'a str>, PageError> {
+fn bounded<'a>(
+    name: &'static str,
+    value: &'a Option<String>,
+) -> Result<Option<&'a str>, PageError> {
     match value.as_deref() {
         Some(v) if v.len() > MAX_QUERY_LEN => Err(PageError::new(
             StatusCode::BAD_REQUEST,
@@ -157,7 +160,10 @@ pub async fn overview(State(app): State<AppState>, operator: Operator) -> PageRe
     let (ready, ready_detail) = match ping {
         Ok(()) => (
             true,
-            format!("store answered in {:.1} ms", started.elapsed().as_secs_f64() * 1000.0),
+            format!(
+                "store answered in {:.1} ms",
+                started.elapsed().as_secs_f64() * 1000.0
+            ),
         ),
         Err(e) => (false, e.to_string()),
     };
@@ -389,7 +395,9 @@ pub async fn agent(
             public_key: k.public_key.clone(),
             status: match k.valid_until {
                 None => "current".into(),
-                Some(until) if until > now => format!("rotation overlap until {}", when(Some(until))),
+                Some(until) if until > now => {
+                    format!("rotation overlap until {}", when(Some(until)))
+                }
                 Some(until) => format!("retired at {}", when(Some(until))),
             },
         })
@@ -448,10 +456,7 @@ pub struct LookupQuery {
 }
 
 /// `GET /console/messages?id=`: to the message's page.
-pub async fn message_lookup(
-    _operator: Operator,
-    Query(query): Query<LookupQuery>,
-) -> PageResult {
+pub async fn message_lookup(_operator: Operator, Query(query): Query<LookupQuery>) -> PageResult {
     match bounded("id", &query.id)? {
         Some(id) => Ok(Redirect::to(&format!(
             "/console/messages/{}",
@@ -489,13 +494,18 @@ pub async fn message(
     Query(query): Query<ListQuery>,
 ) -> PageResult {
     let layout = Layout::new(&operator, format!("Message {message_id}"));
-    let m = app.hub.store.get_message(&message_id).await?.ok_or_else(|| {
-        PageError::new(
-            StatusCode::NOT_FOUND,
-            "MESSAGE_NOT_FOUND",
-            format!("no message {message_id} (purged after retention, or never stored)"),
-        )
-    })?;
+    let m = app
+        .hub
+        .store
+        .get_message(&message_id)
+        .await?
+        .ok_or_else(|| {
+            PageError::new(
+                StatusCode::NOT_FOUND,
+                "MESSAGE_NOT_FOUND",
+                format!("no message {message_id} (purged after retention, or never stored)"),
+            )
+        })?;
     let sender_known = app.hub.store.get_agent(&m.sender).await?.is_some();
     let envelope = serde_json::to_string_pretty(&m.envelope.to_value()).unwrap_or_default();
     let result = m
