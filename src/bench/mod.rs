@@ -3,7 +3,8 @@
 //! session tokens) and reports throughput, latency percentiles, errors and the
 //! server's resident memory. Every loop is bounded in count and in time.
 
-pub mod hub;
+mod console;
+mod hub;
 pub mod scenarios;
 pub mod stats;
 
@@ -51,6 +52,9 @@ pub enum Scenario {
     Longpoll,
     /// Every scenario, the drain in each auth mode (signature, session, batch).
     All,
+    /// Operator console render times over a store filled in process with
+    /// `--agents` agents and `--messages` messages (not part of `all`).
+    Console,
 }
 
 /// How consumers authenticate their pulls and acks.
@@ -196,6 +200,9 @@ impl BenchArgs {
 /// Runs the requested scenarios and prints the table (or JSON).
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     args.validate().map_err(anyhow::Error::msg)?;
+    if args.scenario == Scenario::Console {
+        return console::run(&args).await;
+    }
     let plan = plan(&args);
     let mut reports = Vec::new();
     for step in &plan {

@@ -110,6 +110,7 @@ pub async fn run_step(
         Scenario::Depth => depth(&http, target, args, step).await?,
         Scenario::Longpoll => vec![longpoll(&http, target, args, step.auth).await?],
         Scenario::All => anyhow::bail!("`all` is expanded into steps before running"),
+        Scenario::Console => anyhow::bail!("`console` runs on its own (bench::console)"),
     };
     let rss = target.rss_mib();
     for row in rows.iter_mut().filter(|r| r.rss_mib.is_none()) {

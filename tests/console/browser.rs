@@ -187,6 +187,16 @@ async fn operator_flow(driver: &Driver, backend: Backend, shots: Option<PathBuf>
     type_into(&browser, "#key", MASTER_KEY).await;
     click(&browser, "#login").await;
     wait_text(&browser, "h1", |t| t == "Overview").await;
+    // The counts are taken in the background: reload until they are in.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while browser.find(Locator::Id("counting")).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the counts never came"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        browser.refresh().await.unwrap();
+    }
     wait_text(&browser, "#count-dead", |t| t == "1").await;
     wait_text(&browser, "#ready", |t| t.starts_with("ready")).await;
     screenshot(&browser, &shots, "overview").await;

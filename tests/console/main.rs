@@ -4,7 +4,6 @@
 //! test binary keeps the link step to one.
 
 #[path = "../support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 mod browser;

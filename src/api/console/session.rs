@@ -60,6 +60,17 @@ pub struct ConsoleState {
     /// By SHA-256 of the cookie value, so lookups reveal nothing by timing.
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     failures: Mutex<HashMap<IpAddr, Failures>>,
+    /// The overview's hub-wide counts (see `views::hub_counts`).
+    pub(super) counts: Mutex<Option<CachedCounts>>,
+    /// True while a refresh of `counts` runs in the background.
+    pub(super) refreshing: std::sync::atomic::AtomicBool,
+}
+
+/// Hub-wide counts and when (hub clock, ms) they were taken.
+#[derive(Debug, Clone, Copy)]
+pub struct CachedCounts {
+    pub at: i64,
+    pub stats: crate::store::HubStats,
 }
 
 impl ConsoleState {

@@ -12,7 +12,7 @@ use futures::future::join_all;
 use serde::Deserialize;
 
 use super::super::AppState;
-use super::session::{MAX_FAILED_LOGINS, Operator};
+use super::session::{CachedCounts, MAX_FAILED_LOGINS, Operator};
 use super::{PageError, PageResult, render};
 use crate::store::{Agent, Delivery, DeliveryAttempt, Message, StateCounts};
 use crate::telemetry::wall_ms;
@@ -146,6 +146,10 @@ pub struct OverviewPage {
     pub webhook_failed: u64,
     pub webhook_cancelled: u64,
     pub max_failed_logins: u32,
+    /// False until the first background count is done.
+    pub counted: bool,
+    /// Age of the counts shown (they are refreshed in the background).
+    pub counts_age_sec: i64,
 }
 
 /// Chart height in pixels.
@@ -155,8 +159,10 @@ const CHART_H: u64 = 80;
 pub async fn overview(State(app): State<AppState>, operator: Operator) -> PageResult {
     let layout = Layout::new(&operator, "Overview");
     let started = Instant::now();
-    let (ping, stats) = tokio::join!(app.hub.store.ping(), app.hub.store.stats());
-    let stats = stats?;
+    let ping = app.hub.store.ping().await;
+    let counts = hub_counts(&app);
+    let stats = counts.map(|c| c.stats).unwrap_or_default();
+    let counts_age_sec = counts.map_or(0, |c| (app.hub.clock.now_ms() - c.at).max(0) / 1000);
     let (ready, ready_detail) = match ping {
         Ok(()) => (
             true,
@@ -227,7 +233,41 @@ pub async fn overview(State(app): State<AppState>, operator: Operator) -> PageRe
         webhook_failed: hooks.failed,
         webhook_cancelled: hooks.cancelled,
         max_failed_logins: MAX_FAILED_LOGINS,
+        counted: counts.is_some(),
+        counts_age_sec,
     }))
+}
+
+/// Counts older than this are refreshed in the background.
+const COUNTS_FRESH_MS: i64 = 15_000;
+
+/// The hub-wide counts for the overview, if taken yet. Counting every
+/// message is a scan of the whole table (seconds at a million rows on
+/// SQLite), so a page never waits for it: it shows the last counts taken
+/// and, when there are none or they are older than [`COUNTS_FRESH_MS`],
+/// starts a recount in the background (one at a time).
+fn hub_counts(app: &AppState) -> Option<CachedCounts> {
+    use std::sync::atomic::Ordering;
+    let console = app.console.clone()?;
+    let now = app.hub.clock.now_ms();
+    let cached = *console.counts.lock();
+    let stale = cached.is_none_or(|c| now - c.at >= COUNTS_FRESH_MS);
+    if stale && !console.refreshing.swap(true, Ordering::AcqRel) {
+        let hub = app.hub.clone();
+        tokio::spawn(async move {
+            match hub.store.stats().await {
+                Ok(stats) => {
+                    *console.counts.lock() = Some(CachedCounts {
+                        at: hub.clock.now_ms(),
+                        stats,
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "console: counting messages failed"),
+            }
+            console.refreshing.store(false, Ordering::Release);
+        });
+    }
+    cached
 }
 
 /// One row of the agents list.
