@@ -371,3 +371,62 @@ async fn oversized_queries_and_unknown_records_are_clear_errors() {
     }
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn retry_now_and_requeue_all_change_the_records_and_are_audited() {
+    let hub = memory_hub().await;
+    let (cookie, csrf) = login(&hub, MASTER_KEY).await;
+    let http = no_redirects();
+    let failing = hub.store.list_failing_deliveries(10, None).await.unwrap();
+    let delivery = failing
+        .items
+        .first()
+        .expect("the fixture's failed delivery");
+    assert_eq!(delivery.attempts, 1);
+    let response = http
+        .post(hub.url(&format!("/console/deliveries/{}/retry", delivery.id)))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    // The worker attempts it at once (the receiver still answers 500).
+    let store = hub.store.clone();
+    let id = delivery.id.clone();
+    crate::fixture::eventually("a second attempt", || {
+        let store = store.clone();
+        let id = id.clone();
+        async move {
+            let d = store.get_delivery(&id).await.unwrap().unwrap();
+            (d.attempts >= 2).then_some(())
+        }
+    })
+    .await;
+    let unknown = http
+        .post(hub.url("/console/deliveries/no-such-delivery/retry"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
+
+    let response = http
+        .post(hub.url("/console/agents/bob/dead/requeue-all"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let requeued = hub.store.get_message(&hub.dead_id).await.unwrap().unwrap();
+    assert_eq!(requeued.state, MessageState::Queued);
+    let audit = hub.store.list_audit(None, 1000).await.unwrap();
+    let kinds: Vec<&str> = audit.iter().map(|e| e.kind.as_str()).collect();
+    assert!(kinds.contains(&"console.delivery_retried"), "{kinds:?}");
+    let all = audit.iter().find(|e| e.kind == "console.requeued").unwrap();
+    assert_eq!(all.detail["count"], 1);
+    assert_eq!(all.detail["actor"], "console:master");
+    hub.stop().await;
+}
