@@ -237,6 +237,7 @@ macro_rules! conformance {
                 console_search_agents_pages_by_prefix,
                 console_dead_letters_across_inboxes_in_order,
                 console_failing_deliveries_and_retry_now,
+                peek_queued_shows_waiting_messages_without_leasing,
             );
 
             $(
@@ -1842,5 +1843,39 @@ mod contract {
         let delivered = store.retry_delivery("d3", now).await.unwrap().unwrap();
         assert_eq!(delivered.state, DeliveryState::Delivered);
         assert_eq!(store.retry_delivery("missing", now).await.unwrap(), None);
+    }
+
+    pub async fn peek_queued_shows_waiting_messages_without_leasing(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        enqueue(&store, message("first", "bob", T0)).await;
+        enqueue(&store, message("second", "bob", T0)).await;
+        enqueue(&store, message("later", "bob", T0 + MINUTE)).await;
+        let peek = |now: Millis, limit: usize| {
+            let store = store.clone();
+            async move { store.peek_queued("bob", now, limit).await.unwrap() }
+        };
+        assert_eq!(ids(&peek(T0, 10).await), ["first", "second"]);
+        assert_eq!(ids(&peek(T0, 1).await), ["first"]);
+        assert_eq!(
+            ids(&peek(T0 + MINUTE, 10).await),
+            ["first", "second", "later"]
+        );
+        assert!(
+            store
+                .peek_queued("nobody", T0, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Peeking leased nothing: the first pull still gets it on its first attempt.
+        let leased = lease(&store, "bob", T0, 1).await;
+        assert_eq!((ids(&leased), leased[0].attempts), (vec!["first"], 1));
+        assert_eq!(
+            ids(&peek(T0, 10).await),
+            ["second"],
+            "leased is not waiting"
+        );
+        // Past its TTL a message is not waiting, even before the sweeper ends it.
+        assert_eq!(ids(&peek(T0 + 60 * MINUTE, 10).await), ["later"]);
     }
 }

@@ -816,6 +816,18 @@ impl Store for MechStore {
             .and_then(|cell| cell.state.lock().next_available_at()))
     }
 
+    async fn peek_queued(
+        &self,
+        recipient: &str,
+        now: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>> {
+        Ok(self
+            .cell(recipient)
+            .map(|cell| cell.state.lock().peek_queued(now, limit))
+            .unwrap_or_default())
+    }
+
     async fn inbox_stats(&self, recipient: &str) -> StoreResult<StateCounts> {
         let mut counts = StateCounts::default();
         if let Some(cell) = self.cell(recipient) {
