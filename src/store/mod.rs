@@ -5,6 +5,7 @@
 //! operation here is a complete state transition that the backend makes atomic,
 //! so correctness never depends on the caller.
 
+mod group_commit;
 pub mod instrumented;
 pub mod mech;
 pub mod memory;
