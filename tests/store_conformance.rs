@@ -1673,4 +1673,84 @@ mod contract {
         let all = store.list_audit(None, 100).await.unwrap();
         assert_eq!(first_broken_link(GENESIS_HASH, &all), None);
     }
+
+    /// SQL backends (group commit): operations committed together stay
+    /// all-or-nothing each. Half of 40 concurrent sends fail after their
+    /// message row was written (their delivery id is taken); those leave no
+    /// message and no count behind, and the other half commits.
+    pub async fn failing_op_in_a_group_changes_nothing(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        store
+            .enqueue(
+                message("m-first", "bob", T0),
+                QUOTA,
+                Some(delivery("taken", "m-first", "bob", T0)),
+            )
+            .await
+            .unwrap();
+        let sends: Vec<_> = (0..40)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let id = format!("m{i:02}");
+                    let delivery_id = if i % 2 == 0 {
+                        format!("d{i:02}")
+                    } else {
+                        "taken".into()
+                    };
+                    let d = delivery(&delivery_id, &id, "bob", T0);
+                    store.enqueue(message(&id, "bob", T0), QUOTA, Some(d)).await
+                })
+            })
+            .collect();
+        for (i, send) in sends.into_iter().enumerate() {
+            let outcome = send.await.unwrap();
+            let id = format!("m{i:02}");
+            if i % 2 == 0 {
+                assert!(
+                    matches!(outcome, Ok(Enqueued::Created(_))),
+                    "{id}: {outcome:?}"
+                );
+                assert!(
+                    store
+                        .get_delivery(&format!("d{i:02}"))
+                        .await
+                        .unwrap()
+                        .is_some()
+                );
+            } else {
+                assert!(
+                    matches!(outcome, Err(StoreError::Internal(_))),
+                    "{id}: {outcome:?}"
+                );
+                assert_eq!(store.get_message(&id).await.unwrap(), None, "{id}");
+            }
+        }
+        assert_eq!(store.inbox_stats("bob").await.unwrap().queued, 21);
+        // The maintained count agrees: the quota is reached at exactly 21.
+        assert!(matches!(
+            store.enqueue(message("m-over", "bob", T0), 21, None).await,
+            Err(StoreError::InboxFull)
+        ));
+        store
+            .enqueue(message("m-last", "bob", T0), 22, None)
+            .await
+            .unwrap();
+    }
+}
+
+/// Group commit on the SQL backends (the memory and Mech backends have no
+/// multi-row writes that could half-fail this way).
+mod sql_group_commit {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_failing_op_in_a_group_changes_nothing() {
+        run::<SqliteBackend, _, _>(contract::failing_op_in_a_group_changes_nothing).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_failing_op_in_a_group_changes_nothing() {
+        run::<PostgresBackend, _, _>(contract::failing_op_in_a_group_changes_nothing).await;
+    }
 }
