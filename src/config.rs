@@ -22,6 +22,17 @@ pub enum StorageBackend {
     Mech,
 }
 
+/// Which generation of Mech's NoSQL request shapes the client sends (docs/STORAGE.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MechApiDialect {
+    /// The shapes a client checked against the live service uses: paths by
+    /// `document_id` (`/nosql/documents/{id}`), create with `document_id`.
+    Live,
+    /// The older Node client's shapes: `/nosql/documents/key/{key}?collection_name=`,
+    /// `/nosql/documents/{collection}/{key}`, create with `document_key`.
+    Legacy,
+}
+
 /// SQLite's `synchronous` setting: what an acknowledged write survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SqliteSynchronous {
@@ -76,6 +87,22 @@ pub struct Config {
     /// File holding the Mech API key; excludes `MECH_API_KEY`.
     #[arg(long, env = "MECH_API_KEY_FILE")]
     pub mech_api_key_file: Option<PathBuf>,
+    /// Mech API secret: with it the key and secret go as `X-Mech-API-Key` and
+    /// `X-Mech-API-Secret`; without it the key alone goes as `X-API-Key`.
+    #[arg(long, env = "MECH_API_SECRET", hide_env_values = true)]
+    pub mech_api_secret: Option<String>,
+    /// File holding the Mech API secret; excludes `MECH_API_SECRET`.
+    #[arg(long, env = "MECH_API_SECRET_FILE")]
+    pub mech_api_secret_file: Option<PathBuf>,
+    /// Request shapes the Mech client sends: `live` (default) or `legacy`.
+    #[arg(long, env = "MECH_API_DIALECT", value_enum, default_value_t = MechApiDialect::Live)]
+    pub mech_api_dialect: MechApiDialect,
+    /// Also send `X-App-ID` (off: the live service reportedly answers it with `TABLE_NOT_FOUND`).
+    #[arg(long, env = "MECH_SEND_APP_ID_HEADER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub mech_send_app_id_header: bool,
+    /// Age of the single-instance lock's last heartbeat after which another hub may take it over.
+    #[arg(long, env = "MECH_LOCK_STALE_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(200..=3_600_000))]
+    pub mech_lock_stale_ms: u64,
     /// Time one Mech request may take before it counts as failed and is retried.
     #[arg(long, env = "MECH_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub mech_timeout_ms: u64,
@@ -279,6 +306,11 @@ impl Default for Config {
             mech_app_id: None,
             mech_api_key: None,
             mech_api_key_file: None,
+            mech_api_secret: None,
+            mech_api_secret_file: None,
+            mech_api_dialect: MechApiDialect::Live,
+            mech_send_app_id_header: false,
+            mech_lock_stale_ms: 60_000,
             mech_timeout_ms: 5_000,
             mech_max_retries: 3,
             mech_backoff_base_ms: 100,
@@ -328,7 +360,7 @@ impl Default for Config {
 
 impl Config {
     /// Reads the secrets given as files (`MASTER_API_KEY_FILE`,
-    /// `MASTER_API_KEY_PREVIOUS_FILE`, `SESSION_SECRET_FILE`, `MECH_API_KEY_FILE`) into their
+    /// `MASTER_API_KEY_PREVIOUS_FILE`, `SESSION_SECRET_FILE`, `MECH_API_KEY_FILE`, `MECH_API_SECRET_FILE`) into their
     /// values, once, at start-up and before [`validate`](Self::validate).
     ///
     /// One trailing newline (`\n` or `\r\n`, as editors and `echo` add) is
@@ -356,6 +388,11 @@ impl Config {
             "MECH_API_KEY",
             &mut self.mech_api_key,
             &mut self.mech_api_key_file,
+        )?;
+        resolve_secret_file(
+            "MECH_API_SECRET",
+            &mut self.mech_api_secret,
+            &mut self.mech_api_secret_file,
         )
     }
 
@@ -369,6 +406,7 @@ impl Config {
             ),
             ("SESSION_SECRET_FILE", &self.session_secret_file),
             ("MECH_API_KEY_FILE", &self.mech_api_key_file),
+            ("MECH_API_SECRET_FILE", &self.mech_api_secret_file),
         ] {
             if file.is_some() {
                 return Err(format!(
@@ -458,6 +496,11 @@ impl Config {
                 return Err("MECH_API_KEY must be non-empty and free of control characters".into());
             }
             Some(_) => {}
+        }
+        if let Some(secret) = &self.mech_api_secret
+            && (secret.is_empty() || secret.chars().any(|c| c.is_control()))
+        {
+            return Err("MECH_API_SECRET must be non-empty and free of control characters".into());
         }
         if self.mech_backoff_base_ms > self.mech_backoff_max_ms {
             return Err("MECH_BACKOFF_BASE_MS must not exceed MECH_BACKOFF_MAX_MS".into());

@@ -4,7 +4,7 @@
 //! storage ([`store`]). Background work lives in [`jobs`]; webhook payloads,
 //! signatures and the receiver's verification helper in [`webhook`]; metrics
 //! in [`telemetry`]; the audit hash chain in [`audit`]; signatures shared
-//! with clients in [`signing`]; the command-line client in [`client`]; the load benchmark in [`bench`].
+//! with clients in [`signing`]; the command-line client in [`client`]; the MCP server of one agent in [`mcp`]; the load benchmark in [`bench`].
 
 pub mod api;
 pub mod audit;
@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod hub;
 pub mod jobs;
+pub mod mcp;
 pub mod server;
 pub mod signing;
 pub mod store;

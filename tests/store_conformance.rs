@@ -11,7 +11,9 @@
 //!
 //! PostgreSQL tests need the server on 127.0.0.1:5432 (see `tests/support`).
 //! The Mech backend runs against the in-process Mech emulator
-//! (`tests/support/mech_emulator.rs`) with no injected faults or latency;
+//! (`tests/support/mech_emulator.rs`) in both modes (`mech`: the live API as
+//! MECH-API.md describes it; `mech_legacy`: the older shapes), each with 300
+//! foreign documents in the app and no injected faults or latency;
 //! `tests/mech_store.rs` covers the faults.
 
 mod support;
@@ -27,7 +29,7 @@ use admp::store::memory::MemoryStore;
 use admp::store::postgres::PostgresStore;
 use admp::store::sqlite::SqliteStore;
 
-use support::mech_emulator::MechEmulator;
+use support::mech_emulator::{MechEmulator, Mode};
 use support::storage::{PgSchema, TempDir};
 
 /// A way to get a fresh, empty store of one backend, and to clean it up.
@@ -122,12 +124,15 @@ impl Backend for PostgresBackend {
     }
 }
 
-struct MechBackend {
+/// The Mech backend on the emulator: live mode (`LEGACY = false`) or legacy
+/// mode, with other applications' documents already in the app and list
+/// pages capped at 100 so every scan paginates.
+struct MechBackend<const LEGACY: bool> {
     emulator: MechEmulator,
     store: Arc<MechStore>,
 }
 
-impl MechBackend {
+impl<const LEGACY: bool> MechBackend<LEGACY> {
     async fn open(emulator: &MechEmulator) -> Arc<MechStore> {
         let store = MechStore::open(emulator.settings())
             .await
@@ -136,20 +141,25 @@ impl MechBackend {
     }
 }
 
-impl Backend for MechBackend {
+impl<const LEGACY: bool> Backend for MechBackend<LEGACY> {
     async fn create() -> Self {
-        let emulator = MechEmulator::start().await;
+        let mode = if LEGACY { Mode::Legacy } else { Mode::Live };
+        let emulator = MechEmulator::start_shared(mode).await;
+        emulator.set_page_cap(Some(100));
         let store = Self::open(&emulator).await;
         MechBackend { emulator, store }
     }
     fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
     }
-    /// A hub restart: a new store rebuilds its index from what Mech holds.
+    /// A hub restart: the old hub releases its lock, a new store rebuilds its index from Mech.
     async fn reopen(&mut self) {
+        self.store.close().await;
         self.store = Self::open(&self.emulator).await;
     }
-    async fn destroy(self) {}
+    async fn destroy(self) {
+        self.store.close().await;
+    }
 }
 
 /// Runs one contract on a fresh store, cleaning up even when it fails.
@@ -234,6 +244,7 @@ macro_rules! conformance {
                 concurrent_leases_never_share_a_message,
                 concurrent_enqueues_respect_the_quota,
                 concurrent_audit_appends_keep_one_chain,
+                peek_queued_shows_waiting_messages_without_leasing,
             );
 
             $(
@@ -250,7 +261,8 @@ macro_rules! conformance {
 conformance!(memory, MemoryBackend);
 conformance!(sqlite, SqliteBackend, durable);
 conformance!(postgres, PostgresBackend, durable);
-conformance!(mech, MechBackend, durable);
+conformance!(mech, MechBackend<false>, durable);
+conformance!(mech_legacy, MechBackend<true>, durable);
 
 /// The contract itself: backend-independent, in terms of the `Store` trait only.
 mod contract {
@@ -1672,6 +1684,40 @@ mod contract {
         assert_eq!(next.seq, 4);
         let all = store.list_audit(None, 100).await.unwrap();
         assert_eq!(first_broken_link(GENESIS_HASH, &all), None);
+    }
+
+    pub async fn peek_queued_shows_waiting_messages_without_leasing(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        enqueue(&store, message("first", "bob", T0)).await;
+        enqueue(&store, message("second", "bob", T0)).await;
+        enqueue(&store, message("later", "bob", T0 + MINUTE)).await;
+        let peek = |now: Millis, limit: usize| {
+            let store = store.clone();
+            async move { store.peek_queued("bob", now, limit).await.unwrap() }
+        };
+        assert_eq!(ids(&peek(T0, 10).await), ["first", "second"]);
+        assert_eq!(ids(&peek(T0, 1).await), ["first"]);
+        assert_eq!(
+            ids(&peek(T0 + MINUTE, 10).await),
+            ["first", "second", "later"]
+        );
+        assert!(
+            store
+                .peek_queued("nobody", T0, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Peeking leased nothing: the first pull still gets it on its first attempt.
+        let leased = lease(&store, "bob", T0, 1).await;
+        assert_eq!((ids(&leased), leased[0].attempts), (vec!["first"], 1));
+        assert_eq!(
+            ids(&peek(T0, 10).await),
+            ["second"],
+            "leased is not waiting"
+        );
+        // Past its TTL a message is not waiting, even before the sweeper ends it.
+        assert_eq!(ids(&peek(T0 + 60 * MINUTE, 10).await), ["later"]);
     }
 
     /// SQL backends (group commit): operations committed together stay

@@ -402,17 +402,120 @@ impl From<StateCounts> for InboxStatsResponse {
 
 route_errors!(InboxErrors: AUTHED, AGENT_SCOPE, PARAMS);
 
-/// Counts of this inbox's messages by state.
+/// Inbox stats query: `wait_sec` turns the read into a watch.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct StatsQuery {
+    /// With `If-None-Match`: wait up to this many seconds (0..20) for the
+    /// counts to change; leases nothing.
+    pub wait_sec: Option<u64>,
+}
+
+/// Counts of this inbox's messages by state, with an `ETag`. With
+/// `If-None-Match` (and optionally `wait_sec`) it is a non-leasing watch:
+/// 200 with the new counts as soon as they differ from the tagged ones (a
+/// message arriving wakes it), 304 if they are unchanged at the deadline.
 #[utoipa::path(get, path = "/api/agents/{agent_id}/inbox/stats", tag = "inbox",
-    params(("agent_id" = String, Path)),
-    responses((status = 200, body = InboxStatsResponse), InboxErrors))]
+    params(("agent_id" = String, Path), StatsQuery,
+        ("If-None-Match" = Option<String>, Header, description = "ETag of counts already seen")),
+    responses((status = 200, body = InboxStatsResponse), (status = 304, description = "Counts unchanged"),
+        InboxErrors))]
 pub async fn inbox_stats(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<StatsQuery>,
+    headers: axum::http::HeaderMap,
     req: Authed,
-) -> ApiResult<Json<InboxStatsResponse>> {
+) -> ApiResult<Response> {
     app.hub.scope(&req.caller, &agent_id).await?;
-    Ok(Json(app.hub.inbox_stats(&agent_id).await?.into()))
+    let known: Vec<String> = headers
+        .get_all(axum::http::header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|tag| tag.trim().trim_start_matches("W/").to_string())
+        .collect();
+    let unchanged = |counts: &StateCounts| known.contains(&stats_etag(counts));
+    let counts = app
+        .hub
+        .watch_inbox_stats(&agent_id, query.wait_sec.unwrap_or(0), unchanged)
+        .await?;
+    let etag = [(axum::http::header::ETAG, stats_etag(&counts))];
+    if unchanged(&counts) {
+        return Ok((StatusCode::NOT_MODIFIED, etag).into_response());
+    }
+    Ok((etag, Json(InboxStatsResponse::from(counts))).into_response())
+}
+
+/// Peek query.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PeekQuery {
+    /// How many waiting messages to show (1..20, default 5).
+    pub limit: Option<usize>,
+}
+
+/// A waiting message, summarised (its envelope is read by pulling it).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WaitingMessage {
+    pub message_id: String,
+    /// Sender agent id (the envelope signature was verified on send).
+    pub from: String,
+    /// Sender-chosen type and subject (not covered by the signature).
+    #[serde(rename = "type")]
+    pub message_type: Option<String>,
+    pub subject: Option<String>,
+    pub created_at: i64,
+    pub attempts: u32,
+}
+
+/// The waiting messages of an inbox.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PeekResponse {
+    /// In the order a pull would take them.
+    pub messages: Vec<WaitingMessage>,
+}
+
+/// The next waiting messages of this inbox, summarised, without leasing them.
+#[utoipa::path(get, path = "/api/agents/{agent_id}/inbox/peek", tag = "inbox",
+    params(("agent_id" = String, Path), PeekQuery),
+    responses((status = 200, body = PeekResponse), InboxErrors))]
+pub async fn peek(
+    State(app): State<AppState>,
+    ApiPath(agent_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<PeekQuery>,
+    req: Authed,
+) -> ApiResult<Json<PeekResponse>> {
+    app.hub.scope(&req.caller, &agent_id).await?;
+    let waiting = app.hub.peek_inbox(&agent_id, query.limit).await?;
+    Ok(Json(PeekResponse {
+        messages: waiting
+            .into_iter()
+            .map(|m| {
+                let envelope = m.envelope.to_value();
+                let field = |name: &str| {
+                    envelope
+                        .get(name)
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                };
+                WaitingMessage {
+                    message_type: field("type"),
+                    subject: field("subject"),
+                    message_id: m.id,
+                    from: m.sender,
+                    created_at: m.created_at,
+                    attempts: m.attempts,
+                }
+            })
+            .collect(),
+    }))
+}
+
+/// Strong entity tag of a set of counts: equal tags, equal counts.
+fn stats_etag(c: &StateCounts) -> String {
+    format!(
+        "\"{}.{}.{}.{}.{}.{}\"",
+        c.total, c.queued, c.leased, c.acked, c.expired, c.dead
+    )
 }
 
 /// Reclaim response.

@@ -92,6 +92,7 @@ impl AppState {
         messages::send, messages::reply, messages::status,
         messages::pull, messages::ack, messages::batch_ack, messages::nack,
         messages::inbox_stats, messages::reclaim, messages::dead_letters, messages::requeue,
+        messages::peek,
     ),
     tags((name = "agents"), (name = "messages"), (name = "inbox"), (name = "system"))
 )]
@@ -178,6 +179,7 @@ pub fn router(state: AppState) -> Router {
             "/api/agents/{agent_id}/inbox/stats",
             get(messages::inbox_stats),
         )
+        .route("/api/agents/{agent_id}/inbox/peek", get(messages::peek))
         .route(
             "/api/agents/{agent_id}/inbox/reclaim",
             post(messages::reclaim),

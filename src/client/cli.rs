@@ -2,7 +2,7 @@
 //! keep each agent's key in `.admp/<agent>.json` so a person can try the hub
 //! without hand-signing Ed25519 in curl.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -114,6 +114,8 @@ enum Command {
         as_agent: String,
         message_id: String,
     },
+    /// Serve one agent's inbox to an MCP client over stdio (docs/MCP.md).
+    Mcp(crate::mcp::McpArgs),
 }
 
 /// `admp healthcheck` options.
@@ -171,7 +173,21 @@ fn key_dir() -> PathBuf {
 }
 
 fn load_agent(agent_id: &str) -> anyhow::Result<AgentClient> {
-    let path = key_dir().join(format!("{agent_id}.json"));
+    load_agent_from(&key_dir(), agent_id)
+}
+
+fn save_agent(client: &AgentClient) -> anyhow::Result<PathBuf> {
+    save_agent_in(&key_dir(), client)
+}
+
+/// The key file of `agent_id` in the key directory `dir`.
+pub fn key_file(dir: &Path, agent_id: &str) -> PathBuf {
+    dir.join(format!("{agent_id}.json"))
+}
+
+/// A client for an agent whose key the CLI saved in `dir` (its hub from the file).
+pub fn load_agent_from(dir: &Path, agent_id: &str) -> anyhow::Result<AgentClient> {
+    let path = key_file(dir, agent_id);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("reading {} (register the agent first)", path.display()))?;
     let saved: SavedAgent = serde_json::from_str(&text)?;
@@ -184,10 +200,10 @@ fn load_agent(agent_id: &str) -> anyhow::Result<AgentClient> {
     ))
 }
 
-fn save_agent(client: &AgentClient) -> anyhow::Result<PathBuf> {
-    let dir = key_dir();
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("{}.json", client.agent_id));
+/// Saves an agent's hub, id and secret key in `dir`, readable by the owner only.
+pub fn save_agent_in(dir: &Path, client: &AgentClient) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = key_file(dir, &client.agent_id);
     let saved = SavedAgent {
         hub: client.base.clone(),
         agent_id: client.agent_id.clone(),
@@ -323,6 +339,7 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
             let client = load_agent(&as_agent)?;
             print_response(client.ack(&message_id, lease_id.as_deref()).await?).await?;
         }
+        Command::Mcp(args) => crate::mcp::run(args).await?,
         Command::Status {
             as_agent,
             message_id,

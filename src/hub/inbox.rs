@@ -19,6 +19,9 @@ pub const MAX_WAIT_SEC: u64 = 20;
 pub const MAX_BATCH: u64 = 100;
 /// Default page size of the dead-letter listing.
 pub const DEFAULT_DEAD_PAGE: usize = 50;
+/// Default and largest number of waiting messages a peek shows.
+pub const DEFAULT_PEEK: usize = 5;
+pub const MAX_PEEK: usize = 20;
 
 /// Pull parameters as sent by the client (validated here).
 #[derive(Debug, Default, Clone)]
@@ -253,6 +256,62 @@ impl Hub {
     /// Counts of one inbox by state.
     pub async fn inbox_stats(&self, agent_id: &str) -> HubResult<StateCounts> {
         Ok(self.store.inbox_stats(agent_id).await?)
+    }
+
+    /// The next `limit` (1..=20, default 5) waiting messages, in pull order,
+    /// without leasing them: what an inbox overview shows.
+    pub async fn peek_inbox(
+        &self,
+        agent_id: &str,
+        limit: Option<usize>,
+    ) -> HubResult<Vec<Message>> {
+        let limit = limit.unwrap_or(DEFAULT_PEEK);
+        if !(1..=MAX_PEEK).contains(&limit) {
+            return Err(HubError::invalid(
+                "limit",
+                format!("must be between 1 and {MAX_PEEK}"),
+            ));
+        }
+        Ok(self.store.peek_queued(agent_id, self.now(), limit).await?)
+    }
+
+    /// The inbox's counts once they are no longer `unchanged`: at once if
+    /// they already differ, else as soon as a message becomes available (the
+    /// wake-ups long-poll uses) or at the end of `wait_sec`, whichever comes
+    /// first. Leases nothing: a watcher learns that mail arrived without
+    /// taking it from the consumer that will pull it.
+    pub async fn watch_inbox_stats(
+        &self,
+        agent_id: &str,
+        wait_sec: u64,
+        unchanged: impl Fn(&StateCounts) -> bool,
+    ) -> HubResult<StateCounts> {
+        if wait_sec > MAX_WAIT_SEC {
+            return Err(HubError::invalid(
+                "wait_sec",
+                format!("must be between 0 and {MAX_WAIT_SEC}"),
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_sec);
+        let notify = self.wakers.get(agent_id);
+        loop {
+            // Register interest before counting, so a send in between still wakes us.
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let counts = self.store.inbox_stats(agent_id).await?;
+            if !unchanged(&counts)
+                || tokio::time::Instant::now() >= deadline
+                || self.shutdown.is_cancelled()
+            {
+                return Ok(counts);
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = self.shutdown.cancelled() => {}
+            }
+        }
     }
 
     /// Ends this agent's expired leases now instead of waiting for the sweeper.

@@ -146,6 +146,16 @@ impl Store for InstrumentedStore {
             .await
     }
 
+    async fn peek_queued(
+        &self,
+        recipient: &str,
+        now: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>> {
+        self.timed("peek_queued", self.inner.peek_queued(recipient, now, limit))
+            .await
+    }
+
     async fn inbox_stats(&self, recipient: &str) -> StoreResult<StateCounts> {
         self.timed("inbox_stats", self.inner.inbox_stats(recipient))
             .await

@@ -119,6 +119,18 @@ impl Inbox {
         Some(slot.message)
     }
 
+    /// Up to `limit` waiting messages in pull order, untouched (`Store::peek_queued`).
+    pub(super) fn peek_queued(&self, now: Millis, limit: usize) -> Vec<Message> {
+        self.ready
+            .range(..=(now, u64::MAX))
+            .filter_map(|(_, id)| self.messages.get(id))
+            .map(|slot| &slot.message)
+            .filter(|m| m.state == MessageState::Queued && m.expires_at > now)
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
     /// One page of dead letters, oldest first, after `cursor` (`<ended_at>.<seq>`).
     pub(super) fn dead_page(
         &self,
@@ -500,6 +512,18 @@ impl Store for MemoryStore {
             });
         };
         inbox.lock().dead_page(limit, cursor)
+    }
+
+    async fn peek_queued(
+        &self,
+        recipient: &str,
+        now: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>> {
+        Ok(self
+            .inbox(recipient)
+            .map(|inbox| inbox.lock().peek_queued(now, limit))
+            .unwrap_or_default())
     }
 
     async fn inbox_stats(&self, recipient: &str) -> StoreResult<StateCounts> {

@@ -13,6 +13,7 @@ mod model;
 pub mod postgres;
 pub mod scratch;
 mod sql;
+mod sql_peek;
 pub mod sqlite;
 pub mod transfer;
 
@@ -119,6 +120,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Page<Message>>;
     /// Counts one inbox's messages by state.
     async fn inbox_stats(&self, recipient: &str) -> StoreResult<StateCounts>;
+    /// Up to `limit` messages of an inbox that are waiting (`queued`, visible
+    /// at `now`, not past their TTL), in the order a pull would take them;
+    /// leases nothing.
+    async fn peek_queued(
+        &self,
+        recipient: &str,
+        now: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>>;
     /// Counts agents and messages across the hub.
     async fn stats(&self) -> StoreResult<HubStats>;
 

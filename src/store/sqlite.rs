@@ -838,6 +838,24 @@ impl Store for SqliteStore {
             .map_err(db_error)
     }
 
+    async fn peek_queued(
+        &self,
+        recipient: &str,
+        now: Millis,
+        page: usize,
+    ) -> StoreResult<Vec<Message>> {
+        let rows = sqlx::query(super::sql_peek::PEEK_QUEUED)
+            .bind(recipient)
+            .bind(now)
+            .bind(limit(page))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|row| sql::message_from_row(row).map(|(_, m)| m))
+            .collect()
+    }
+
     async fn inbox_stats(&self, recipient: &str) -> StoreResult<StateCounts> {
         let rows = sqlx::query(
             "SELECT state, count(*) AS n FROM messages WHERE recipient = $1 GROUP BY state",

@@ -11,8 +11,9 @@
 //! call fails. A send therefore answers 201 only after Mech stored the message.
 //!
 //! **One hub instance only**: two hubs on one Mech app would each trust their
-//! own index and could lease the same message twice. `open_store` logs this
-//! at start; docs/STORAGE.md says it too.
+//! own index and could lease the same message twice. The single-instance
+//! lock (`lock.rs`) enforces it: a second hub refuses to start, naming the
+//! holder, until the holder's heartbeat is stale.
 //!
 //! Bulk work (sweeps, offline marking, webhook claims) never lists a
 //! collection: it picks its records from the index and writes them with at
@@ -25,6 +26,7 @@
 
 pub mod breaker;
 pub mod client;
+pub mod lock;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -41,6 +43,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 pub use client::{MechClient, MechError, MechSettings};
+pub use lock::HubLock;
 
 use super::memory::Inbox;
 use super::*;
@@ -108,7 +111,8 @@ impl DeliveryBook {
 
 /// The Mech-backed store (see the module docs; one hub instance only).
 pub struct MechStore {
-    client: MechClient,
+    client: Arc<MechClient>,
+    lock: HubLock,
     agents: DashMap<String, Agent>,
     inboxes: DashMap<String, Arc<InboxCell>>,
     /// Message id → recipient; an enqueue reserves its id here before writing.
@@ -127,19 +131,26 @@ pub struct MechStore {
 }
 
 impl MechStore {
-    /// Connects and rebuilds the index from a paginated scan of every collection.
+    /// Takes the single-instance lock (or refuses, naming the hub that holds
+    /// it), then rebuilds the index from a paginated scan of the app.
     pub async fn open(settings: MechSettings) -> StoreResult<Self> {
         let concurrency = settings.concurrency.max(1);
-        let client = MechClient::new(settings)?;
-        let (agents, messages, deliveries, attempts, audit) = tokio::try_join!(
-            client.list_all(AGENTS),
-            client.list_all(MESSAGES),
-            client.list_all(DELIVERIES),
-            client.list_all(ATTEMPTS),
-            client.list_all(AUDIT),
-        )?;
+        let client = Arc::new(MechClient::new(settings)?);
+        let lock = HubLock::acquire(client.clone()).await?;
+        let mut found = client
+            .scan(&[AGENTS, MESSAGES, DELIVERIES, ATTEMPTS, AUDIT])
+            .await?;
+        let mut take = |collection: &str| found.remove(collection).unwrap_or_default();
+        let (agents, messages, deliveries, attempts, audit) = (
+            take(AGENTS),
+            take(MESSAGES),
+            take(DELIVERIES),
+            take(ATTEMPTS),
+            take(AUDIT),
+        );
         let store = MechStore {
             client,
+            lock,
             agents: DashMap::new(),
             inboxes: DashMap::new(),
             owners: DashMap::new(),
@@ -209,6 +220,17 @@ impl MechStore {
     /// The HTTP client (for its breaker state).
     pub fn client(&self) -> &MechClient {
         &self.client
+    }
+
+    /// The single-instance lock this store holds.
+    pub fn lock(&self) -> &HubLock {
+        &self.lock
+    }
+
+    /// Graceful stop: releases the single-instance lock (the next hub starts
+    /// at once); every later write is refused.
+    pub async fn close(&self) {
+        self.lock.release().await;
     }
 
     fn cell(&self, agent_id: &str) -> Option<Arc<InboxCell>> {
@@ -813,6 +835,18 @@ impl Store for MechStore {
         Ok(self
             .cell(recipient)
             .and_then(|cell| cell.state.lock().next_available_at()))
+    }
+
+    async fn peek_queued(
+        &self,
+        recipient: &str,
+        now: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>> {
+        Ok(self
+            .cell(recipient)
+            .map(|cell| cell.state.lock().peek_queued(now, limit))
+            .unwrap_or_default())
     }
 
     async fn inbox_stats(&self, recipient: &str) -> StoreResult<StateCounts> {
