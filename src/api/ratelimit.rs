@@ -1,7 +1,10 @@
 //! Rate limits (PROTOCOL.md §8): every request draws from one bucket chosen
 //! by who is calling.
 //!
-//! - Open routes (`/health`, `/ready`, `/metrics`, `/docs`, `/openapi.json`):
+//! - Probes (`/health`, `/ready`): never limited, so a flood from the
+//!   orchestrator's own address cannot fail them (`/ready` pings the store
+//!   at most once a second whatever the request rate).
+//! - Other open routes (`/metrics`, `/docs`, `/openapi.json`):
 //!   the client IP's bucket, enforced by a tower_governor layer before the
 //!   handler runs.
 //! - Registration: a separate, much smaller per-IP bucket

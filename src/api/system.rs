@@ -37,18 +37,44 @@ pub async fn health() -> Json<HealthResponse> {
     })
 }
 
-/// Readiness probe: 200 when storage answers, else 503.
+/// Readiness probe: 200 when storage answers, else 503. Never rate-limited,
+/// so its store work is bounded here instead: see [`ReadyProbe`].
 #[utoipa::path(get, path = "/ready", tag = "system",
     responses((status = 200, description = "{status: ready, checks: {store: ok}}"),
         (status = 503, description = "{status: unavailable, checks: {store: <error>}}")))]
 pub async fn ready(State(app): State<AppState>) -> Response {
-    match app.hub.store.ping().await {
+    match app.ready.check(&app).await {
         Ok(()) => Json(json!({"status": "ready", "checks": {"store": "ok"}})).into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "checks": {"store": e.to_string()}})),
+            Json(json!({"status": "unavailable", "checks": {"store": e}})),
         )
             .into_response(),
+    }
+}
+
+/// How long one store ping answers `/ready` for everyone.
+const READY_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The last `/ready` answer. Probes are exempt from rate limits, so a flood
+/// of them costs at most one store ping per [`READY_FRESH`]: concurrent
+/// probes wait for the one ping in flight and share its result.
+#[derive(Default)]
+pub struct ReadyProbe {
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
+}
+
+impl ReadyProbe {
+    async fn check(&self, app: &AppState) -> Result<(), String> {
+        let mut last = self.last.lock().await;
+        if let Some((at, result)) = last.as_ref()
+            && at.elapsed() < READY_FRESH
+        {
+            return result.clone();
+        }
+        let result = app.hub.store.ping().await.map_err(|e| e.to_string());
+        *last = Some((std::time::Instant::now(), result.clone()));
+        result
     }
 }
 
