@@ -432,6 +432,7 @@ mod contract {
                 metadata: json!({"alpha": "replaced", "new": [1]})
                     .as_object()
                     .cloned(),
+                max_metadata_bytes: usize::MAX,
             },
             AgentChange::AddTrusted {
                 agent_id: "bob".into(),
@@ -465,7 +466,7 @@ mod contract {
         ];
         let mut expected = agent("alice");
         for change in &changes {
-            change.apply(&mut expected);
+            change.apply(&mut expected).unwrap();
             let updated = store.update_agent("alice", change).await.unwrap();
             assert_eq!(updated, expected, "after {change:?}");
         }
@@ -495,6 +496,7 @@ mod contract {
                 &AgentChange::Heartbeat {
                     now: T0 + MINUTE,
                     metadata: None,
+                    max_metadata_bytes: usize::MAX,
                 },
             )
             .await
@@ -513,6 +515,7 @@ mod contract {
                 &AgentChange::Heartbeat {
                     now: T0 + timeout + 1,
                     metadata: None,
+                    max_metadata_bytes: usize::MAX,
                 },
             )
             .await

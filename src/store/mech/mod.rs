@@ -25,6 +25,7 @@
 
 pub mod breaker;
 pub mod client;
+pub mod security;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -465,7 +466,7 @@ impl Store for MechStore {
             .get(agent_id)
             .map(|a| a.value().clone())
             .ok_or(StoreError::AgentNotFound)?;
-        change.apply(&mut agent);
+        change.apply(&mut agent)?;
         self.client
             .put(AGENTS, agent_id, &to_doc(&agent)?, true)
             .await?;
@@ -1229,5 +1230,38 @@ impl Store for MechStore {
         }
         cell.state.lock().insert(seq, message);
         Ok(true)
+    }
+
+    async fn remember_nonce(
+        &self,
+        key: &str,
+        expires_at: Millis,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        security::remember_nonce(&self.client, key, expires_at, now).await
+    }
+
+    async fn purge_nonces(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        security::purge_nonces(&self.client, now, limit).await
+    }
+
+    async fn retire_agent_id(&self, agent_id: &str, now: Millis) -> StoreResult<()> {
+        security::retire_agent_id(&self.client, agent_id, now).await
+    }
+
+    async fn is_agent_id_retired(&self, agent_id: &str) -> StoreResult<bool> {
+        security::is_agent_id_retired(&self.client, agent_id).await
+    }
+
+    async fn claim_due_deliveries_fair(
+        &self,
+        now: Millis,
+        limit: usize,
+        claim_ms: i64,
+        per_agent: usize,
+        skip_agents: &[String],
+    ) -> StoreResult<Vec<Delivery>> {
+        self.claim_fair(now, limit, claim_ms, per_agent, skip_agents)
+            .await
     }
 }
