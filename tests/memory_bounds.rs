@@ -58,7 +58,10 @@ async fn floods_of_large_metadata_and_nonces_leave_memory_bounded() {
     }
     let growth = rss_mib() - before;
     println!("metadata flood: RSS grew {growth:.1} MiB");
-    assert!(growth < ALLOWED_GROWTH_MIB, "metadata flood grew RSS by {growth:.1} MiB");
+    assert!(
+        growth < ALLOWED_GROWTH_MIB,
+        "metadata flood grew RSS by {growth:.1} MiB"
+    );
 
     // Item 2: 3,000 signed requests with 60 KB nonces (refused), then 3,000
     // with the largest accepted nonce (remembered as fixed-size digests).
@@ -102,5 +105,8 @@ async fn floods_of_large_metadata_and_nonces_leave_memory_bounded() {
     }
     let growth = rss_mib() - before;
     println!("nonce flood: RSS grew {growth:.1} MiB");
-    assert!(growth < ALLOWED_GROWTH_MIB, "nonce flood grew RSS by {growth:.1} MiB");
+    assert!(
+        growth < ALLOWED_GROWTH_MIB,
+        "nonce flood grew RSS by {growth:.1} MiB"
+    );
 }

@@ -119,7 +119,10 @@ async fn a_deleted_id_is_retired_for_good() {
     let squatter = AgentClient::new(hub.http.clone(), &hub.running.url(), "bob", key);
     for (method, path) in [
         (Method::GET, "/api/agents/bob/inbox/dead".to_string()),
-        (Method::GET, "/api/agents/bob/webhook/deliveries".to_string()),
+        (
+            Method::GET,
+            "/api/agents/bob/webhook/deliveries".to_string(),
+        ),
         (Method::GET, format!("/api/messages/{sent_by_bob}/status")),
     ] {
         let response = squatter.request(method, &path, None).send().await.unwrap();
@@ -276,7 +279,15 @@ async fn failed_authentication_is_rate_limited_per_ip() {
         .unwrap();
     expect_error(response, 429, "TOO_MANY_AUTH_FAILURES").await;
     // …while probes stay up.
-    assert_eq!(hub.http.get(hub.url("/health")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        hub.http
+            .get(hub.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // So is the operator key from this address: it is what a key
     // brute-force would try next.
     let response = hub.master(Method::GET, "/api/stats").send().await.unwrap();
@@ -435,8 +446,7 @@ async fn a_nonce_cannot_be_replayed_on_another_instance_or_after_a_restart() {
     assert_eq!(captured.send().await.unwrap().status(), 200);
     // The same signed request against the other instance (the Host header
     // is not part of this test's signature: it names the first instance).
-    let on_second = replay.try_clone().unwrap().build().unwrap();
-    let mut on_second = reqwest::Request::try_from(on_second).unwrap();
+    let mut on_second = replay.try_clone().unwrap().build().unwrap();
     *on_second.url_mut() = format!("{}{path}", second.url()).parse().unwrap();
     on_second
         .headers_mut()
@@ -446,8 +456,7 @@ async fn a_nonce_cannot_be_replayed_on_another_instance_or_after_a_restart() {
     // After a restart of the first instance.
     first.shutdown().await.unwrap();
     let restarted = start().await;
-    let again = replay.build().unwrap();
-    let mut again = reqwest::Request::try_from(again).unwrap();
+    let mut again = replay.build().unwrap();
     *again.url_mut() = format!("{}{path}", restarted.url()).parse().unwrap();
     again
         .headers_mut()
@@ -519,7 +528,14 @@ async fn audit_checkpoints_detect_a_recomputed_chain() {
         rows[1].detail = json!({"forged": true});
         let mut prev = rows[0].hash.clone();
         for row in rows.iter_mut().skip(1) {
-            row.hash = chain_hash(&prev, row.seq, row.at, &row.kind, row.agent_id.as_deref(), &row.detail);
+            row.hash = chain_hash(
+                &prev,
+                row.seq,
+                row.at,
+                &row.kind,
+                row.agent_id.as_deref(),
+                &row.detail,
+            );
             prev = row.hash.clone();
         }
     });

@@ -1686,19 +1686,49 @@ mod contract {
         let other = "b".repeat(64);
         assert!(store.remember_nonce(&key, T0 + 600, T0).await.unwrap());
         assert!(!store.remember_nonce(&key, T0 + 700, T0 + 1).await.unwrap());
-        assert!(store.remember_nonce(&other, T0 + 900, T0 + 1).await.unwrap());
+        assert!(
+            store
+                .remember_nonce(&other, T0 + 900, T0 + 1)
+                .await
+                .unwrap()
+        );
         // Nothing is purged before it expires…
         assert_eq!(store.purge_nonces(T0 + 599, 10).await.unwrap(), 0);
-        assert!(!store.remember_nonce(&key, T0 + 700, T0 + 599).await.unwrap());
+        assert!(
+            !store
+                .remember_nonce(&key, T0 + 700, T0 + 599)
+                .await
+                .unwrap()
+        );
         // …an expired entry may be taken over (its request's Date is stale anyway)…
-        assert!(store.remember_nonce(&key, T0 + 1_300, T0 + 700).await.unwrap());
-        assert!(!store.remember_nonce(&key, T0 + 1_400, T0 + 800).await.unwrap());
+        assert!(
+            store
+                .remember_nonce(&key, T0 + 1_300, T0 + 700)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .remember_nonce(&key, T0 + 1_400, T0 + 800)
+                .await
+                .unwrap()
+        );
         // …and purging forgets only expired entries, in batches.
         assert_eq!(store.purge_nonces(T0 + 1_000, 10).await.unwrap(), 1);
         assert_eq!(store.purge_nonces(T0 + 1_000, 10).await.unwrap(), 0);
-        assert!(!store.remember_nonce(&key, T0 + 1_400, T0 + 1_000).await.unwrap());
+        assert!(
+            !store
+                .remember_nonce(&key, T0 + 1_400, T0 + 1_000)
+                .await
+                .unwrap()
+        );
         assert_eq!(store.purge_nonces(T0 + 2_000, 10).await.unwrap(), 1);
-        assert!(store.remember_nonce(&key, T0 + 3_000, T0 + 2_000).await.unwrap());
+        assert!(
+            store
+                .remember_nonce(&key, T0 + 3_000, T0 + 2_000)
+                .await
+                .unwrap()
+        );
         // Concurrent first uses: exactly one wins.
         let fresh = "c".repeat(64);
         let mut tasks = Vec::new();
@@ -1733,7 +1763,11 @@ mod contract {
                 let id = format!("m{n:02}");
                 let message = message(&id, agent_id, T0 + n);
                 store
-                    .enqueue(message, QUOTA, Some(delivery(&format!("d{n:02}"), &id, agent_id, T0 + n)))
+                    .enqueue(
+                        message,
+                        QUOTA,
+                        Some(delivery(&format!("d{n:02}"), &id, agent_id, T0 + n)),
+                    )
                     .await
                     .unwrap();
             }
@@ -1744,7 +1778,11 @@ mod contract {
             .await
             .unwrap();
         let ids: Vec<&str> = claimed.iter().map(|d| d.id.as_str()).collect();
-        assert_eq!(ids, ["d01", "d02", "d06", "d07", "d08"], "two per agent, oldest first");
+        assert_eq!(
+            ids,
+            ["d01", "d02", "d06", "d07", "d08"],
+            "two per agent, oldest first"
+        );
         assert!(claimed.iter().all(|d| d.next_attempt_at == now + MINUTE));
         // Claimed ones are not due again; a busy agent is skipped.
         let claimed = store

@@ -80,8 +80,7 @@ impl FromRequest<AppState> for Authed {
         let presents_credentials = credentials.signature.is_some()
             || credentials.bearer.is_some()
             || credentials.api_key.is_some();
-        if presents_credentials
-            && let Some(retry) = failures.and_then(|f| f.ip_blocked(client_ip))
+        if presents_credentials && let Some(retry) = failures.and_then(|f| f.ip_blocked(client_ip))
         {
             return Err(ApiError::too_many_auth_failures(retry));
         }

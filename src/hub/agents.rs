@@ -338,56 +338,60 @@ pub fn generate_webhook_secret() -> String {
 /// IPv4 special-purpose blocks of the IANA registry (RFC 6890 and later),
 /// plus multicast and the reserved 240/4: (network, prefix length).
 const REFUSED_V4: &[([u8; 4], u8)] = &[
-    ([0, 0, 0, 0], 8),        // "this network"
-    ([10, 0, 0, 0], 8),       // private
-    ([100, 64, 0, 0], 10),    // shared address space (CGNAT)
-    ([127, 0, 0, 0], 8),      // loopback
-    ([169, 254, 0, 0], 16),   // link-local (cloud metadata)
-    ([172, 16, 0, 0], 12),    // private
-    ([192, 0, 0, 0], 24),     // IETF protocol assignments
-    ([192, 0, 2, 0], 24),     // documentation TEST-NET-1
-    ([192, 31, 196, 0], 24),  // AS112-v4
-    ([192, 52, 193, 0], 24),  // AMT
-    ([192, 88, 99, 0], 24),   // deprecated 6to4 relay anycast
-    ([192, 168, 0, 0], 16),   // private
-    ([192, 175, 48, 0], 24),  // direct delegation AS112
-    ([198, 18, 0, 0], 15),    // benchmarking
-    ([198, 51, 100, 0], 24),  // documentation TEST-NET-2
-    ([203, 0, 113, 0], 24),   // documentation TEST-NET-3
-    ([224, 0, 0, 0], 4),      // multicast
-    ([240, 0, 0, 0], 4),      // reserved, and 255.255.255.255 broadcast
+    ([0, 0, 0, 0], 8),       // "this network"
+    ([10, 0, 0, 0], 8),      // private
+    ([100, 64, 0, 0], 10),   // shared address space (CGNAT)
+    ([127, 0, 0, 0], 8),     // loopback
+    ([169, 254, 0, 0], 16),  // link-local (cloud metadata)
+    ([172, 16, 0, 0], 12),   // private
+    ([192, 0, 0, 0], 24),    // IETF protocol assignments
+    ([192, 0, 2, 0], 24),    // documentation TEST-NET-1
+    ([192, 31, 196, 0], 24), // AS112-v4
+    ([192, 52, 193, 0], 24), // AMT
+    ([192, 88, 99, 0], 24),  // deprecated 6to4 relay anycast
+    ([192, 168, 0, 0], 16),  // private
+    ([192, 175, 48, 0], 24), // direct delegation AS112
+    ([198, 18, 0, 0], 15),   // benchmarking
+    ([198, 51, 100, 0], 24), // documentation TEST-NET-2
+    ([203, 0, 113, 0], 24),  // documentation TEST-NET-3
+    ([224, 0, 0, 0], 4),     // multicast
+    ([240, 0, 0, 0], 4),     // reserved, and 255.255.255.255 broadcast
 ];
 
 /// IPv6 special-purpose blocks of the IANA registry that are refused
 /// outright, whatever follows the prefix.
 const REFUSED_V6: &[(u128, u8)] = &[
-    (0, 96),                                        // ::/96: unspecified, loopback, IPv4-compatible
-    (0x0064_ff9b_0001 << 80, 48),                   // 64:ff9b:1::/48 local-use NAT64
-    (0x0100 << 112, 64),                            // 100::/64 discard-only
-    (0x0100_0000_0000_0001 << 64, 64),              // 100:0:0:1::/64 dummy prefix
-    (0x2001 << 112, 23),                            // 2001::/23 IETF protocol assignments (Teredo, ORCHID, benchmarking…)
-    (0x2001_0db8 << 96, 32),                        // 2001:db8::/32 documentation
-    (0x2002 << 112, 16),                            // 2002::/16 6to4 (embeds an IPv4 address)
-    (0x2620_004f_8000 << 80, 48),                   // 2620:4f:8000::/48 AS112-v6
-    (0x3fff << 112, 20),                            // 3fff::/20 documentation
-    (0x5f00 << 112, 16),                            // 5f00::/16 SRv6 SIDs
-    (0xfc00 << 112, 7),                             // fc00::/7 unique local
-    (0xfe80 << 112, 10),                            // fe80::/10 link-local
-    (0xfec0 << 112, 10),                            // fec0::/10 site-local (deprecated)
-    (0xff00 << 112, 8),                             // ff00::/8 multicast
+    (0, 96),                           // ::/96: unspecified, loopback, IPv4-compatible
+    (0x0064_ff9b_0001 << 80, 48),      // 64:ff9b:1::/48 local-use NAT64
+    (0x0100 << 112, 64),               // 100::/64 discard-only
+    (0x0100_0000_0000_0001 << 64, 64), // 100:0:0:1::/64 dummy prefix
+    (0x2001 << 112, 23), // 2001::/23 IETF protocol assignments (Teredo, ORCHID, benchmarking…)
+    (0x2001_0db8 << 96, 32), // 2001:db8::/32 documentation
+    (0x2002 << 112, 16), // 2002::/16 6to4 (embeds an IPv4 address)
+    (0x2620_004f_8000 << 80, 48), // 2620:4f:8000::/48 AS112-v6
+    (0x3fff << 112, 20), // 3fff::/20 documentation
+    (0x5f00 << 112, 16), // 5f00::/16 SRv6 SIDs
+    (0xfc00 << 112, 7),  // fc00::/7 unique local
+    (0xfe80 << 112, 10), // fe80::/10 link-local
+    (0xfec0 << 112, 10), // fec0::/10 site-local (deprecated)
+    (0xff00 << 112, 8),  // ff00::/8 multicast
 ];
 
 /// IPv6 prefixes whose last 32 bits are an IPv4 address the packet reaches:
 /// allowed only when that address is (IPv4-mapped, SIIT-translated, NAT64
 /// well-known prefix).
 const EMBEDS_V4: &[(u128, u8)] = &[
-    (0xffff << 32, 96),         // ::ffff:0:0/96 IPv4-mapped
-    (0xffff_0000 << 32, 96),    // ::ffff:0:0:0/96 IPv4-translated (SIIT)
-    (0x0064_ff9b << 96, 96),    // 64:ff9b::/96 NAT64 well-known prefix
+    (0xffff << 32, 96),      // ::ffff:0:0/96 IPv4-mapped
+    (0xffff_0000 << 32, 96), // ::ffff:0:0:0/96 IPv4-translated (SIIT)
+    (0x0064_ff9b << 96, 96), // 64:ff9b::/96 NAT64 well-known prefix
 ];
 
 fn in_prefix(addr: u128, (network, len): (u128, u8)) -> bool {
-    let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len)
+    };
     addr & mask == network & mask
 }
 
@@ -433,36 +437,102 @@ mod tests {
     fn public_ip_classification() {
         let refused = [
             // IPv4 special-purpose registry, first and last address of each block.
-            "0.0.0.0", "0.255.255.255", "10.0.0.0", "10.255.255.255", "100.64.0.0",
-            "100.127.255.255", "127.0.0.1", "127.255.255.255", "169.254.169.254",
-            "172.16.0.1", "172.31.255.255", "192.0.0.1", "192.0.0.9", "192.0.2.1",
-            "192.31.196.1", "192.52.193.1", "192.88.99.1", "192.168.1.1", "192.175.48.1",
-            "198.18.0.1", "198.19.255.255", "198.51.100.1", "203.0.113.1", "224.0.0.1",
-            "239.255.255.255", "240.0.0.1", "255.255.255.255",
+            "0.0.0.0",
+            "0.255.255.255",
+            "10.0.0.0",
+            "10.255.255.255",
+            "100.64.0.0",
+            "100.127.255.255",
+            "127.0.0.1",
+            "127.255.255.255",
+            "169.254.169.254",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.0.0.1",
+            "192.0.0.9",
+            "192.0.2.1",
+            "192.31.196.1",
+            "192.52.193.1",
+            "192.88.99.1",
+            "192.168.1.1",
+            "192.175.48.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "198.51.100.1",
+            "203.0.113.1",
+            "224.0.0.1",
+            "239.255.255.255",
+            "240.0.0.1",
+            "255.255.255.255",
             // IPv6 special-purpose registry.
-            "::", "::1", "::127.0.0.1", "::8.8.8.8", "64:ff9b:1::1", "100::1",
-            "100:0:0:1::1", "2001::1", "2001:0:4136:e378:8000:63bf:3fff:fdd2",
-            "2001:2::1", "2001:10::1", "2001:20::1", "2001:1ff:ffff::1", "2001:db8::1",
-            "2002:7f00:1::", "2002:808:808::1", "2620:4f:8000::1", "3fff::1",
-            "5f00::1", "fc00::1", "fd12:3456::1", "fe80::1", "febf::1", "fec0::1",
-            "feff::1", "ff02::1",
+            "::",
+            "::1",
+            "::127.0.0.1",
+            "::8.8.8.8",
+            "64:ff9b:1::1",
+            "100::1",
+            "100:0:0:1::1",
+            "2001::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001:2::1",
+            "2001:10::1",
+            "2001:20::1",
+            "2001:1ff:ffff::1",
+            "2001:db8::1",
+            "2002:7f00:1::",
+            "2002:808:808::1",
+            "2620:4f:8000::1",
+            "3fff::1",
+            "5f00::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "febf::1",
+            "fec0::1",
+            "feff::1",
+            "ff02::1",
             // IPv6 forms that embed a refused IPv4 address.
-            "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:0:169.254.169.254",
-            "64:ff9b::7f00:1", "64:ff9b::a00:1", "64:ff9b::c0a8:101",
-            "2606:4700::5efe:7f00:1", "2606:4700::200:5efe:a00:1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:0:169.254.169.254",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a00:1",
+            "64:ff9b::c0a8:101",
+            "2606:4700::5efe:7f00:1",
+            "2606:4700::200:5efe:a00:1",
         ];
         for addr in refused {
-            assert!(!is_public_ip(addr.parse().unwrap()), "{addr} must be refused");
+            assert!(
+                !is_public_ip(addr.parse().unwrap()),
+                "{addr} must be refused"
+            );
         }
         let allowed = [
-            "8.8.8.8", "1.1.1.1", "9.255.255.255", "11.0.0.0", "100.63.255.255",
-            "100.128.0.0", "172.15.255.255", "172.32.0.0", "192.0.1.1", "192.169.0.1",
-            "198.17.255.255", "198.20.0.0", "223.255.255.255", "2606:4700::1111",
-            "2a00:1450:4001::1", "2001:200::1", "::ffff:8.8.8.8", "64:ff9b::808:808",
+            "8.8.8.8",
+            "1.1.1.1",
+            "9.255.255.255",
+            "11.0.0.0",
+            "100.63.255.255",
+            "100.128.0.0",
+            "172.15.255.255",
+            "172.32.0.0",
+            "192.0.1.1",
+            "192.169.0.1",
+            "198.17.255.255",
+            "198.20.0.0",
+            "223.255.255.255",
+            "2606:4700::1111",
+            "2a00:1450:4001::1",
+            "2001:200::1",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
             "2606:4700::5efe:808:808",
         ];
         for addr in allowed {
-            assert!(is_public_ip(addr.parse().unwrap()), "{addr} must be allowed");
+            assert!(
+                is_public_ip(addr.parse().unwrap()),
+                "{addr} must be allowed"
+            );
         }
     }
 

@@ -59,7 +59,9 @@ impl Hub {
         let Some(key) = &self.audit_key else {
             return;
         };
-        if event.kind == CHECKPOINT_KIND || event.seq % self.config.audit_checkpoint_every != 0 {
+        if event.kind == CHECKPOINT_KIND
+            || !event.seq.is_multiple_of(self.config.audit_checkpoint_every)
+        {
             return;
         }
         let message = checkpoint_message(event.seq, &event.hash, event.at);

@@ -432,10 +432,16 @@ mod tests {
         assert_eq!(a.len(), 64);
         assert_eq!(a, nonce_key("a", "n1").unwrap());
         assert_ne!(a, nonce_key("b", "n1").unwrap());
-        assert_ne!(nonce_key("a", "bn1").unwrap(), nonce_key("ab", "n1").unwrap());
+        assert_ne!(
+            nonce_key("a", "bn1").unwrap(),
+            nonce_key("ab", "n1").unwrap()
+        );
         assert!(nonce_key("a", &"x".repeat(MAX_NONCE_LEN)).is_ok());
         for bad in ["", "with space", "tab\t", "é"] {
-            assert!(matches!(nonce_key("a", bad), Err(HubError::InvalidNonce(_))), "{bad:?}");
+            assert!(
+                matches!(nonce_key("a", bad), Err(HubError::InvalidNonce(_))),
+                "{bad:?}"
+            );
         }
         assert!(matches!(
             nonce_key("a", &"x".repeat(MAX_NONCE_LEN + 1)),

@@ -165,7 +165,11 @@ impl Worker {
             let drained = claimed.len() < wanted;
             for (delivery, permit) in claimed.into_iter().zip(permits) {
                 let worker = self.clone();
-                *self.busy.lock().entry(delivery.agent_id.clone()).or_default() += 1;
+                *self
+                    .busy
+                    .lock()
+                    .entry(delivery.agent_id.clone())
+                    .or_default() += 1;
                 in_flight.spawn(async move {
                     let agent_id = delivery.agent_id.clone();
                     worker.attempt(delivery).await;

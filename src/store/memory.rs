@@ -804,7 +804,11 @@ impl Store for MemoryStore {
             .collect();
         let mut purged = 0;
         for key in expired {
-            if self.nonces.remove_if(&key, |_, until| *until <= now).is_some() {
+            if self
+                .nonces
+                .remove_if(&key, |_, until| *until <= now)
+                .is_some()
+            {
                 purged += 1;
             }
         }

@@ -751,12 +751,16 @@ mod tests {
     #[test]
     fn a_new_secret_keeps_the_old_one_signing_until_the_overlap_ends() {
         let mut agent = agent_with_secret("old");
-        set_webhook(URL, Some("new"), 61_000).apply(&mut agent).unwrap();
+        set_webhook(URL, Some("new"), 61_000)
+            .apply(&mut agent)
+            .unwrap();
         assert_eq!(agent.webhook_signing_secrets(60_999), ["new", "old"]);
         assert_eq!(agent.webhook_signing_secrets(61_000), ["new"]);
 
         // Setting the same secret again is no rotation: the overlap stays.
-        set_webhook(URL, Some("new"), 99_000).apply(&mut agent).unwrap();
+        set_webhook(URL, Some("new"), 99_000)
+            .apply(&mut agent)
+            .unwrap();
         assert_eq!(
             agent.previous_webhook_secret.as_ref().unwrap().valid_until,
             61_000
@@ -766,12 +770,16 @@ mod tests {
     #[test]
     fn no_overlap_or_a_removed_webhook_drops_the_old_secret_at_once() {
         let mut agent = agent_with_secret("old");
-        set_webhook(URL, Some("new"), 1_000).apply(&mut agent).unwrap();
+        set_webhook(URL, Some("new"), 1_000)
+            .apply(&mut agent)
+            .unwrap();
         assert_eq!(agent.webhook_signing_secrets(1_000), ["new"]);
         assert!(agent.previous_webhook_secret.is_none());
 
         let mut agent = agent_with_secret("old");
-        set_webhook(URL, Some("new"), 61_000).apply(&mut agent).unwrap();
+        set_webhook(URL, Some("new"), 61_000)
+            .apply(&mut agent)
+            .unwrap();
         set_webhook(None, None, 1_000).apply(&mut agent).unwrap();
         assert!(agent.webhook_signing_secrets(1_000).is_empty());
         assert!(agent.previous_webhook_secret.is_none());

@@ -59,7 +59,8 @@ pub(super) async fn sqlite_claim_fair(
     per_agent: usize,
     skip_agents: &[String],
 ) -> StoreResult<Vec<Delivery>> {
-    let skip = serde_json::to_string(skip_agents).map_err(|e| StoreError::Internal(e.to_string()))?;
+    let skip =
+        serde_json::to_string(skip_agents).map_err(|e| StoreError::Internal(e.to_string()))?;
     let rows = sqlx::query(CLAIM_FAIR_SQLITE)
         .bind(now)
         .bind(limit(batch))

@@ -603,7 +603,10 @@ async fn a_silent_receiver_cannot_delay_another_agents_webhooks() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let envelope = s.alice.envelope("carol", "ping", json!({"n": 2}));
-    assert_eq!(s.alice.send("carol", &envelope).await.unwrap().status(), 201);
+    assert_eq!(
+        s.alice.send("carol", &envelope).await.unwrap().status(),
+        201
+    );
     let got = healthy.wait_for(1).await;
     assert_eq!(got[0].json()["envelope"]["to"], "agent://carol");
     assert_eq!(
