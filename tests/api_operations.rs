@@ -305,7 +305,13 @@ async fn the_audit_log_records_security_events_in_a_verified_chain() {
     assert_eq!(events[2]["detail"]["actor"], "agent:alice");
     assert_eq!(events[6]["detail"]["key_version"], 2);
     let refused = &events[7];
-    assert_eq!(refused["agent_id"], "bob", "the claimed agent");
+    assert_eq!(
+        refused["agent_id"],
+        Value::Null,
+        "a claim is not a verified agent"
+    );
+    assert_eq!(refused["detail"]["claimed_agent_id"], "bob");
+    assert_eq!(refused["detail"]["agent_verified"], false);
     assert_eq!(refused["detail"]["code"], "FORBIDDEN");
     assert_eq!(refused["detail"]["route"], "/api/agents/{agent_id}");
     assert_eq!(events[8]["detail"]["source"], "nack");

@@ -408,8 +408,9 @@ async fn throttling_honours_retry_after_and_other_4xx_are_never_retried() {
         matches!(&err, StoreError::Internal(m) if m.contains("401")),
         "{err}"
     );
-    // The scan lists five collections at once: one request each, none retried.
-    assert_eq!(emulator.requests() - before, 5);
+    // The scan lists six collections at once (the sixth: request nonces):
+    // one request each, none retried.
+    assert_eq!(emulator.requests() - before, 6);
 }
 
 #[tokio::test]

@@ -139,6 +139,20 @@ async fn a_deleted_id_is_retired_for_good() {
     let envelope = squatter.envelope("alice", "hi", json!({}));
     let response = squatter.send("alice", &envelope).await.unwrap();
     expect_error(response, 401, "SIGNATURE_INVALID").await;
+    // The operator still reads bob's dead letters until retention purges them.
+    let (status, dead) = read(
+        hub.master(Method::GET, "/api/agents/bob/inbox/dead")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{dead}");
+    assert_eq!(dead["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        dead["messages"][0]["envelope"]["body"]["secret"],
+        "for bob only"
+    );
 }
 
 /// Item 4: metadata is capped at registration and on the record a

@@ -125,6 +125,8 @@ pub struct MechStore {
     /// one left it, so concurrent batches never pick the same records (and
     /// come back short while work remains).
     sweeps: tokio::sync::Mutex<()>,
+    /// Request nonce digest → expiry (security.rs), rebuilt at open like the rest.
+    nonces: DashMap<String, Millis>,
 }
 
 impl MechStore {
@@ -132,12 +134,13 @@ impl MechStore {
     pub async fn open(settings: MechSettings) -> StoreResult<Self> {
         let concurrency = settings.concurrency.max(1);
         let client = MechClient::new(settings)?;
-        let (agents, messages, deliveries, attempts, audit) = tokio::try_join!(
+        let (agents, messages, deliveries, attempts, audit, nonces) = tokio::try_join!(
             client.list_all(AGENTS),
             client.list_all(MESSAGES),
             client.list_all(DELIVERIES),
             client.list_all(ATTEMPTS),
             client.list_all(AUDIT),
+            client.list_all(security::NONCES),
         )?;
         let store = MechStore {
             client,
@@ -151,6 +154,7 @@ impl MechStore {
             audit: Mutex::default(),
             bulk: Semaphore::new(concurrency),
             sweeps: tokio::sync::Mutex::new(()),
+            nonces: security::nonce_index(&nonces),
         };
         let mut next_seq = 0u64;
         for doc in &agents {
@@ -1238,11 +1242,11 @@ impl Store for MechStore {
         expires_at: Millis,
         now: Millis,
     ) -> StoreResult<bool> {
-        security::remember_nonce(&self.client, key, expires_at, now).await
+        self.remember_nonce_indexed(key, expires_at, now).await
     }
 
     async fn purge_nonces(&self, now: Millis, limit: usize) -> StoreResult<u64> {
-        security::purge_nonces(&self.client, now, limit).await
+        self.purge_nonces_indexed(now, limit).await
     }
 
     async fn retire_agent_id(&self, agent_id: &str, now: Millis) -> StoreResult<()> {

@@ -1,13 +1,12 @@
-//! The security hardening (issue 12) on Mech: request nonces and retired
-//! agent ids, straight through the client (no in-process index: both are
-//! checked by key, and Mech's create-if-absent is the atomic step).
-//!
-//! Purging expired nonces lists the nonce collection: Mech has no filtered
-//! deletes. The collection holds at most the nonces of the last replay
-//! window, so a sweep's scan stays proportional to recent signed traffic.
+//! The security hardening (issue 12) on Mech: request nonces (an
+//! in-process expiry index rebuilt at open, written through to Mech, whose
+//! create-if-absent is the atomic step), retired agent ids (read by key), and
+//! fair webhook claims.
 
+use dashmap::DashMap;
 use serde_json::{Value, json};
 
+use super::client::Document;
 use super::{Delivery, MechClient, Millis, StoreError, StoreResult, pick_fair};
 
 /// Mech collection of request nonces, keyed by the nonce digest.
@@ -19,46 +18,65 @@ fn expires_at(doc: &Value) -> Option<Millis> {
     doc.get("expires_at").and_then(Value::as_i64)
 }
 
-/// See `Store::remember_nonce`. A create that finds the key takes it over
-/// only when the entry expired (an expired entry's request would already
-/// fail the ±300 s `Date` check, so a lost race there admits nothing new).
-pub(super) async fn remember_nonce(
-    client: &MechClient,
-    key: &str,
-    until: Millis,
-    now: Millis,
-) -> StoreResult<bool> {
-    let doc = json!({ "expires_at": until });
-    if client.create(NONCES, key, &doc).await? {
-        return Ok(true);
-    }
-    match client.read(NONCES, key).await? {
-        Some(old) if expires_at(&old).is_some_and(|t| t > now) => Ok(false),
-        _ => {
-            client.put(NONCES, key, &doc, true).await?;
-            Ok(true)
-        }
-    }
+/// The nonce index of the documents listed at open.
+pub(super) fn nonce_index(docs: &[Document]) -> DashMap<String, Millis> {
+    docs.iter()
+        .filter_map(|d| Some((d.key.clone(), expires_at(&d.data)?)))
+        .collect()
 }
 
-/// See `Store::purge_nonces`.
-pub(super) async fn purge_nonces(
-    client: &MechClient,
-    now: Millis,
-    limit: usize,
-) -> StoreResult<u64> {
-    let due: Vec<String> = client
-        .list_all(NONCES)
-        .await?
-        .into_iter()
-        .filter(|d| expires_at(&d.data).is_none_or(|t| t <= now))
-        .take(limit)
-        .map(|d| d.key)
-        .collect();
-    for key in &due {
-        client.delete(NONCES, key).await?;
+impl super::MechStore {
+    /// See `Store::remember_nonce`. The index answers a live replay without
+    /// a round trip (one instance only, like the rest of this backend); a
+    /// new nonce is created in Mech first, and Mech's create-if-absent
+    /// decides between two concurrent first uses. An expired entry is taken
+    /// over (its request would already fail the ±300 s `Date` check).
+    pub(super) async fn remember_nonce_indexed(
+        &self,
+        key: &str,
+        until: Millis,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        if self.nonces.get(key).is_some_and(|t| *t > now) {
+            return Ok(false);
+        }
+        let doc = json!({ "expires_at": until });
+        let fresh = if self.client.create(NONCES, key, &doc).await? {
+            true
+        } else {
+            match self.client.read(NONCES, key).await? {
+                Some(old) if expires_at(&old).is_some_and(|t| t > now) => false,
+                _ => {
+                    self.client.put(NONCES, key, &doc, true).await?;
+                    true
+                }
+            }
+        };
+        if fresh {
+            self.nonces.insert(key.to_string(), until);
+        }
+        Ok(fresh)
     }
-    Ok(due.len() as u64)
+
+    /// See `Store::purge_nonces`: expired keys come from the index, so a
+    /// sweep with nothing to purge makes no request.
+    pub(super) async fn purge_nonces_indexed(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        let due: Vec<String> = self
+            .nonces
+            .iter()
+            .filter(|e| *e.value() <= now)
+            .take(limit)
+            .map(|e| e.key().clone())
+            .collect();
+        let mut purged = 0;
+        for key in due {
+            self.client.delete(NONCES, &key).await?;
+            if self.nonces.remove_if(&key, |_, t| *t <= now).is_some() {
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
 }
 
 /// See `Store::retire_agent_id`.
