@@ -2,7 +2,9 @@
 # Hostile-input run: starts a hub (memory store, loopback, a free port) and
 # points schemathesis at its /openapi.json, once anonymously and once with the
 # operator key (which reaches every agent route). Fails if any request gets a
-# 5xx, if the hub logs a panic, or if the hub is not healthy afterwards.
+# 5xx, answers a status or body /openapi.json does not document, if the hub
+# logs a panic, or if the hub is not healthy afterwards. (The same document
+# conformance runs in the test suite: tests/openapi_conformance.rs.)
 #
 #   scripts/schemathesis.sh                 # 100 examples per operation and pass
 #   MAX_EXAMPLES=500 scripts/schemathesis.sh
@@ -12,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MAX_EXAMPLES="${MAX_EXAMPLES:-100}"
+CHECKS="${CHECKS:-not_a_server_error,status_code_conformance,response_schema_conformance}"
 SEED="${SEED:-$RANDOM}"
 OUT="${OUT:-target/schemathesis}"
 mkdir -p "$OUT"
@@ -50,7 +53,7 @@ run() {
   shift
   echo "== schemathesis ($name), seed $SEED, $MAX_EXAMPLES examples per operation"
   st run "$BASE/openapi.json" \
-    --checks not_a_server_error \
+    --checks "$CHECKS" \
     --max-examples "$MAX_EXAMPLES" \
     --seed "$SEED" \
     --workers 2 \

@@ -250,7 +250,8 @@ async fn webhook_configuration_never_shows_the_secret_on_read() {
         .send()
         .await
         .unwrap();
-    let error = expect_error(response, 400, "INVALID_INPUT").await;
+    // The Node server's code for a missing URL.
+    let error = expect_error(response, 400, "WEBHOOK_URL_REQUIRED").await;
     assert!(error["message"].as_str().unwrap().contains("webhook_url"));
 }
 

@@ -394,7 +394,7 @@ async fn envelope_validation_errors() {
         .send()
         .await
         .unwrap();
-    expect_error(response, 404, "AGENT_NOT_FOUND").await;
+    expect_error(response, 404, "RECIPIENT_NOT_FOUND").await;
 
     // `to` may be omitted: it defaults to the path agent as written there.
     let implicit = alice.envelope_with("bob", "x", json!({}), |e| {
@@ -460,7 +460,7 @@ async fn trust_list_restricts_senders() {
         .send()
         .await
         .unwrap();
-    expect_error(response, 400, "INVALID_INPUT").await;
+    expect_error(response, 400, "AGENT_ID_REQUIRED").await;
 }
 
 #[tokio::test]

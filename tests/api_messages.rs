@@ -471,7 +471,7 @@ async fn deleting_an_agent_dead_letters_its_inbox_and_revokes_it() {
     expect_error(
         alice.send("bob", &envelope).await.unwrap(),
         404,
-        "AGENT_NOT_FOUND",
+        "RECIPIENT_NOT_FOUND",
     )
     .await;
     // The id is retired: nobody can register it again and reach the old

@@ -9,10 +9,12 @@ use serde_json::{Map, Value, json};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::{ApiResult, ErrorBody};
+use super::error::{ApiError, ApiResult};
 use super::extract::{ApiPath, ApiQuery, Authed};
+use super::openapi::{AGENT_SCOPE, AUTHED, JSON_BODY, PARAMS};
 use crate::audit::AuditKind;
 use crate::hub::Registration;
+use crate::route_errors;
 use crate::store::{Agent, DeliveryAttempt};
 
 /// `POST /api/agents/register` body.
@@ -126,11 +128,12 @@ impl From<&Agent> for AgentView {
     }
 }
 
+route_errors!(RegisterErrors: AUTHED, JSON_BODY, &["AGENT_EXISTS", "AGENT_ID_RETIRED", "METADATA_TOO_LARGE"]);
+
 /// Registers an agent.
 #[utoipa::path(post, path = "/api/agents/register", tag = "agents",
     request_body = RegisterRequest,
-    responses((status = 201, body = RegisterResponse),
-        (status = 400, body = ErrorBody), (status = 409, description = "AGENT_EXISTS", body = ErrorBody)))]
+    responses((status = 201, body = RegisterResponse), RegisterErrors))]
 pub async fn register(
     State(app): State<AppState>,
     req: Authed,
@@ -171,11 +174,12 @@ pub async fn register(
     ))
 }
 
+route_errors!(AgentErrors: AUTHED, AGENT_SCOPE, PARAMS);
+
 /// The agent's record, without secrets.
 #[utoipa::path(get, path = "/api/agents/{agent_id}", tag = "agents",
     params(("agent_id" = String, Path)),
-    responses((status = 200, body = AgentView), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = AgentView), AgentErrors))]
 pub async fn get_agent(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,
@@ -189,7 +193,7 @@ pub async fn get_agent(
 /// Deletes the agent; its live messages are dead-lettered.
 #[utoipa::path(delete, path = "/api/agents/{agent_id}", tag = "agents",
     params(("agent_id" = String, Path)),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "deleted"), AgentErrors))]
 pub async fn delete_agent(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,
@@ -219,10 +223,13 @@ pub struct HeartbeatResponse {
     pub status: &'static str,
 }
 
+route_errors!(AgentBodyErrors: AUTHED, AGENT_SCOPE, PARAMS, JSON_BODY);
+route_errors!(HeartbeatErrors: AUTHED, AGENT_SCOPE, PARAMS, JSON_BODY, &["METADATA_TOO_LARGE"]);
+
 /// Records a heartbeat.
 #[utoipa::path(post, path = "/api/agents/{agent_id}/heartbeat", tag = "agents",
     params(("agent_id" = String, Path)), request_body = HeartbeatRequest,
-    responses((status = 200, body = HeartbeatResponse), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = HeartbeatResponse), HeartbeatErrors))]
 pub async fn heartbeat(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,
@@ -248,13 +255,14 @@ pub struct TrustedResponse {
 /// `POST /api/agents/{id}/trusted` body.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct TrustRequest {
-    pub agent_id: String,
+    /// Required (400 `AGENT_ID_REQUIRED` when absent or empty).
+    pub agent_id: Option<String>,
 }
 
 /// Lists the agents allowed to send to this one (empty: everyone).
 #[utoipa::path(get, path = "/api/agents/{agent_id}/trusted", tag = "agents",
     params(("agent_id" = String, Path)),
-    responses((status = 200, body = TrustedResponse), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = TrustedResponse), AgentErrors))]
 pub async fn list_trusted(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,
@@ -267,10 +275,12 @@ pub async fn list_trusted(
     }))
 }
 
+route_errors!(TrustErrors: AUTHED, AGENT_SCOPE, PARAMS, JSON_BODY, &["AGENT_ID_REQUIRED", "TRUST_LIST_FULL"]);
+
 /// Adds an agent to the trust list.
 #[utoipa::path(post, path = "/api/agents/{agent_id}/trusted", tag = "agents",
     params(("agent_id" = String, Path)), request_body = TrustRequest,
-    responses((status = 200, body = TrustedResponse), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = TrustedResponse), TrustErrors))]
 pub async fn add_trusted(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,
@@ -278,8 +288,12 @@ pub async fn add_trusted(
 ) -> ApiResult<Json<TrustedResponse>> {
     app.hub.scope(&req.caller, &agent_id).await?;
     let body: TrustRequest = req.json()?;
-    let agent = app.hub.trust(&agent_id, &body.agent_id).await?;
-    let detail = json!({ "trusted": body.agent_id });
+    let other = body
+        .agent_id
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| ApiError::required("AGENT_ID_REQUIRED", "agent_id"))?;
+    let agent = app.hub.trust(&agent_id, &other).await?;
+    let detail = json!({ "trusted": other });
     app.audit(&req, AuditKind::TrustAdded, &agent_id, detail)
         .await;
     Ok(Json(TrustedResponse {
@@ -290,7 +304,7 @@ pub async fn add_trusted(
 /// Removes an agent from the trust list.
 #[utoipa::path(delete, path = "/api/agents/{agent_id}/trusted/{other}", tag = "agents",
     params(("agent_id" = String, Path), ("other" = String, Path)),
-    responses((status = 200, body = TrustedResponse), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = TrustedResponse), AgentErrors))]
 pub async fn remove_trusted(
     State(app): State<AppState>,
     ApiPath((agent_id, other)): ApiPath<(String, String)>,
@@ -309,7 +323,8 @@ pub async fn remove_trusted(
 /// `POST /api/agents/{id}/webhook` body.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct WebhookRequest {
-    pub webhook_url: String,
+    /// Required (400 `WEBHOOK_URL_REQUIRED` when absent or empty).
+    pub webhook_url: Option<String>,
     /// Generated as `whsec_…` when absent.
     pub webhook_secret: Option<String>,
 }
@@ -340,10 +355,12 @@ pub struct WebhookRemoved {
     pub webhook_configured: bool,
 }
 
+route_errors!(WebhookErrors: AUTHED, AGENT_SCOPE, PARAMS, JSON_BODY, &["WEBHOOK_URL_REQUIRED"]);
+
 /// Sets the webhook that is notified of new messages.
 #[utoipa::path(post, path = "/api/agents/{agent_id}/webhook", tag = "agents",
     params(("agent_id" = String, Path)), request_body = WebhookRequest,
-    responses((status = 200, body = WebhookConfigured), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = WebhookConfigured), WebhookErrors))]
 pub async fn set_webhook(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,
@@ -351,9 +368,13 @@ pub async fn set_webhook(
 ) -> ApiResult<Json<WebhookConfigured>> {
     app.hub.scope(&req.caller, &agent_id).await?;
     let body: WebhookRequest = req.json()?;
+    let url = body
+        .webhook_url
+        .filter(|url| !url.is_empty())
+        .ok_or_else(|| ApiError::required("WEBHOOK_URL_REQUIRED", "webhook_url"))?;
     let agent = app
         .hub
-        .set_webhook(&agent_id, body.webhook_url, body.webhook_secret)
+        .set_webhook(&agent_id, url, body.webhook_secret)
         .await?;
     let detail = json!({ "webhook_url": agent.webhook_url });
     app.audit(&req, AuditKind::WebhookSet, &agent_id, detail)
@@ -371,7 +392,7 @@ pub async fn set_webhook(
 /// Shows whether a webhook is configured (never the secret).
 #[utoipa::path(get, path = "/api/agents/{agent_id}/webhook", tag = "agents",
     params(("agent_id" = String, Path)),
-    responses((status = 200, body = WebhookView), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = WebhookView), AgentErrors))]
 pub async fn get_webhook(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,
@@ -388,7 +409,7 @@ pub async fn get_webhook(
 /// Removes the webhook.
 #[utoipa::path(delete, path = "/api/agents/{agent_id}/webhook", tag = "agents",
     params(("agent_id" = String, Path)),
-    responses((status = 200, body = WebhookRemoved), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = WebhookRemoved), AgentErrors))]
 pub async fn delete_webhook(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,
@@ -455,8 +476,7 @@ pub struct AttemptsPage {
 /// Recent webhook attempts for this agent, newest first: when, status, latency, error.
 #[utoipa::path(get, path = "/api/agents/{agent_id}/webhook/deliveries", tag = "agents",
     params(("agent_id" = String, Path), DeliveriesQuery),
-    responses((status = 200, body = AttemptsPage), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = AttemptsPage), AgentErrors))]
 pub async fn webhook_deliveries(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,
@@ -490,7 +510,7 @@ pub struct RotateKeyResponse {
 /// Replaces the agent's key; the old one keeps verifying during the overlap window.
 #[utoipa::path(post, path = "/api/agents/{agent_id}/rotate-key", tag = "agents",
     params(("agent_id" = String, Path)), request_body = RotateKeyRequest,
-    responses((status = 200, body = RotateKeyResponse), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = RotateKeyResponse), AgentBodyErrors))]
 pub async fn rotate_key(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,
@@ -521,11 +541,12 @@ pub struct SessionResponse {
     pub expires_at: i64,
 }
 
+route_errors!(SessionErrors: AUTHED, PARAMS, &["AUTH_REQUIRED", "FORBIDDEN", "AGENT_NOT_FOUND"]);
+
 /// Opens a session: one signature buys a token for `SESSION_TTL_SEC`.
 #[utoipa::path(post, path = "/api/agents/{agent_id}/session", tag = "agents",
     params(("agent_id" = String, Path)),
-    responses((status = 200, body = SessionResponse), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = SessionResponse), SessionErrors))]
 pub async fn create_session(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,

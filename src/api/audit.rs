@@ -8,10 +8,12 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::{ApiResult, ErrorBody};
+use super::error::ApiResult;
 use super::extract::{ApiQuery, Authed};
+use super::openapi::{AUTHED, MASTER, PARAMS};
 use crate::audit::AuditKind;
 use crate::hub::Caller;
+use crate::route_errors;
 use crate::store::AuditEvent;
 
 impl AppState {
@@ -96,11 +98,12 @@ pub struct AuditPageResponse {
     pub checkpoint_failed_at: Option<u64>,
 }
 
+route_errors!(AuditErrors: AUTHED, MASTER, PARAMS);
+
 /// Pages through the audit log, oldest first, verifying the hash chain.
 #[utoipa::path(get, path = "/api/audit", tag = "system",
     params(AuditQuery),
-    responses((status = 200, body = AuditPageResponse), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = AuditPageResponse), AuditErrors))]
 pub async fn list_audit(
     State(app): State<AppState>,
     ApiQuery(query): ApiQuery<AuditQuery>,

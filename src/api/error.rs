@@ -64,6 +64,18 @@ impl ApiError {
         ApiError::from(HubError::invalid(field, message))
     }
 
+    /// 400 for a missing or empty required field, with the code the Node
+    /// server answered for it (`AGENT_ID_REQUIRED`, `WEBHOOK_URL_REQUIRED`).
+    pub fn required(code: &'static str, field: &str) -> Self {
+        let mut error = Self::new(
+            StatusCode::BAD_REQUEST,
+            code,
+            format!("{field} is required"),
+        );
+        error.field = Some(field.to_string());
+        error
+    }
+
     /// 429 `RATE_LIMITED`, retry after at least a second.
     pub fn rate_limited(retry_after_sec: u64) -> Self {
         let mut error = Self::new(
@@ -111,6 +123,7 @@ pub fn status_and_code(e: &HubError) -> (StatusCode, &'static str) {
         SignerMismatch { .. } => (S::FORBIDDEN, "SIGNER_MISMATCH"),
         SenderNotTrusted(_) => (S::FORBIDDEN, "SENDER_NOT_TRUSTED"),
         AgentNotFound(_) => (S::NOT_FOUND, "AGENT_NOT_FOUND"),
+        RecipientNotFound(_) => (S::NOT_FOUND, "RECIPIENT_NOT_FOUND"),
         AgentExists(_) => (S::CONFLICT, "AGENT_EXISTS"),
         MessageNotFound(_) => (S::NOT_FOUND, "MESSAGE_NOT_FOUND"),
         NotLeased => (S::CONFLICT, "NOT_LEASED"),
@@ -189,6 +202,16 @@ pub const ERROR_CODES: &[(u16, &str, &str)] = &[
         400,
         "INVALID_INPUT",
         "A field has the wrong type or an out-of-range value; `field` names it.",
+    ),
+    (
+        400,
+        "AGENT_ID_REQUIRED",
+        "A trust-list addition without `agent_id` (the Node server's code).",
+    ),
+    (
+        400,
+        "WEBHOOK_URL_REQUIRED",
+        "A webhook change without `webhook_url` (the Node server's code).",
     ),
     (
         400,
@@ -293,6 +316,11 @@ pub const ERROR_CODES: &[(u16, &str, &str)] = &[
     ),
     (404, "NOT_FOUND", "No such route."),
     (404, "AGENT_NOT_FOUND", "No such agent."),
+    (
+        404,
+        "RECIPIENT_NOT_FOUND",
+        "Send or reply to an agent that is not registered (or was deleted).",
+    ),
     (404, "MESSAGE_NOT_FOUND", "No such message (in this inbox)."),
     (
         405,
@@ -406,6 +434,7 @@ mod tests {
                 | SignerMismatch { .. }
                 | SenderNotTrusted(_)
                 | AgentNotFound(_)
+                | RecipientNotFound(_)
                 | AgentExists(_)
                 | MessageNotFound(_)
                 | NotLeased
@@ -450,6 +479,7 @@ mod tests {
             },
             SenderNotTrusted(s()),
             AgentNotFound(s()),
+            RecipientNotFound(s()),
             AgentExists(s()),
             MessageNotFound(s()),
             NotLeased,

@@ -9,10 +9,12 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::{ApiResult, ErrorBody, status_and_code};
+use super::error::{ApiResult, status_and_code};
 use super::extract::{ApiPath, ApiQuery, Authed};
+use super::openapi::{AGENT_SCOPE, AUTHED, ENVELOPE, GATED, JSON_BODY, PARAMS};
 use crate::audit::AuditKind;
 use crate::hub::{AckInput, NackInput, PullInput, SendInput, Sent};
+use crate::route_errors;
 use crate::store::{Envelope, Message, MessageState, StateCounts};
 
 /// Send and reply response.
@@ -42,15 +44,14 @@ fn sent_response(sent: Sent, created: StatusCode) -> (StatusCode, Json<SendRespo
     )
 }
 
+route_errors!(SendErrors: AUTHED, GATED, PARAMS, ENVELOPE, &["RECIPIENT_MISMATCH"]);
+
 /// Sends a signed envelope to `{agent_id}` (201; 200 with `duplicate` for a retry).
 #[utoipa::path(post, path = "/api/agents/{agent_id}/messages", tag = "messages",
     params(("agent_id" = String, Path, description = "recipient"),
         ("Idempotency-Key" = Option<String>, Header)),
     request_body(content = Object, description = "ADMP envelope with signature"),
-    responses((status = 201, body = SendResponse), (status = 200, body = SendResponse),
-        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
+    responses((status = 201, body = SendResponse), (status = 200, body = SendResponse), SendErrors))]
 pub async fn send(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,
@@ -68,12 +69,15 @@ pub async fn send(
     Ok(sent_response(sent, StatusCode::CREATED))
 }
 
+route_errors!(ReplyErrors: AUTHED, AGENT_SCOPE, PARAMS, ENVELOPE,
+    &["MESSAGE_NOT_FOUND", "REPLY_MISMATCH"]);
+
 /// Replies to a message this agent received (200, as the Node server did).
 #[utoipa::path(post, path = "/api/agents/{agent_id}/messages/{message_id}/reply", tag = "messages",
-    params(("agent_id" = String, Path), ("message_id" = String, Path)),
+    params(("agent_id" = String, Path), ("message_id" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header)),
     request_body(content = Object, description = "ADMP envelope signed by {agent_id}"),
-    responses((status = 200, body = SendResponse), (status = 400, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = SendResponse), ReplyErrors))]
 pub async fn reply(
     State(app): State<AppState>,
     ApiPath((agent_id, message_id)): ApiPath<(String, String)>,
@@ -105,11 +109,13 @@ pub struct StatusResponse {
     pub dead_reason: Option<String>,
 }
 
+route_errors!(StatusErrors: AUTHED, GATED, PARAMS,
+    &["AUTH_REQUIRED", "FORBIDDEN", "MESSAGE_NOT_FOUND"]);
+
 /// Status of a message, for its sender, its recipient or the operator.
 #[utoipa::path(get, path = "/api/messages/{message_id}/status", tag = "messages",
     params(("message_id" = String, Path)),
-    responses((status = 200, body = StatusResponse), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = StatusResponse), StatusErrors))]
 pub async fn status(
     State(app): State<AppState>,
     ApiPath(message_id): ApiPath<String>,
@@ -169,12 +175,23 @@ pub struct PullBatchResponse {
     pub messages: Vec<LeasedMessage>,
 }
 
+/// A pull's answer: one leased message, or `{messages}` when `max_messages` was given.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum PullResponse {
+    /// Without `max_messages` (the Node server's shape).
+    Single(LeasedMessage),
+    /// With `max_messages`: possibly empty.
+    Batch(PullBatchResponse),
+}
+
+route_errors!(AgentBodyErrors: AUTHED, AGENT_SCOPE, PARAMS, JSON_BODY);
+
 /// Leases the oldest visible message(s); 204 when empty (single mode).
 #[utoipa::path(post, path = "/api/agents/{agent_id}/inbox/pull", tag = "inbox",
     params(("agent_id" = String, Path)), request_body = PullRequest,
-    responses((status = 200, description = "a leased message, or {messages} in batch mode", body = LeasedMessage),
-        (status = 204, description = "inbox empty"), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "a leased message; `{messages: [...]}` when `max_messages` is given", body = PullResponse),
+        (status = 204, description = "inbox empty (without `max_messages`)"), AgentBodyErrors))]
 pub async fn pull(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,
@@ -191,10 +208,10 @@ pub async fn pull(
     let mut messages = app.hub.pull(&agent_id, &input).await?;
     Ok(if batch {
         let messages = messages.into_iter().map(LeasedMessage::from).collect();
-        Json(PullBatchResponse { messages }).into_response()
+        Json(PullResponse::Batch(PullBatchResponse { messages })).into_response()
     } else {
         match messages.pop() {
-            Some(m) => Json(LeasedMessage::from(m)).into_response(),
+            Some(m) => Json(PullResponse::Single(LeasedMessage::from(m))).into_response(),
             None => StatusCode::NO_CONTENT.into_response(),
         }
     })
@@ -216,11 +233,13 @@ pub struct OkResponse {
     pub ok: bool,
 }
 
+route_errors!(LeaseErrors: AUTHED, AGENT_SCOPE, PARAMS, JSON_BODY,
+    &["MESSAGE_NOT_FOUND", "NOT_LEASED", "LEASE_MISMATCH"]);
+
 /// Acknowledges a leased message.
 #[utoipa::path(post, path = "/api/agents/{agent_id}/messages/{message_id}/ack", tag = "inbox",
     params(("agent_id" = String, Path), ("message_id" = String, Path)), request_body = AckBody,
-    responses((status = 200, body = OkResponse), (status = 404, body = ErrorBody),
-        (status = 409, description = "NOT_LEASED or LEASE_MISMATCH", body = ErrorBody)))]
+    responses((status = 200, body = OkResponse), LeaseErrors))]
 pub async fn ack(
     State(app): State<AppState>,
     ApiPath((agent_id, message_id)): ApiPath<(String, String)>,
@@ -268,7 +287,8 @@ pub struct BatchAckResponse {
 /// Acknowledges up to 100 messages in one request.
 #[utoipa::path(post, path = "/api/agents/{agent_id}/inbox/ack", tag = "inbox",
     params(("agent_id" = String, Path)), request_body = BatchAckRequest,
-    responses((status = 200, body = BatchAckResponse), (status = 400, body = ErrorBody)))]
+    responses((status = 200, description = "one outcome per entry; `error` is the code a single ack would answer", body = BatchAckResponse),
+        AgentBodyErrors))]
 pub async fn batch_ack(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,
@@ -322,8 +342,7 @@ pub struct NackResponse {
 /// Extends a lease or gives the message back.
 #[utoipa::path(post, path = "/api/agents/{agent_id}/messages/{message_id}/nack", tag = "inbox",
     params(("agent_id" = String, Path), ("message_id" = String, Path)), request_body = NackBody,
-    responses((status = 200, body = NackResponse), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = NackResponse), LeaseErrors))]
 pub async fn nack(
     State(app): State<AppState>,
     ApiPath((agent_id, message_id)): ApiPath<(String, String)>,
@@ -381,10 +400,12 @@ impl From<StateCounts> for InboxStatsResponse {
     }
 }
 
+route_errors!(InboxErrors: AUTHED, AGENT_SCOPE, PARAMS);
+
 /// Counts of this inbox's messages by state.
 #[utoipa::path(get, path = "/api/agents/{agent_id}/inbox/stats", tag = "inbox",
     params(("agent_id" = String, Path)),
-    responses((status = 200, body = InboxStatsResponse), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = InboxStatsResponse), InboxErrors))]
 pub async fn inbox_stats(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,
@@ -404,7 +425,7 @@ pub struct ReclaimResponse {
 /// Ends this agent's expired leases now.
 #[utoipa::path(post, path = "/api/agents/{agent_id}/inbox/reclaim", tag = "inbox",
     params(("agent_id" = String, Path)),
-    responses((status = 200, body = ReclaimResponse), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = ReclaimResponse), InboxErrors))]
 pub async fn reclaim(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,
@@ -452,7 +473,7 @@ pub struct DeadLetterPage {
 /// Lists this inbox's dead letters, oldest first.
 #[utoipa::path(get, path = "/api/agents/{agent_id}/inbox/dead", tag = "inbox",
     params(("agent_id" = String, Path), DeadQuery),
-    responses((status = 200, body = DeadLetterPage), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = DeadLetterPage), InboxErrors))]
 pub async fn dead_letters(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,
@@ -487,11 +508,12 @@ pub struct RequeueResponse {
     pub status: &'static str,
 }
 
+route_errors!(RequeueErrors: AUTHED, AGENT_SCOPE, PARAMS, &["MESSAGE_NOT_FOUND", "NOT_DEAD"]);
+
 /// Puts a dead letter back in the queue with its attempts reset.
 #[utoipa::path(post, path = "/api/agents/{agent_id}/messages/{message_id}/requeue", tag = "inbox",
     params(("agent_id" = String, Path), ("message_id" = String, Path)),
-    responses((status = 200, body = RequeueResponse), (status = 404, body = ErrorBody),
-        (status = 409, description = "NOT_DEAD", body = ErrorBody)))]
+    responses((status = 200, body = RequeueResponse), RequeueErrors))]
 pub async fn requeue(
     State(app): State<AppState>,
     ApiPath((agent_id, message_id)): ApiPath<(String, String)>,

@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod messages;
 pub mod observe;
+pub mod openapi;
 pub mod ratelimit;
 pub mod system;
 
@@ -26,7 +27,6 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 use utoipa::OpenApi;
-use utoipa_swagger_ui::SwaggerUi;
 
 use crate::hub::Hub;
 use error::{ApiError, ErrorCode};
@@ -115,7 +115,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state.clone());
     let mut open = Router::new()
         .route("/metrics", get(system::metrics))
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .merge(openapi::docs_router())
         .with_state(state.clone());
     let mut register = Router::new()
         .route("/api/agents/register", post(agents::register))

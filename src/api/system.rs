@@ -5,13 +5,14 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use serde_json::json;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::{ApiError, ApiResult, ErrorBody};
+use super::error::{ApiError, ApiResult};
 use super::extract::{Authed, bearer_token};
+use super::openapi::{ANY, AUTHED, GATED, OPEN};
 use crate::hub::HubError;
+use crate::route_errors;
 
 /// Liveness response.
 #[derive(Debug, Serialize, ToSchema)]
@@ -23,9 +24,12 @@ pub struct HealthResponse {
     pub version: &'static str,
 }
 
+// Probes are never rate-limited: only a panic can fail them.
+route_errors!(ProbeErrors: ANY);
+
 /// Liveness probe: cheap, never touches storage.
 #[utoipa::path(get, path = "/health", tag = "system",
-    responses((status = 200, body = HealthResponse)))]
+    responses((status = 200, body = HealthResponse), ProbeErrors))]
 pub async fn health() -> Json<HealthResponse> {
     let timestamp = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
@@ -37,20 +41,37 @@ pub async fn health() -> Json<HealthResponse> {
     })
 }
 
+/// What each readiness check found.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadyChecks {
+    /// `ok`, or why storage did not answer.
+    pub store: String,
+}
+
+/// Readiness response (200 and 503 alike).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadyResponse {
+    /// `ready` or `unavailable`.
+    pub status: &'static str,
+    pub checks: ReadyChecks,
+}
+
 /// Readiness probe: 200 when storage answers, else 503. Never rate-limited,
 /// so its store work is bounded here instead: see [`ReadyProbe`].
 #[utoipa::path(get, path = "/ready", tag = "system",
-    responses((status = 200, description = "{status: ready, checks: {store: ok}}"),
-        (status = 503, description = "{status: unavailable, checks: {store: <error>}}")))]
+    responses((status = 200, description = "storage answers", body = ReadyResponse),
+        (status = 503, description = "storage does not answer", body = ReadyResponse),
+        ProbeErrors))]
 pub async fn ready(State(app): State<AppState>) -> Response {
-    match app.ready.check(&app).await {
-        Ok(()) => Json(json!({"status": "ready", "checks": {"store": "ok"}})).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "checks": {"store": e}})),
-        )
-            .into_response(),
-    }
+    let (status, state, store) = match app.ready.check(&app).await {
+        Ok(()) => (StatusCode::OK, "ready", "ok".to_string()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+    };
+    let body = ReadyResponse {
+        status: state,
+        checks: ReadyChecks { store },
+    };
+    (status, Json(body)).into_response()
 }
 
 /// How long one store ping answers `/ready` for everyone.
@@ -78,11 +99,13 @@ impl ReadyProbe {
     }
 }
 
+route_errors!(MetricsErrors: OPEN, &["AUTH_REQUIRED", "INVALID_API_KEY"]);
+
 /// Prometheus metrics of this hub (see docs/OPERATIONS.md). Open like the
 /// probes, unless `METRICS_REQUIRE_KEY=true` (then the master key).
 #[utoipa::path(get, path = "/metrics", tag = "system",
     responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain"),
-        (status = 401, body = ErrorBody)))]
+        MetricsErrors))]
 pub async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     if app.hub.config.metrics_require_key {
         let key = headers
@@ -139,9 +162,11 @@ pub struct StatsResponse {
     pub messages: MessageCounts,
 }
 
+route_errors!(StatsErrors: AUTHED, GATED);
+
 /// Hub-wide counts (behind the API key gate when `API_KEY_REQUIRED`).
 #[utoipa::path(get, path = "/api/stats", tag = "system",
-    responses((status = 200, body = StatsResponse), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = StatsResponse), StatsErrors))]
 pub async fn stats(State(app): State<AppState>, req: Authed) -> ApiResult<Json<StatsResponse>> {
     app.hub.authorize_gate(&req.caller)?;
     let s = app.hub.store.stats().await.map_err(HubError::from)?;
@@ -165,6 +190,11 @@ pub async fn stats(State(app): State<AppState>, req: Authed) -> ApiResult<Json<S
 
 /// Unknown route.
 pub async fn not_found() -> ApiError {
+    no_such_route()
+}
+
+/// The 404 of a path nothing serves.
+pub fn no_such_route() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
 }
 

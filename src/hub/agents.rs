@@ -51,13 +51,7 @@ impl Hub {
     pub async fn register(&self, reg: Registration) -> HubResult<Registered> {
         let agent_id = match reg.agent_id.filter(|id| !id.is_empty()) {
             None => ids::generate_agent_id(),
-            Some(id) if ids::is_valid_agent_id(&id) => id,
-            Some(_) => {
-                return Err(HubError::invalid(
-                    "agent_id",
-                    "must be 1-255 characters of [A-Za-z0-9._:-] and not start with did: or agent:",
-                ));
-            }
+            Some(id) => ids::require_agent_id("agent_id", &id)?.to_string(),
         };
         let agent_type = reg.agent_type.unwrap_or_else(|| "generic".into());
         if agent_type.is_empty() || agent_type.len() > MAX_AGENT_TYPE_LEN {
@@ -176,13 +170,7 @@ impl Hub {
 
     /// Adds an agent to the trust list.
     pub async fn trust(&self, agent_id: &str, other: &str) -> HubResult<Agent> {
-        let other = ids::normalize(other);
-        if other.is_empty() || other.len() > ids::MAX_AGENT_ID_LEN {
-            return Err(HubError::invalid(
-                "agent_id",
-                "must be a non-empty agent id",
-            ));
-        }
+        let other = ids::require_agent_id("agent_id", ids::normalize(other))?;
         let change = AgentChange::AddTrusted {
             agent_id: other.to_string(),
             now: self.now(),

@@ -25,6 +25,10 @@ pub enum HubError {
     SenderNotTrusted(String),
     #[error("agent {0} not found")]
     AgentNotFound(String),
+    /// The addressee of a send or reply is not (or no longer) registered;
+    /// its own code because Node-era clients branch on it.
+    #[error("recipient {0} not found")]
+    RecipientNotFound(String),
     #[error("agent {0} already exists")]
     AgentExists(String),
     #[error("message {0} not found")]

@@ -142,7 +142,7 @@ impl Hub {
             .store
             .get_agent(&to)
             .await?
-            .ok_or_else(|| HubError::AgentNotFound(to.clone()))?;
+            .ok_or_else(|| HubError::RecipientNotFound(to.clone()))?;
         if !recipient.trusted_agents.is_empty() && !recipient.trusted_agents.contains(&from) {
             return Err(HubError::SenderNotTrusted(from));
         }
@@ -188,7 +188,7 @@ impl Hub {
             match self.store.enqueue(message.clone(), quota, delivery).await {
                 // The envelope id is taken by another inbox's message: this one gets its own id.
                 Err(StoreError::MessageIdTaken) => message.id = new_message_id(),
-                Err(StoreError::AgentNotFound) => return Err(HubError::AgentNotFound(to)),
+                Err(StoreError::AgentNotFound) => return Err(HubError::RecipientNotFound(to)),
                 other => break other?,
             }
         };
@@ -317,12 +317,7 @@ impl<'a> EnvelopeFields<'a> {
             ttl_sec: ttl_sec(envelope.get("ttl_sec"))?,
         };
         for (name, address) in [("from", fields.from), ("to", fields.to)] {
-            let id = ids::normalize(address);
-            if id.len() > ids::MAX_AGENT_ID_LEN || !ids::is_valid_message_id(id) {
-                return Err(HubError::InvalidEnvelope(format!(
-                    "`{name}` is not a valid agent address"
-                )));
-            }
+            ids::require_agent_id(name, ids::normalize(address))?;
         }
         if let Some(headers) = envelope.get("headers")
             && !(headers.is_object() || headers.is_null())

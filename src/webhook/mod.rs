@@ -16,10 +16,10 @@ mod retry;
 mod signature;
 mod target;
 
-pub use payload::{Notification, WebhookRequest, format_delivered_at};
+pub use payload::{Notification, WebhookRequest};
 pub use retry::{MAX_RETRY_AFTER, next_attempt_delay, parse_retry_after};
 pub use signature::{
-    TIMESTAMP_TOLERANCE, legacy_signature, sign, signing_key, verify, verify_headers,
+    TIMESTAMP_TOLERANCE, legacy_signature, node_json, sign, signing_key, verify, verify_headers,
     verify_legacy_signature,
 };
 pub use target::{GuardedResolver, check_url, http_client};

@@ -2,10 +2,9 @@
 //! the headers of both signature schemes.
 
 use serde::Serialize;
-use time::OffsetDateTime;
-use time::macros::format_description;
 
-use super::{EVENT_MESSAGE_RECEIVED, USER_AGENT, headers, legacy_signature, sign};
+use super::signature::legacy_mac;
+use super::{EVENT_MESSAGE_RECEIVED, USER_AGENT, headers, node_json, sign};
 use crate::store::Envelope;
 
 /// One attempt of one delivery: everything the request is built from.
@@ -31,15 +30,14 @@ pub struct WebhookRequest {
     pub body: Vec<u8>,
 }
 
-/// The compat body; field order is the signed key order.
+/// The compat body without its `signature`; field order is the signed key order.
 #[derive(Serialize)]
 struct Payload<'a> {
     event: &'a str,
     message_id: &'a str,
     envelope: &'a Envelope,
-    delivered_at: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    signature: Option<&'a str>,
+    /// Epoch milliseconds, a number, as the Node server's `Date.now()`.
+    delivered_at: i64,
 }
 
 impl Notification<'_> {
@@ -49,19 +47,19 @@ impl Notification<'_> {
     /// An agent without a secret (imported from the old server) signs with "".
     pub fn build(&self, secrets: &[&str]) -> WebhookRequest {
         let secrets = if secrets.is_empty() { &[""] } else { secrets };
-        let secret = secrets[0];
-        let delivered_at = format_delivered_at(self.at_ms);
-        let mut payload = Payload {
+        let payload = Payload {
             event: EVENT_MESSAGE_RECEIVED,
             message_id: self.message_id,
             envelope: self.envelope,
-            delivered_at: &delivered_at,
-            signature: None,
+            delivered_at: self.at_ms,
         };
-        let unsigned = serde_json::to_string(&payload).expect("a JSON value always serialises");
-        let compat_signature = legacy_signature(secret, &unsigned);
-        payload.signature = Some(&compat_signature);
-        let body = serde_json::to_vec(&payload).expect("a JSON value always serialises");
+        let compact = serde_json::to_string(&payload).expect("a JSON value always serialises");
+        // The body is sent in Node's printing, so the compat signature covers
+        // the body as sent (up to its own field) and a Node receiver that
+        // re-stringifies the parsed payload gets the same bytes back.
+        let unsigned = node_json(&compact);
+        let compat_signature = legacy_mac(secrets[0], &unsigned);
+        let body = with_signature(&unsigned, &compat_signature).into_bytes();
 
         let timestamp = self.at_ms.div_euclid(1000);
         let standard_signature = secrets
@@ -83,15 +81,12 @@ impl Notification<'_> {
     }
 }
 
-/// `delivered_at` as the Node server wrote it (`Date.toISOString()`):
-/// `2026-01-02T03:04:05.678Z`.
-pub fn format_delivered_at(at_ms: i64) -> String {
-    let format =
-        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&format).ok())
-        .unwrap_or_default()
+/// `{…}` + `,"signature":"<hex>"}`: the signature as the last member.
+fn with_signature(unsigned: &str, signature: &str) -> String {
+    let open = unsigned
+        .strip_suffix('}')
+        .expect("the payload is a JSON object");
+    format!("{open},\"signature\":\"{signature}\"}}")
 }
 
 #[cfg(test)]
@@ -101,7 +96,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::webhook::{verify, verify_legacy_signature};
+    use crate::webhook::{legacy_signature, verify, verify_legacy_signature};
 
     fn header<'a>(request: &'a WebhookRequest, name: &str) -> &'a str {
         request
@@ -110,15 +105,6 @@ mod tests {
             .find(|(n, _)| *n == name)
             .map(|(_, v)| v.as_str())
             .unwrap_or_else(|| panic!("header {name} missing"))
-    }
-
-    #[test]
-    fn delivered_at_is_iso_with_milliseconds() {
-        assert_eq!(
-            format_delivered_at(1_649_367_553_042),
-            "2022-04-07T21:39:13.042Z"
-        );
-        assert_eq!(format_delivered_at(0), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]
@@ -154,7 +140,7 @@ mod tests {
         );
         assert_eq!(body["event"], "message.received");
         assert_eq!(body["envelope"], envelope);
-        assert_eq!(body["delivered_at"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(body["delivered_at"], at_ms);
 
         assert_eq!(header(&request, "content-type"), "application/json");
         assert_eq!(header(&request, "user-agent"), "ADMP-Server/1.0");
@@ -177,5 +163,30 @@ mod tests {
         )
         .unwrap();
         assert!(verify_legacy_signature("whsec_other", &request.body).is_err());
+    }
+
+    #[test]
+    fn compat_signature_covers_the_body_as_sent() {
+        // Integer-like keys and `1.0`: Node's printing differs from serde's.
+        let envelope = json!({"from": "a", "body": {"b": 1.0, "2": "x", "1": "y"}});
+        let request = Notification {
+            delivery_id: "wh_1",
+            message_id: "m-1",
+            envelope: &Envelope::from(envelope),
+            attempt: 1,
+            at_ms: 1_700_000_000_123,
+        }
+        .build(&["s3cret"]);
+        let body = String::from_utf8(request.body).unwrap();
+        let (unsigned, signature) = body.rsplit_once(",\"signature\":\"").unwrap();
+        let signature = signature.strip_suffix("\"}").unwrap();
+        let unsigned = format!("{unsigned}}}");
+        assert_eq!(
+            unsigned,
+            r#"{"event":"message.received","message_id":"m-1","envelope":{"from":"a","body":{"1":"y","2":"x","b":1}},"delivered_at":1700000000123}"#
+        );
+        assert_eq!(node_json(&unsigned), unsigned, "already in Node's printing");
+        assert_eq!(signature, legacy_signature("s3cret", &unsigned));
+        verify_legacy_signature("s3cret", body.as_bytes()).unwrap();
     }
 }

@@ -5,7 +5,8 @@
 //!   bytes. Prefer it: nothing is re-serialised, so every language agrees.
 //! * Compat: hex HMAC-SHA256 in the body's `signature` field over
 //!   `JSON.stringify({event, message_id, envelope, delivered_at})` as the Node
-//!   server and its Node receivers compute it.
+//!   server and its Node receivers compute it. The hub sends the body in that
+//!   very printing, so the signature also covers the body bytes as sent.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -109,12 +110,20 @@ pub fn verify_headers(
 /// over `unsigned_payload` as Node's `JSON.stringify` prints it, so a Node
 /// receiver that re-stringifies the parsed payload gets the same bytes.
 pub fn legacy_signature(secret: &str, unsigned_payload: &str) -> String {
-    // Only a nesting deeper than the V8 module's guard can fail here; the
-    // compact JSON is then the closest thing to what Node would print.
-    let canonical =
-        v8_restringify(unsigned_payload).unwrap_or_else(|_| unsigned_payload.to_string());
+    legacy_mac(secret, &node_json(unsigned_payload))
+}
+
+/// `JSON.stringify(JSON.parse(text))` as Node prints it. Only a nesting
+/// deeper than the V8 module's guard can fail here; the text is then kept
+/// as it is, the closest thing to what Node would print.
+pub fn node_json(text: &str) -> String {
+    v8_restringify(text).unwrap_or_else(|_| text.to_string())
+}
+
+/// Hex HMAC-SHA256 of text already in Node's printing (see [`node_json`]).
+pub(super) fn legacy_mac(secret: &str, node_json: &str) -> String {
     let mut mac = mac(secret.as_bytes());
-    mac.update(canonical.as_bytes());
+    mac.update(node_json.as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
 

@@ -151,11 +151,32 @@ async fn payload_and_both_signatures_verify() {
     assert_eq!(body["event"], "message.received");
     assert_eq!(body["message_id"], message_id.as_str());
     assert_eq!(body["envelope"], envelope);
-    assert!(body["delivered_at"].as_str().unwrap().ends_with('Z'));
+    // A number of epoch milliseconds, as the Node server's `Date.now()`.
+    let delivered_at = body["delivered_at"]
+        .as_i64()
+        .expect("delivered_at is a number");
+    let now_ms = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        (now_ms - 60_000..=now_ms).contains(&delivered_at),
+        "{delivered_at}"
+    );
 
     webhook::verify_headers(SECRET, &request.headers, &request.body, SystemTime::now())
         .expect("Standard Webhooks signature verifies");
     webhook::verify_legacy_signature(SECRET, &request.body).expect("compat signature verifies");
+    // The compat signature covers the body bytes as sent: the body up to its
+    // `signature` member, already in Node's printing.
+    let raw = std::str::from_utf8(&request.body).unwrap();
+    let (unsigned, _) = raw.rsplit_once(",\"signature\":").unwrap();
+    let unsigned = format!("{unsigned}}}");
+    assert_eq!(webhook::node_json(&unsigned), unsigned);
+    assert_eq!(
+        body["signature"],
+        webhook::legacy_signature(SECRET, &unsigned)
+    );
     assert!(
         webhook::verify_headers(
             "whsec_AAAA",
