@@ -236,6 +236,26 @@ pub struct Config {
     /// Require the master key on `/metrics` (open by default, like `/health`).
     #[arg(long, env = "METRICS_REQUIRE_KEY", default_value_t = false, action = clap::ArgAction::Set)]
     pub metrics_require_key: bool,
+
+    // Security hardening (issue 12; SECURITY.md).
+    /// Largest agent `metadata` (serialized JSON), in KiB, at registration and after a heartbeat merge.
+    #[arg(long, env = "MAX_METADATA_KB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1_024))]
+    pub max_metadata_kb: u64,
+    /// Failed authentications per minute from one client IP, and naming one agent, before 429.
+    #[arg(long, env = "AUTH_FAILURE_LIMIT_PER_MIN", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_failure_limit_per_min: u32,
+    /// Webhook attempts one agent's receiver may have in flight at once (its share of `WEBHOOK_CONCURRENCY`).
+    #[arg(long, env = "WEBHOOK_PER_AGENT_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub webhook_per_agent_concurrency: u32,
+    /// File holding the hub's audit signing key (base64 Ed25519 seed); checkpoints are signed with it.
+    #[arg(long, env = "AUDIT_SIGNING_KEY_FILE")]
+    pub audit_signing_key_file: Option<PathBuf>,
+    /// The key read from `AUDIT_SIGNING_KEY_FILE` (never from the environment directly).
+    #[arg(skip)]
+    pub audit_signing_key: Option<String>,
+    /// A signed checkpoint is appended after every this many audit events.
+    #[arg(long, env = "AUDIT_CHECKPOINT_EVERY", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub audit_checkpoint_every: u64,
 }
 
 /// Moves the content of `file` into `value` (see [`Config::resolve_secret_files`]).
@@ -354,6 +374,12 @@ impl Default for Config {
             register_rate_limit_per_min: 60,
             trust_proxy: false,
             metrics_require_key: false,
+            max_metadata_kb: 16,
+            auth_failure_limit_per_min: 30,
+            webhook_per_agent_concurrency: 2,
+            audit_signing_key_file: None,
+            audit_signing_key: None,
+            audit_checkpoint_every: 100,
         }
     }
 }
@@ -393,6 +419,11 @@ impl Config {
             "MECH_API_SECRET",
             &mut self.mech_api_secret,
             &mut self.mech_api_secret_file,
+        )?;
+        resolve_secret_file(
+            "AUDIT_SIGNING_KEY",
+            &mut self.audit_signing_key,
+            &mut self.audit_signing_key_file,
         )
     }
 
@@ -407,6 +438,7 @@ impl Config {
             ("SESSION_SECRET_FILE", &self.session_secret_file),
             ("MECH_API_KEY_FILE", &self.mech_api_key_file),
             ("MECH_API_SECRET_FILE", &self.mech_api_secret_file),
+            ("AUDIT_SIGNING_KEY_FILE", &self.audit_signing_key_file),
         ] {
             if file.is_some() {
                 return Err(format!(
@@ -448,6 +480,15 @@ impl Config {
         }
         if self.storage_backend == StorageBackend::Mech {
             self.validate_mech()?;
+        }
+        if let Some(key) = &self.audit_signing_key
+            && crate::signing::keys::decode_secret_key(key.trim()).is_none()
+        {
+            return Err(
+                "AUDIT_SIGNING_KEY_FILE must hold a base64 Ed25519 secret key (32-byte seed or \
+                 64-byte seed and public key; `admp keygen` prints one)"
+                    .into(),
+            );
         }
         if self.metrics_require_key && self.master_api_key.is_none() {
             return Err("METRICS_REQUIRE_KEY=true needs MASTER_API_KEY".into());
@@ -518,6 +559,11 @@ impl Config {
     /// Webhook attempt timeout.
     pub fn webhook_timeout(&self) -> Duration {
         Duration::from_millis(self.webhook_timeout_ms)
+    }
+
+    /// Largest accepted agent metadata in bytes (serialized JSON).
+    pub fn max_metadata_bytes(&self) -> usize {
+        (self.max_metadata_kb * 1024) as usize
     }
 
     /// Largest accepted request body in bytes.

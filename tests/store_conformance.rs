@@ -245,6 +245,10 @@ macro_rules! conformance {
                 concurrent_enqueues_respect_the_quota,
                 concurrent_audit_appends_keep_one_chain,
                 peek_queued_shows_waiting_messages_without_leasing,
+                nonces_are_remembered_once_until_they_expire,
+                retired_agent_ids_stay_retired,
+                fair_claims_cap_each_agent_and_skip_busy_ones,
+                refused_agent_changes_leave_the_record_unchanged,
             );
 
             $(
@@ -444,6 +448,7 @@ mod contract {
                 metadata: json!({"alpha": "replaced", "new": [1]})
                     .as_object()
                     .cloned(),
+                max_metadata_bytes: usize::MAX,
             },
             AgentChange::AddTrusted {
                 agent_id: "bob".into(),
@@ -477,7 +482,7 @@ mod contract {
         ];
         let mut expected = agent("alice");
         for change in &changes {
-            change.apply(&mut expected);
+            change.apply(&mut expected).unwrap();
             let updated = store.update_agent("alice", change).await.unwrap();
             assert_eq!(updated, expected, "after {change:?}");
         }
@@ -507,6 +512,7 @@ mod contract {
                 &AgentChange::Heartbeat {
                     now: T0 + MINUTE,
                     metadata: None,
+                    max_metadata_bytes: usize::MAX,
                 },
             )
             .await
@@ -525,6 +531,7 @@ mod contract {
                 &AgentChange::Heartbeat {
                     now: T0 + timeout + 1,
                     metadata: None,
+                    max_metadata_bytes: usize::MAX,
                 },
             )
             .await
@@ -1718,6 +1725,138 @@ mod contract {
         );
         // Past its TTL a message is not waiting, even before the sweeper ends it.
         assert_eq!(ids(&peek(T0 + 60 * MINUTE, 10).await), ["later"]);
+    }
+
+    pub async fn nonces_are_remembered_once_until_they_expire(store: Arc<dyn Store>) {
+        let key = "a".repeat(64);
+        let other = "b".repeat(64);
+        assert!(store.remember_nonce(&key, T0 + 600, T0).await.unwrap());
+        assert!(!store.remember_nonce(&key, T0 + 700, T0 + 1).await.unwrap());
+        assert!(
+            store
+                .remember_nonce(&other, T0 + 900, T0 + 1)
+                .await
+                .unwrap()
+        );
+        // Nothing is purged before it expires…
+        assert_eq!(store.purge_nonces(T0 + 599, 10).await.unwrap(), 0);
+        assert!(
+            !store
+                .remember_nonce(&key, T0 + 700, T0 + 599)
+                .await
+                .unwrap()
+        );
+        // …an expired entry may be taken over (its request's Date is stale anyway)…
+        assert!(
+            store
+                .remember_nonce(&key, T0 + 1_300, T0 + 700)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .remember_nonce(&key, T0 + 1_400, T0 + 800)
+                .await
+                .unwrap()
+        );
+        // …and purging forgets only expired entries, in batches.
+        assert_eq!(store.purge_nonces(T0 + 1_000, 10).await.unwrap(), 1);
+        assert_eq!(store.purge_nonces(T0 + 1_000, 10).await.unwrap(), 0);
+        assert!(
+            !store
+                .remember_nonce(&key, T0 + 1_400, T0 + 1_000)
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.purge_nonces(T0 + 2_000, 10).await.unwrap(), 1);
+        assert!(
+            store
+                .remember_nonce(&key, T0 + 3_000, T0 + 2_000)
+                .await
+                .unwrap()
+        );
+        // Concurrent first uses: exactly one wins.
+        let fresh = "c".repeat(64);
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (store, fresh) = (store.clone(), fresh.clone());
+            tasks.push(tokio::spawn(async move {
+                store.remember_nonce(&fresh, T0 + 600, T0).await.unwrap()
+            }));
+        }
+        let mut winners = 0;
+        for t in tasks {
+            winners += usize::from(t.await.unwrap());
+        }
+        assert_eq!(winners, 1);
+    }
+
+    pub async fn retired_agent_ids_stay_retired(store: Arc<dyn Store>) {
+        assert!(!store.is_agent_id_retired("bob").await.unwrap());
+        store.retire_agent_id("bob", T0).await.unwrap();
+        store.retire_agent_id("bob", T0 + 1).await.unwrap();
+        assert!(store.is_agent_id_retired("bob").await.unwrap());
+        assert!(!store.is_agent_id_retired("bo").await.unwrap());
+        assert!(!store.is_agent_id_retired("bobby").await.unwrap());
+    }
+
+    pub async fn fair_claims_cap_each_agent_and_skip_busy_ones(store: Arc<dyn Store>) {
+        setup_agents(&store, &["a", "b", "c"]).await;
+        let mut n = 0;
+        for (agent_id, count) in [("a", 5), ("b", 2), ("c", 1)] {
+            for _ in 0..count {
+                n += 1;
+                let id = format!("m{n:02}");
+                let message = message(&id, agent_id, T0 + n);
+                store
+                    .enqueue(
+                        message,
+                        QUOTA,
+                        Some(delivery(&format!("d{n:02}"), &id, agent_id, T0 + n)),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        let now = T0 + 100;
+        let claimed = store
+            .claim_due_deliveries_fair(now, 10, MINUTE, 2, &[])
+            .await
+            .unwrap();
+        let ids: Vec<&str> = claimed.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["d01", "d02", "d06", "d07", "d08"],
+            "two per agent, oldest first"
+        );
+        assert!(claimed.iter().all(|d| d.next_attempt_at == now + MINUTE));
+        // Claimed ones are not due again; a busy agent is skipped.
+        let claimed = store
+            .claim_due_deliveries_fair(now, 10, MINUTE, 2, &["a".to_string()])
+            .await
+            .unwrap();
+        assert!(claimed.is_empty(), "{claimed:?}");
+        let claimed = store
+            .claim_due_deliveries_fair(now, 1, MINUTE, 2, &[])
+            .await
+            .unwrap();
+        let ids: Vec<&str> = claimed.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["d03"], "the limit applies across agents");
+    }
+
+    pub async fn refused_agent_changes_leave_the_record_unchanged(store: Arc<dyn Store>) {
+        setup_agents(&store, &["alice"]).await;
+        let before = store.get_agent("alice").await.unwrap().unwrap();
+        let big = AgentChange::Heartbeat {
+            now: T0 + 5,
+            metadata: json!({"blob": "x".repeat(200)}).as_object().cloned(),
+            max_metadata_bytes: 100,
+        };
+        assert!(matches!(
+            store.update_agent("alice", &big).await,
+            Err(StoreError::TooLarge("metadata"))
+        ));
+        assert_eq!(store.get_agent("alice").await.unwrap().unwrap(), before);
     }
 
     /// SQL backends (group commit): operations committed together stay

@@ -41,6 +41,8 @@ pub struct AppState {
     pub limits: Option<Arc<RateLimits>>,
     /// Keeps floods of refused requests from flooding the audit log.
     pub throttle: Arc<AuditThrottle>,
+    /// Bounds the store work of `/ready`, which is never rate-limited.
+    pub ready: Arc<system::ReadyProbe>,
 }
 
 /// How often the housekeeping task folds metric samples into buckets.
@@ -54,6 +56,7 @@ impl AppState {
         AppState {
             limits: RateLimits::from_config(&hub.config),
             throttle: Arc::new(AuditThrottle::default()),
+            ready: Arc::default(),
             hub,
         }
     }
@@ -105,9 +108,13 @@ pub struct ApiDoc;
 /// tower_governor layers, everything else per caller inside `Authed`.
 pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.hub.config.cors_origin);
-    let mut open = Router::new()
+    // Probes are never rate-limited: an orchestrator must not restart a
+    // healthy hub because someone flooded from the same address (SECURITY.md).
+    let probes = Router::new()
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
+        .with_state(state.clone());
+    let mut open = Router::new()
         .route("/metrics", get(system::metrics))
         .merge(openapi::docs_router())
         .with_state(state.clone());
@@ -192,6 +199,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state.clone());
 
     Router::new()
+        .merge(probes)
         .merge(open)
         .merge(register)
         .merge(api)

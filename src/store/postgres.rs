@@ -446,7 +446,7 @@ impl Store for PostgresStore {
             .map_err(db_error)?
             .ok_or(StoreError::AgentNotFound)?;
         let mut agent = sql::agent_from_row(&row)?;
-        change.apply(&mut agent);
+        change.apply(&mut agent)?;
         sqlx::query(
             "UPDATE agents SET agent_type = $2, metadata = $3, keys = $4, webhook_url = $5, \
              webhook_secret = $6, trusted_agents = $7, last_heartbeat = $8, online = $9, \
@@ -1077,5 +1077,45 @@ impl Store for PostgresStore {
             .await
             .map_err(db_error)?;
         Ok(inserted.rows_affected() == 1)
+    }
+
+    async fn remember_nonce(
+        &self,
+        key: &str,
+        expires_at: Millis,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        super::sql_security::postgres::remember_nonce(&self.pool, key, expires_at, now).await
+    }
+
+    async fn purge_nonces(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        super::sql_security::postgres::purge_nonces(&self.pool, now, limit).await
+    }
+
+    async fn retire_agent_id(&self, agent_id: &str, now: Millis) -> StoreResult<()> {
+        super::sql_security::postgres::retire_agent_id(&self.pool, agent_id, now).await
+    }
+
+    async fn is_agent_id_retired(&self, agent_id: &str) -> StoreResult<bool> {
+        super::sql_security::postgres::is_agent_id_retired(&self.pool, agent_id).await
+    }
+
+    async fn claim_due_deliveries_fair(
+        &self,
+        now: Millis,
+        limit: usize,
+        claim_ms: i64,
+        per_agent: usize,
+        skip_agents: &[String],
+    ) -> StoreResult<Vec<Delivery>> {
+        super::sql_security::postgres_claim_fair(
+            &self.pool,
+            now,
+            limit,
+            claim_ms,
+            per_agent,
+            skip_agents,
+        )
+        .await
     }
 }

@@ -361,7 +361,7 @@ async fn update_agent_on(
         .map_err(db_error)?
         .ok_or(StoreError::AgentNotFound)?;
     let mut agent = sql::agent_from_row(&row)?;
-    change.apply(&mut agent);
+    change.apply(&mut agent)?;
     sqlx::query(
         "UPDATE agents SET agent_type = $2, metadata = $3, keys = $4, webhook_url = $5, \
          webhook_secret = $6, trusted_agents = $7, last_heartbeat = $8, online = $9, \
@@ -1044,5 +1044,45 @@ impl Store for SqliteStore {
     async fn import_message(&self, message: Message) -> StoreResult<bool> {
         let insert = insert_message(&message)?;
         Ok(self.execute(insert).await? == 1)
+    }
+
+    async fn remember_nonce(
+        &self,
+        key: &str,
+        expires_at: Millis,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        super::sql_security::sqlite::remember_nonce(&self.writer, key, expires_at, now).await
+    }
+
+    async fn purge_nonces(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        super::sql_security::sqlite::purge_nonces(&self.writer, now, limit).await
+    }
+
+    async fn retire_agent_id(&self, agent_id: &str, now: Millis) -> StoreResult<()> {
+        super::sql_security::sqlite::retire_agent_id(&self.writer, agent_id, now).await
+    }
+
+    async fn is_agent_id_retired(&self, agent_id: &str) -> StoreResult<bool> {
+        super::sql_security::sqlite::is_agent_id_retired(&self.reader, agent_id).await
+    }
+
+    async fn claim_due_deliveries_fair(
+        &self,
+        now: Millis,
+        limit: usize,
+        claim_ms: i64,
+        per_agent: usize,
+        skip_agents: &[String],
+    ) -> StoreResult<Vec<Delivery>> {
+        super::sql_security::sqlite_claim_fair(
+            &self.writer,
+            now,
+            limit,
+            claim_ms,
+            per_agent,
+            skip_agents,
+        )
+        .await
     }
 }

@@ -27,6 +27,7 @@
 pub mod breaker;
 pub mod client;
 pub mod lock;
+pub mod security;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -128,6 +129,8 @@ pub struct MechStore {
     /// one left it, so concurrent batches never pick the same records (and
     /// come back short while work remains).
     sweeps: tokio::sync::Mutex<()>,
+    /// Request nonce digest → expiry (security.rs), rebuilt at open like the rest.
+    nonces: DashMap<String, Millis>,
 }
 
 impl MechStore {
@@ -138,15 +141,23 @@ impl MechStore {
         let client = Arc::new(MechClient::new(settings)?);
         let lock = HubLock::acquire(client.clone()).await?;
         let mut found = client
-            .scan(&[AGENTS, MESSAGES, DELIVERIES, ATTEMPTS, AUDIT])
+            .scan(&[
+                AGENTS,
+                MESSAGES,
+                DELIVERIES,
+                ATTEMPTS,
+                AUDIT,
+                security::NONCES,
+            ])
             .await?;
         let mut take = |collection: &str| found.remove(collection).unwrap_or_default();
-        let (agents, messages, deliveries, attempts, audit) = (
+        let (agents, messages, deliveries, attempts, audit, nonces) = (
             take(AGENTS),
             take(MESSAGES),
             take(DELIVERIES),
             take(ATTEMPTS),
             take(AUDIT),
+            take(security::NONCES),
         );
         let store = MechStore {
             client,
@@ -161,6 +172,7 @@ impl MechStore {
             audit: Mutex::default(),
             bulk: Semaphore::new(concurrency),
             sweeps: tokio::sync::Mutex::new(()),
+            nonces: security::nonce_index(&nonces),
         };
         let mut next_seq = 0u64;
         for doc in &agents {
@@ -487,7 +499,7 @@ impl Store for MechStore {
             .get(agent_id)
             .map(|a| a.value().clone())
             .ok_or(StoreError::AgentNotFound)?;
-        change.apply(&mut agent);
+        change.apply(&mut agent)?;
         self.client
             .put(AGENTS, agent_id, &to_doc(&agent)?, true)
             .await?;
@@ -1263,5 +1275,38 @@ impl Store for MechStore {
         }
         cell.state.lock().insert(seq, message);
         Ok(true)
+    }
+
+    async fn remember_nonce(
+        &self,
+        key: &str,
+        expires_at: Millis,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        self.remember_nonce_indexed(key, expires_at, now).await
+    }
+
+    async fn purge_nonces(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        self.purge_nonces_indexed(now, limit).await
+    }
+
+    async fn retire_agent_id(&self, agent_id: &str, now: Millis) -> StoreResult<()> {
+        security::retire_agent_id(&self.client, agent_id, now).await
+    }
+
+    async fn is_agent_id_retired(&self, agent_id: &str) -> StoreResult<bool> {
+        security::is_agent_id_retired(&self.client, agent_id).await
+    }
+
+    async fn claim_due_deliveries_fair(
+        &self,
+        now: Millis,
+        limit: usize,
+        claim_ms: i64,
+        per_agent: usize,
+        skip_agents: &[String],
+    ) -> StoreResult<Vec<Delivery>> {
+        self.claim_fair(now, limit, claim_ms, per_agent, skip_agents)
+            .await
     }
 }
