@@ -27,7 +27,7 @@ use admp::jobs::sweeper::sweep_once;
 use admp::store::mech::{AGENTS, MESSAGES, MechSettings, MechStore};
 use admp::store::{Agent, AgentKey, Message, Store};
 use clap::Parser;
-use mech_emulator::MechEmulator;
+use mech_emulator::{MechEmulator, Mode};
 use serde_json::json;
 
 /// Times one sweeper pass over expired messages stored in the Mech emulator.
@@ -91,7 +91,8 @@ fn expired_message(id: &str, to: &str, now: i64) -> Message {
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
-    let emulator = MechEmulator::start().await;
+    // Live mode, with other applications' documents in the app as well.
+    let emulator = MechEmulator::start_shared(Mode::Live).await;
     let clock = Clock::system();
     let now = clock.now_ms();
     let inboxes = args.inboxes.max(1);
@@ -120,6 +121,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     let elapsed = started.elapsed();
     let requests = emulator.requests() - requests_before;
     let stats = store.stats().await?;
+    store.close().await;
 
     println!(
         "mech sweep: {} expired messages over {} inboxes, {} ms latency per request, \

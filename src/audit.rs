@@ -48,6 +48,17 @@ pub fn first_broken_link(prev_hash: &str, events: &[AuditEvent]) -> Option<u64> 
     None
 }
 
+/// Stored `kind` of a checkpoint event.
+pub const CHECKPOINT_KIND: &str = "audit.checkpoint";
+
+/// What a checkpoint signs: the sequence, hash and time of the event it
+/// anchors. With the hub's key kept outside the database, whoever can write
+/// the database can no longer rewrite the chain up to a checkpoint and
+/// recompute the hashes: the signed hash would no longer match.
+pub fn checkpoint_message(seq: u64, hash: &str, at: i64) -> String {
+    format!("admp-audit-checkpoint\n{seq}\n{hash}\n{at}")
+}
+
 /// The kinds of security-relevant events the hub records (PROTOCOL.md §8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuditKind {
@@ -74,6 +85,8 @@ pub enum AuditKind {
     ConsoleRequeued,
     /// An operator made a webhook delivery due now from the console.
     ConsoleDeliveryRetried,
+    /// A signed checkpoint of the chain (see [`checkpoint_message`]).
+    Checkpoint,
 }
 
 impl AuditKind {
@@ -95,6 +108,7 @@ impl AuditKind {
             AuditKind::ConsoleLogout => "console.logout",
             AuditKind::ConsoleRequeued => "console.requeued",
             AuditKind::ConsoleDeliveryRetried => "console.delivery_retried",
+            AuditKind::Checkpoint => CHECKPOINT_KIND,
         }
     }
 }

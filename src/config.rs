@@ -22,6 +22,17 @@ pub enum StorageBackend {
     Mech,
 }
 
+/// Which generation of Mech's NoSQL request shapes the client sends (docs/STORAGE.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MechApiDialect {
+    /// The shapes a client checked against the live service uses: paths by
+    /// `document_id` (`/nosql/documents/{id}`), create with `document_id`.
+    Live,
+    /// The older Node client's shapes: `/nosql/documents/key/{key}?collection_name=`,
+    /// `/nosql/documents/{collection}/{key}`, create with `document_key`.
+    Legacy,
+}
+
 /// SQLite's `synchronous` setting: what an acknowledged write survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SqliteSynchronous {
@@ -76,6 +87,22 @@ pub struct Config {
     /// File holding the Mech API key; excludes `MECH_API_KEY`.
     #[arg(long, env = "MECH_API_KEY_FILE")]
     pub mech_api_key_file: Option<PathBuf>,
+    /// Mech API secret: with it the key and secret go as `X-Mech-API-Key` and
+    /// `X-Mech-API-Secret`; without it the key alone goes as `X-API-Key`.
+    #[arg(long, env = "MECH_API_SECRET", hide_env_values = true)]
+    pub mech_api_secret: Option<String>,
+    /// File holding the Mech API secret; excludes `MECH_API_SECRET`.
+    #[arg(long, env = "MECH_API_SECRET_FILE")]
+    pub mech_api_secret_file: Option<PathBuf>,
+    /// Request shapes the Mech client sends: `live` (default) or `legacy`.
+    #[arg(long, env = "MECH_API_DIALECT", value_enum, default_value_t = MechApiDialect::Live)]
+    pub mech_api_dialect: MechApiDialect,
+    /// Also send `X-App-ID` (off: the live service reportedly answers it with `TABLE_NOT_FOUND`).
+    #[arg(long, env = "MECH_SEND_APP_ID_HEADER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub mech_send_app_id_header: bool,
+    /// Age of the single-instance lock's last heartbeat after which another hub may take it over.
+    #[arg(long, env = "MECH_LOCK_STALE_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(200..=3_600_000))]
+    pub mech_lock_stale_ms: u64,
     /// Time one Mech request may take before it counts as failed and is retried.
     #[arg(long, env = "MECH_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub mech_timeout_ms: u64,
@@ -225,6 +252,26 @@ pub struct Config {
     /// (set it when TLS ends at a proxy that does not send the header).
     #[arg(long, env = "CONSOLE_SECURE_COOKIE", default_value_t = false, action = clap::ArgAction::Set)]
     pub console_secure_cookie: bool,
+
+    // Security hardening (issue 12; SECURITY.md).
+    /// Largest agent `metadata` (serialized JSON), in KiB, at registration and after a heartbeat merge.
+    #[arg(long, env = "MAX_METADATA_KB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1_024))]
+    pub max_metadata_kb: u64,
+    /// Failed authentications per minute from one client IP, and naming one agent, before 429.
+    #[arg(long, env = "AUTH_FAILURE_LIMIT_PER_MIN", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_failure_limit_per_min: u32,
+    /// Webhook attempts one agent's receiver may have in flight at once (its share of `WEBHOOK_CONCURRENCY`).
+    #[arg(long, env = "WEBHOOK_PER_AGENT_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub webhook_per_agent_concurrency: u32,
+    /// File holding the hub's audit signing key (base64 Ed25519 seed); checkpoints are signed with it.
+    #[arg(long, env = "AUDIT_SIGNING_KEY_FILE")]
+    pub audit_signing_key_file: Option<PathBuf>,
+    /// The key read from `AUDIT_SIGNING_KEY_FILE` (never from the environment directly).
+    #[arg(skip)]
+    pub audit_signing_key: Option<String>,
+    /// A signed checkpoint is appended after every this many audit events.
+    #[arg(long, env = "AUDIT_CHECKPOINT_EVERY", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub audit_checkpoint_every: u64,
 }
 
 /// Moves the content of `file` into `value` (see [`Config::resolve_secret_files`]).
@@ -295,6 +342,11 @@ impl Default for Config {
             mech_app_id: None,
             mech_api_key: None,
             mech_api_key_file: None,
+            mech_api_secret: None,
+            mech_api_secret_file: None,
+            mech_api_dialect: MechApiDialect::Live,
+            mech_send_app_id_header: false,
+            mech_lock_stale_ms: 60_000,
             mech_timeout_ms: 5_000,
             mech_max_retries: 3,
             mech_backoff_base_ms: 100,
@@ -343,13 +395,19 @@ impl Default for Config {
             console_api_key_file: None,
             console_session_ttl_sec: 3_600,
             console_secure_cookie: false,
+            max_metadata_kb: 16,
+            auth_failure_limit_per_min: 30,
+            webhook_per_agent_concurrency: 2,
+            audit_signing_key_file: None,
+            audit_signing_key: None,
+            audit_checkpoint_every: 100,
         }
     }
 }
 
 impl Config {
     /// Reads the secrets given as files (`MASTER_API_KEY_FILE`,
-    /// `MASTER_API_KEY_PREVIOUS_FILE`, `SESSION_SECRET_FILE`, `MECH_API_KEY_FILE`) into their
+    /// `MASTER_API_KEY_PREVIOUS_FILE`, `SESSION_SECRET_FILE`, `MECH_API_KEY_FILE`, `MECH_API_SECRET_FILE`) into their
     /// values, once, at start-up and before [`validate`](Self::validate).
     ///
     /// One trailing newline (`\n` or `\r\n`, as editors and `echo` add) is
@@ -382,6 +440,16 @@ impl Config {
             "MECH_API_KEY",
             &mut self.mech_api_key,
             &mut self.mech_api_key_file,
+        )?;
+        resolve_secret_file(
+            "MECH_API_SECRET",
+            &mut self.mech_api_secret,
+            &mut self.mech_api_secret_file,
+        )?;
+        resolve_secret_file(
+            "AUDIT_SIGNING_KEY",
+            &mut self.audit_signing_key,
+            &mut self.audit_signing_key_file,
         )
     }
 
@@ -396,6 +464,8 @@ impl Config {
             ("SESSION_SECRET_FILE", &self.session_secret_file),
             ("MECH_API_KEY_FILE", &self.mech_api_key_file),
             ("CONSOLE_API_KEY_FILE", &self.console_api_key_file),
+            ("MECH_API_SECRET_FILE", &self.mech_api_secret_file),
+            ("AUDIT_SIGNING_KEY_FILE", &self.audit_signing_key_file),
         ] {
             if file.is_some() {
                 return Err(format!(
@@ -437,6 +507,15 @@ impl Config {
         }
         if self.storage_backend == StorageBackend::Mech {
             self.validate_mech()?;
+        }
+        if let Some(key) = &self.audit_signing_key
+            && crate::signing::keys::decode_secret_key(key.trim()).is_none()
+        {
+            return Err(
+                "AUDIT_SIGNING_KEY_FILE must hold a base64 Ed25519 secret key (32-byte seed or \
+                 64-byte seed and public key; `admp keygen` prints one)"
+                    .into(),
+            );
         }
         if self.metrics_require_key && self.master_api_key.is_none() {
             return Err("METRICS_REQUIRE_KEY=true needs MASTER_API_KEY".into());
@@ -494,6 +573,11 @@ impl Config {
             }
             Some(_) => {}
         }
+        if let Some(secret) = &self.mech_api_secret
+            && (secret.is_empty() || secret.chars().any(|c| c.is_control()))
+        {
+            return Err("MECH_API_SECRET must be non-empty and free of control characters".into());
+        }
         if self.mech_backoff_base_ms > self.mech_backoff_max_ms {
             return Err("MECH_BACKOFF_BASE_MS must not exceed MECH_BACKOFF_MAX_MS".into());
         }
@@ -510,6 +594,11 @@ impl Config {
     /// Webhook attempt timeout.
     pub fn webhook_timeout(&self) -> Duration {
         Duration::from_millis(self.webhook_timeout_ms)
+    }
+
+    /// Largest accepted agent metadata in bytes (serialized JSON).
+    pub fn max_metadata_bytes(&self) -> usize {
+        (self.max_metadata_kb * 1024) as usize
     }
 
     /// Largest accepted request body in bytes.

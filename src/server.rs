@@ -26,6 +26,8 @@ pub struct RunningHub {
     sweeper: JoinHandle<()>,
     webhooks: JoinHandle<()>,
     housekeeping: JoinHandle<()>,
+    /// The Mech store whose single-instance lock a graceful stop releases.
+    mech: Option<Arc<MechStore>>,
 }
 
 impl RunningHub {
@@ -48,6 +50,9 @@ impl RunningHub {
         self.sweeper.await.context("sweeper task")?;
         self.webhooks.await.context("webhook worker task")?;
         self.housekeeping.await.context("housekeeping task")?;
+        if let Some(mech) = self.mech {
+            mech.close().await;
+        }
         Ok(())
     }
 }
@@ -73,20 +78,22 @@ pub async fn open_store(
                 .await
                 .context("opening the PostgreSQL database (DATABASE_URL)")?,
         ),
-        StorageBackend::Mech => {
-            tracing::warn!(
-                "STORAGE_BACKEND=mech supports ONE hub instance: the message index lives in \
-                 this process (Mech has no conditional writes), so a second hub on the same \
-                 MECH_APP_ID could lease a message twice. Use postgres to run several instances."
-            );
-            let settings = MechSettings::from_config(config).map_err(anyhow::Error::msg)?;
-            Arc::new(
-                MechStore::open(settings)
-                    .await
-                    .context("opening the Mech store (MECH_BASE_URL, MECH_APP_ID)")?,
-            )
-        }
+        StorageBackend::Mech => open_mech(config).await?,
     })
+}
+
+/// Opens the Mech store: takes the single-instance lock (a second hub on the
+/// same `MECH_APP_ID` is refused, naming the holder), then rebuilds the index.
+async fn open_mech(config: &Config) -> anyhow::Result<Arc<MechStore>> {
+    let settings = MechSettings::from_config(config).map_err(anyhow::Error::msg)?;
+    let store = MechStore::open(settings)
+        .await
+        .context("opening the Mech store (MECH_BASE_URL, MECH_APP_ID)")?;
+    tracing::info!(
+        holder = %store.lock().record().holder,
+        "STORAGE_BACKEND=mech: this hub holds the Mech app's single-instance lock"
+    );
+    Ok(Arc::new(store))
 }
 
 /// Opens a store named by URL (`memory://`, `sqlite://…`, `postgres://…`),
@@ -168,6 +175,7 @@ pub async fn start_with_wakers(
         sweeper,
         webhooks,
         housekeeping,
+        mech: None,
     })
 }
 
@@ -176,6 +184,19 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<RunningHu
     config.resolve_secret_files().map_err(anyhow::Error::msg)?;
     config.validate().map_err(anyhow::Error::msg)?;
     let wakers = Arc::new(InboxWakers::default());
+    if config.storage_backend == StorageBackend::Mech {
+        let mech = open_mech(&config).await?;
+        return match start_with_wakers(config, mech.clone(), wakers, clock).await {
+            Ok(mut running) => {
+                running.mech = Some(mech);
+                Ok(running)
+            }
+            Err(e) => {
+                mech.close().await;
+                Err(e)
+            }
+        };
+    }
     let store = open_store(&config, wakers.clone()).await?;
     start_with_wakers(config, store, wakers, clock).await
 }

@@ -20,13 +20,13 @@ use admp::config::Config;
 use admp::hub::{Clock, Hub};
 use admp::jobs::sweeper::sweep_once;
 use admp::server::{RunningHub, start_with_store};
-use admp::store::mech::{AGENTS, MESSAGES, MechSettings, MechStore};
+use admp::store::mech::{AGENTS, ATTEMPTS, AUDIT, DELIVERIES, MESSAGES, MechSettings, MechStore};
 use admp::store::{
-    AckRequest, Agent, AgentKey, Enqueued, LeaseRequest, Message, Store, StoreError,
+    AckRequest, Agent, AgentChange, AgentKey, Enqueued, LeaseRequest, Message, Store, StoreError,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use support::mech_emulator::MechEmulator;
+use support::mech_emulator::{FOREIGN_DOCUMENTS, MechEmulator, Mode};
 use support::{MASTER_KEY, expect_error, read};
 
 /// Short client budgets so faults resolve in milliseconds.
@@ -134,9 +134,8 @@ async fn expect_unavailable(response: reqwest::Response) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thirty_percent_server_errors_every_api_operation_still_succeeds() {
-    let emulator = MechEmulator::start().await;
+async fn thirty_percent_server_errors_every_api_operation_still_succeeds(mode: Mode) {
+    let emulator = MechEmulator::start_shared(mode).await;
     // Enough retries that 30 % failures essentially never exhaust them
     // (0.3^11 per call), and a breaker that a lucky streak cannot open.
     let hub = MechHub::start(Config {
@@ -235,9 +234,8 @@ async fn thirty_percent_server_errors_every_api_operation_still_succeeds() {
     hub.running.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn stalls_beyond_the_timeout_are_retried_then_succeed() {
-    let emulator = MechEmulator::start().await;
+async fn stalls_beyond_the_timeout_are_retried_then_succeed(mode: Mode) {
+    let emulator = MechEmulator::start_shared(mode).await;
     let store = open(&fast(&emulator)).await;
     let before = emulator.requests();
     // Two attempts hang far past the 150 ms timeout; the third gets through.
@@ -251,9 +249,8 @@ async fn stalls_beyond_the_timeout_are_retried_then_succeed() {
     );
 }
 
-#[tokio::test]
-async fn stalls_on_every_attempt_give_a_clean_503_within_the_budget() {
-    let emulator = MechEmulator::start().await;
+async fn stalls_on_every_attempt_give_a_clean_503_within_the_budget(mode: Mode) {
+    let emulator = MechEmulator::start_shared(mode).await;
     let config = fast(&emulator);
     let attempts = u64::from(config.mech_max_retries) + 1;
     let budget = Duration::from_millis(
@@ -283,9 +280,8 @@ async fn stalls_on_every_attempt_give_a_clean_503_within_the_budget() {
     hub.running.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn outage_answers_503_fast_loses_nothing_and_recovers() {
-    let emulator = MechEmulator::start().await;
+async fn outage_answers_503_fast_loses_nothing_and_recovers(mode: Mode) {
+    let emulator = MechEmulator::start_shared(mode).await;
     let config = Config {
         mech_breaker_failures: 2,
         ..fast(&emulator)
@@ -360,9 +356,8 @@ async fn outage_answers_503_fast_loses_nothing_and_recovers() {
     hub.running.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn start_up_during_an_outage_fails_cleanly() {
-    let emulator = MechEmulator::start().await;
+async fn start_up_during_an_outage_fails_cleanly(mode: Mode) {
+    let emulator = MechEmulator::start_shared(mode).await;
     emulator.set_outage(true);
     let settings = MechSettings::from_config(&fast(&emulator)).unwrap();
     let err = MechStore::open(settings)
@@ -372,26 +367,27 @@ async fn start_up_during_an_outage_fails_cleanly() {
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
 }
 
-#[tokio::test]
-async fn throttling_honours_retry_after_and_other_4xx_are_never_retried() {
-    let emulator = MechEmulator::start().await;
+async fn throttling_honours_retry_after_and_other_4xx_are_never_retried(mode: Mode) {
+    let emulator = MechEmulator::start_shared(mode).await;
     let config = Config {
         mech_backoff_max_ms: 1_500,
         ..fast(&emulator)
     };
     let store = open(&config).await;
     let before = emulator.requests();
-    emulator.throttle_next(1, 1);
+    // Live mode: the wait is only in the body (`error.retryAfterMs`);
+    // legacy mode: only in `Retry-After`. Either is waited for in full.
+    emulator.throttle_next(1, Duration::from_secs(1));
     let started = Instant::now();
     store.create_agent(agent("bob")).await.unwrap();
     assert_eq!(emulator.requests() - before, 2);
     assert!(
         started.elapsed() >= Duration::from_secs(1),
-        "waited the Retry-After"
+        "waited the asked time"
     );
     // A Retry-After longer than MECH_BACKOFF_MAX_MS: give up at once with 503.
     let before = emulator.requests();
-    emulator.throttle_next(1, 60);
+    emulator.throttle_next(1, Duration::from_secs(60));
     let err = store.create_agent(agent("carol")).await.unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
     assert_eq!(emulator.requests() - before, 1);
@@ -408,13 +404,12 @@ async fn throttling_honours_retry_after_and_other_4xx_are_never_retried() {
         matches!(&err, StoreError::Internal(m) if m.contains("401")),
         "{err}"
     );
-    // The scan lists five collections at once: one request each, none retried.
-    assert_eq!(emulator.requests() - before, 5);
+    // The first request (reading the lock) is refused, and not retried.
+    assert_eq!(emulator.requests() - before, 1);
 }
 
-#[tokio::test]
-async fn unparsable_answers_are_reported_not_swallowed() {
-    let emulator = MechEmulator::start().await;
+async fn unparsable_answers_are_reported_not_swallowed(mode: Mode) {
+    let emulator = MechEmulator::start_shared(mode).await;
     let store = open(&fast(&emulator)).await;
     emulator.garbage_next(1);
     let err = store.ping().await.unwrap_err();
@@ -432,9 +427,8 @@ async fn unparsable_answers_are_reported_not_swallowed() {
     store.ping().await.unwrap();
 }
 
-#[tokio::test]
-async fn invalid_inputs_are_refused_before_any_call() {
-    let emulator = MechEmulator::start().await;
+async fn invalid_inputs_are_refused_before_any_call(mode: Mode) {
+    let emulator = MechEmulator::start_shared(mode).await;
     let store = open(&Config {
         max_message_size_kb: 1,
         mech_max_document_kb: 2,
@@ -473,9 +467,8 @@ async fn invalid_inputs_are_refused_before_any_call() {
     ));
 }
 
-#[tokio::test]
-async fn sweeps_use_the_index_and_bounded_concurrency() {
-    let emulator = MechEmulator::start().await;
+async fn sweeps_use_the_index_and_bounded_concurrency(mode: Mode) {
+    let emulator = MechEmulator::start_shared(mode).await;
     let store = open(&Config {
         mech_concurrency: 8,
         ..fast(&emulator)
@@ -512,9 +505,8 @@ async fn sweeps_use_the_index_and_bounded_concurrency() {
     assert_eq!(emulator.counters().lists.load(Ordering::SeqCst), lists);
 }
 
-#[tokio::test]
-async fn a_batch_ack_writes_its_entries_in_parallel() {
-    let emulator = MechEmulator::start().await;
+async fn a_batch_ack_writes_its_entries_in_parallel(mode: Mode) {
+    let emulator = MechEmulator::start_shared(mode).await;
     let store = open(&Config {
         mech_concurrency: 8,
         ..fast(&emulator)
@@ -557,14 +549,15 @@ async fn a_batch_ack_writes_its_entries_in_parallel() {
     assert_eq!(store.inbox_stats("bob").await.unwrap().acked, 40);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_sweeper_pass_drains_a_backlog_of_many_batches() {
-    let emulator = MechEmulator::start().await;
+async fn one_sweeper_pass_drains_a_backlog_of_many_batches(mode: Mode) {
+    let emulator = MechEmulator::start_shared(mode).await;
     // Batches of 100, up to 16 at once: the sweeper's concurrent batches
     // must each find fresh work, not race for the same records.
+    // A generous timeout: a retried request would be counted twice.
     let config = Config {
         sweep_batch_size: 100,
         sweep_concurrency: 16,
+        mech_timeout_ms: 10_000,
         ..fast(&emulator)
     };
     let store = open(&config).await;
@@ -596,9 +589,8 @@ async fn one_sweeper_pass_drains_a_backlog_of_many_batches() {
     );
 }
 
-#[tokio::test]
-async fn accepted_messages_survive_failures_and_a_restart() {
-    let emulator = MechEmulator::start().await;
+async fn accepted_messages_survive_failures_and_a_restart(mode: Mode) {
+    let emulator = MechEmulator::start_shared(mode).await;
     // Few retries, so some sends do fail; the breaker stays out of the way.
     let config = Config {
         mech_max_retries: 1,
@@ -627,6 +619,7 @@ async fn accepted_messages_survive_failures_and_a_restart() {
     }
     assert!(refused > 0 && !accepted.is_empty(), "{refused} refused");
     emulator.set_error_rate(0.0);
+    store.close().await;
     let restarted = open(&config).await;
     for id in &accepted {
         assert_eq!(
@@ -652,15 +645,15 @@ async fn accepted_messages_survive_failures_and_a_restart() {
     assert!(accepted.iter().all(|id| ids.contains(id)));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_hub_rebuilds_its_index_and_serves_the_same_inboxes() {
-    let emulator = MechEmulator::start().await;
+async fn a_restarted_hub_rebuilds_its_index_and_serves_the_same_inboxes(mode: Mode) {
+    let emulator = MechEmulator::start_shared(mode).await;
     let config = fast(&emulator);
     let first = MechHub::start(config.clone()).await;
     let alice = first.agent("alice").await;
     let bob = first.agent("bob").await;
     let carol = first.agent("carol").await;
-    // More messages than one list page (50), so the rebuild must paginate.
+    // Pages of 50: with the foreign documents, the rebuild must paginate.
+    emulator.set_page_cap(Some(50));
     for i in 0..70 {
         let (to, from) = if i % 2 == 0 {
             ("bob", &alice)
@@ -684,6 +677,11 @@ async fn a_restarted_hub_rebuilds_its_index_and_serves_the_same_inboxes() {
     }
     let stats_before = first.store.stats().await.unwrap();
     first.running.shutdown().await.unwrap();
+    first.store.close().await;
+    assert!(
+        emulator.lock_holder().is_none(),
+        "a graceful stop releases the lock"
+    );
 
     let second = MechHub::start(config).await;
     assert_eq!(second.store.stats().await.unwrap(), stats_before);
@@ -716,4 +714,236 @@ async fn a_restarted_hub_rebuilds_its_index_and_serves_the_same_inboxes() {
         200
     );
     second.running.shutdown().await.unwrap();
+    second.store.close().await;
+    // Other applications' documents were neither touched nor in the way.
+    let ours: usize = [AGENTS, MESSAGES, DELIVERIES, ATTEMPTS, AUDIT]
+        .iter()
+        .map(|c| emulator.count(c))
+        .sum();
+    assert_eq!(emulator.total() - ours, FOREIGN_DOCUMENTS);
+    assert_eq!(emulator.counters().app_id_headers.load(Ordering::SeqCst), 0);
 }
+
+async fn a_second_instance_is_refused_naming_the_holder(mode: Mode) {
+    let emulator = MechEmulator::start_shared(mode).await;
+    let config = fast(&emulator);
+    let first = open(&config).await;
+    let holder = first.lock().record().holder.clone();
+    let before = emulator.total();
+    let err = MechStore::open(MechSettings::from_config(&config).unwrap())
+        .await
+        .err()
+        .expect("a second hub on the same app is refused");
+    match &err {
+        StoreError::Unavailable(m) => assert!(
+            m.contains(&holder) && m.contains("MECH_LOCK_STALE_MS"),
+            "the refusal names the holder and the timeout: {m}"
+        ),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert_eq!(emulator.total(), before, "the refused hub wrote nothing");
+    assert_eq!(emulator.lock_holder().as_deref(), Some(holder.as_str()));
+    // The first hub keeps working.
+    first.create_agent(agent("still-here")).await.unwrap();
+    first.close().await;
+}
+
+async fn a_stale_lock_is_taken_over_and_a_fresh_one_is_not(mode: Mode) {
+    let emulator = MechEmulator::start_shared(mode).await;
+    let config = fast(&emulator);
+    // Heartbeat 1 s old, stale after 60 s: refused, naming the holder.
+    emulator.plant_lock("crashed-hub/1/abcd", Duration::from_secs(1));
+    let err = MechStore::open(MechSettings::from_config(&config).unwrap())
+        .await
+        .err()
+        .expect("a fresh lock refuses the start");
+    assert!(err.to_string().contains("crashed-hub/1/abcd"), "{err}");
+    // Heartbeat older than MECH_LOCK_STALE_MS: taken over.
+    emulator.plant_lock("crashed-hub/1/abcd", Duration::from_secs(61));
+    let store = open(&config).await;
+    assert_eq!(
+        emulator.lock_holder().as_deref(),
+        Some(store.lock().record().holder.as_str())
+    );
+    store.create_agent(agent("after-takeover")).await.unwrap();
+    store.close().await;
+}
+
+async fn a_crashed_hub_is_replaced_once_its_heartbeat_is_stale(mode: Mode) {
+    let emulator = MechEmulator::start_shared(mode).await;
+    let config = Config {
+        mech_lock_stale_ms: 600,
+        ..fast(&emulator)
+    };
+    let crashed = open(&config).await;
+    crashed.create_agent(agent("bob")).await.unwrap();
+    crashed
+        .enqueue(message("m1", "bob", 0, 3_600_000), 100, None)
+        .await
+        .unwrap();
+    // A crash: no release, the heartbeat just stops.
+    drop(crashed);
+    let settings = MechSettings::from_config(&config).unwrap();
+    let err = MechStore::open(settings.clone()).await.err().unwrap();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let restarted = loop {
+        match MechStore::open(settings.clone()).await {
+            Ok(store) => break store,
+            Err(StoreError::Unavailable(m)) if Instant::now() < deadline => {
+                assert!(m.contains("MECH_LOCK_STALE_MS"), "{m}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the stale lock was never taken over: {e}"),
+        }
+    };
+    assert!(restarted.get_agent("bob").await.unwrap().is_some());
+    assert!(restarted.get_message("m1").await.unwrap().is_some());
+    restarted.close().await;
+}
+
+async fn a_hub_that_lost_its_lock_stops_writing(mode: Mode) {
+    let emulator = MechEmulator::start_shared(mode).await;
+    let config = Config {
+        mech_lock_stale_ms: 400,
+        ..fast(&emulator)
+    };
+    let store = open(&config).await;
+    store.create_agent(agent("bob")).await.unwrap();
+    // Another hub (wrongly) took the lock over.
+    emulator.plant_lock("intruder/2/ef01", Duration::ZERO);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match store
+            .update_agent(
+                "bob",
+                &AgentChange::Heartbeat {
+                    now: 1,
+                    metadata: None,
+                    max_metadata_bytes: usize::MAX,
+                },
+            )
+            .await
+        {
+            Err(StoreError::Unavailable(m)) => {
+                assert!(m.contains("intruder/2/ef01"), "{m}");
+                break;
+            }
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => panic!("writes never stopped: {other:?}"),
+        }
+    }
+    assert!(store.ping().await.is_err(), "a fenced hub is not ready");
+    assert_eq!(emulator.lock_holder().as_deref(), Some("intruder/2/ef01"));
+}
+
+async fn credentials_and_the_app_id_header_follow_the_settings(mode: Mode) {
+    let emulator = MechEmulator::start_shared(mode).await;
+    // The key alone goes as X-API-Key.
+    let key_only = Config {
+        mech_api_secret: None,
+        ..fast(&emulator)
+    };
+    let store = open(&key_only).await;
+    store.create_agent(agent("bob")).await.unwrap();
+    store.close().await;
+    // X-App-ID only when opted in; the live service answers it TABLE_NOT_FOUND.
+    let with_header = Config {
+        mech_send_app_id_header: true,
+        ..fast(&emulator)
+    };
+    let opened = MechStore::open(MechSettings::from_config(&with_header).unwrap()).await;
+    match mode {
+        Mode::Live => {
+            let err = opened.err().expect("the live API refuses X-App-ID");
+            assert!(err.to_string().contains("TABLE_NOT_FOUND"), "{err}");
+        }
+        Mode::Legacy => {
+            opened
+                .expect("the older API accepts X-App-ID")
+                .close()
+                .await
+        }
+    }
+    let expected = u64::from(mode == Mode::Live);
+    assert_eq!(
+        emulator.counters().app_id_headers.load(Ordering::SeqCst),
+        expected
+    );
+}
+
+async fn pagination_that_does_not_advance_is_an_error(mode: Mode) {
+    let emulator = MechEmulator::start_shared(mode).await;
+    emulator.set_page_cap(Some(20));
+    emulator.set_ignore_offset(true);
+    let err = MechStore::open(MechSettings::from_config(&fast(&emulator)).unwrap())
+        .await
+        .err()
+        .expect("a server that ignores offset is not read as complete");
+    assert!(err.to_string().contains("previous page again"), "{err}");
+}
+
+async fn an_offloaded_blob_in_our_record_is_refused_clearly(mode: Mode) {
+    let emulator = MechEmulator::start_shared(mode).await;
+    emulator.insert(
+        AGENTS,
+        "bob",
+        json!({ "agent_id": "bob", "metadata": { "__type": "blob_ref", "provider": "r2",
+                "url": "https://example.invalid/b", "key": "k", "size": 99 } }),
+    );
+    let err = MechStore::open(MechSettings::from_config(&fast(&emulator)).unwrap())
+        .await
+        .err()
+        .expect("a blob reference where a record field was stored is refused");
+    assert!(
+        err.to_string().contains("blob reference") && err.to_string().contains("/metadata"),
+        "{err}"
+    );
+}
+
+/// Runs each scenario against both emulator modes: `live::*` and `legacy::*`.
+macro_rules! both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod live {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Mode::Live).await;
+                }
+            )*
+        }
+        mod legacy {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Mode::Legacy).await;
+                }
+            )*
+        }
+    };
+}
+
+both_modes!(
+    thirty_percent_server_errors_every_api_operation_still_succeeds,
+    stalls_beyond_the_timeout_are_retried_then_succeed,
+    stalls_on_every_attempt_give_a_clean_503_within_the_budget,
+    outage_answers_503_fast_loses_nothing_and_recovers,
+    start_up_during_an_outage_fails_cleanly,
+    throttling_honours_retry_after_and_other_4xx_are_never_retried,
+    unparsable_answers_are_reported_not_swallowed,
+    invalid_inputs_are_refused_before_any_call,
+    sweeps_use_the_index_and_bounded_concurrency,
+    a_batch_ack_writes_its_entries_in_parallel,
+    one_sweeper_pass_drains_a_backlog_of_many_batches,
+    accepted_messages_survive_failures_and_a_restart,
+    a_restarted_hub_rebuilds_its_index_and_serves_the_same_inboxes,
+    a_second_instance_is_refused_naming_the_holder,
+    a_stale_lock_is_taken_over_and_a_fresh_one_is_not,
+    a_crashed_hub_is_replaced_once_its_heartbeat_is_stale,
+    a_hub_that_lost_its_lock_stops_writing,
+    credentials_and_the_app_id_header_follow_the_settings,
+    pagination_that_does_not_advance_is_an_error,
+    an_offloaded_blob_in_our_record_is_refused_clearly,
+);

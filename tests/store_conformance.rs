@@ -11,7 +11,9 @@
 //!
 //! PostgreSQL tests need the server on 127.0.0.1:5432 (see `tests/support`).
 //! The Mech backend runs against the in-process Mech emulator
-//! (`tests/support/mech_emulator.rs`) with no injected faults or latency;
+//! (`tests/support/mech_emulator.rs`) in both modes (`mech`: the live API as
+//! MECH-API.md describes it; `mech_legacy`: the older shapes), each with 300
+//! foreign documents in the app and no injected faults or latency;
 //! `tests/mech_store.rs` covers the faults.
 
 mod support;
@@ -27,7 +29,7 @@ use admp::store::memory::MemoryStore;
 use admp::store::postgres::PostgresStore;
 use admp::store::sqlite::SqliteStore;
 
-use support::mech_emulator::MechEmulator;
+use support::mech_emulator::{MechEmulator, Mode};
 use support::storage::{PgSchema, TempDir};
 
 /// A way to get a fresh, empty store of one backend, and to clean it up.
@@ -122,12 +124,15 @@ impl Backend for PostgresBackend {
     }
 }
 
-struct MechBackend {
+/// The Mech backend on the emulator: live mode (`LEGACY = false`) or legacy
+/// mode, with other applications' documents already in the app and list
+/// pages capped at 100 so every scan paginates.
+struct MechBackend<const LEGACY: bool> {
     emulator: MechEmulator,
     store: Arc<MechStore>,
 }
 
-impl MechBackend {
+impl<const LEGACY: bool> MechBackend<LEGACY> {
     async fn open(emulator: &MechEmulator) -> Arc<MechStore> {
         let store = MechStore::open(emulator.settings())
             .await
@@ -136,20 +141,25 @@ impl MechBackend {
     }
 }
 
-impl Backend for MechBackend {
+impl<const LEGACY: bool> Backend for MechBackend<LEGACY> {
     async fn create() -> Self {
-        let emulator = MechEmulator::start().await;
+        let mode = if LEGACY { Mode::Legacy } else { Mode::Live };
+        let emulator = MechEmulator::start_shared(mode).await;
+        emulator.set_page_cap(Some(100));
         let store = Self::open(&emulator).await;
         MechBackend { emulator, store }
     }
     fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
     }
-    /// A hub restart: a new store rebuilds its index from what Mech holds.
+    /// A hub restart: the old hub releases its lock, a new store rebuilds its index from Mech.
     async fn reopen(&mut self) {
+        self.store.close().await;
         self.store = Self::open(&self.emulator).await;
     }
-    async fn destroy(self) {}
+    async fn destroy(self) {
+        self.store.close().await;
+    }
 }
 
 /// Runs one contract on a fresh store, cleaning up even when it fails.
@@ -238,6 +248,10 @@ macro_rules! conformance {
                 console_dead_letters_across_inboxes_in_order,
                 console_failing_deliveries_and_retry_now,
                 peek_queued_shows_waiting_messages_without_leasing,
+                nonces_are_remembered_once_until_they_expire,
+                retired_agent_ids_stay_retired,
+                fair_claims_cap_each_agent_and_skip_busy_ones,
+                refused_agent_changes_leave_the_record_unchanged,
             );
 
             $(
@@ -254,7 +268,8 @@ macro_rules! conformance {
 conformance!(memory, MemoryBackend);
 conformance!(sqlite, SqliteBackend, durable);
 conformance!(postgres, PostgresBackend, durable);
-conformance!(mech, MechBackend, durable);
+conformance!(mech, MechBackend<false>, durable);
+conformance!(mech_legacy, MechBackend<true>, durable);
 
 /// The contract itself: backend-independent, in terms of the `Store` trait only.
 mod contract {
@@ -436,6 +451,7 @@ mod contract {
                 metadata: json!({"alpha": "replaced", "new": [1]})
                     .as_object()
                     .cloned(),
+                max_metadata_bytes: usize::MAX,
             },
             AgentChange::AddTrusted {
                 agent_id: "bob".into(),
@@ -469,7 +485,7 @@ mod contract {
         ];
         let mut expected = agent("alice");
         for change in &changes {
-            change.apply(&mut expected);
+            change.apply(&mut expected).unwrap();
             let updated = store.update_agent("alice", change).await.unwrap();
             assert_eq!(updated, expected, "after {change:?}");
         }
@@ -499,6 +515,7 @@ mod contract {
                 &AgentChange::Heartbeat {
                     now: T0 + MINUTE,
                     metadata: None,
+                    max_metadata_bytes: usize::MAX,
                 },
             )
             .await
@@ -517,6 +534,7 @@ mod contract {
                 &AgentChange::Heartbeat {
                     now: T0 + timeout + 1,
                     metadata: None,
+                    max_metadata_bytes: usize::MAX,
                 },
             )
             .await
@@ -1877,5 +1895,217 @@ mod contract {
         );
         // Past its TTL a message is not waiting, even before the sweeper ends it.
         assert_eq!(ids(&peek(T0 + 60 * MINUTE, 10).await), ["later"]);
+    }
+
+    pub async fn nonces_are_remembered_once_until_they_expire(store: Arc<dyn Store>) {
+        let key = "a".repeat(64);
+        let other = "b".repeat(64);
+        assert!(store.remember_nonce(&key, T0 + 600, T0).await.unwrap());
+        assert!(!store.remember_nonce(&key, T0 + 700, T0 + 1).await.unwrap());
+        assert!(
+            store
+                .remember_nonce(&other, T0 + 900, T0 + 1)
+                .await
+                .unwrap()
+        );
+        // Nothing is purged before it expires…
+        assert_eq!(store.purge_nonces(T0 + 599, 10).await.unwrap(), 0);
+        assert!(
+            !store
+                .remember_nonce(&key, T0 + 700, T0 + 599)
+                .await
+                .unwrap()
+        );
+        // …an expired entry may be taken over (its request's Date is stale anyway)…
+        assert!(
+            store
+                .remember_nonce(&key, T0 + 1_300, T0 + 700)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .remember_nonce(&key, T0 + 1_400, T0 + 800)
+                .await
+                .unwrap()
+        );
+        // …and purging forgets only expired entries, in batches.
+        assert_eq!(store.purge_nonces(T0 + 1_000, 10).await.unwrap(), 1);
+        assert_eq!(store.purge_nonces(T0 + 1_000, 10).await.unwrap(), 0);
+        assert!(
+            !store
+                .remember_nonce(&key, T0 + 1_400, T0 + 1_000)
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.purge_nonces(T0 + 2_000, 10).await.unwrap(), 1);
+        assert!(
+            store
+                .remember_nonce(&key, T0 + 3_000, T0 + 2_000)
+                .await
+                .unwrap()
+        );
+        // Concurrent first uses: exactly one wins.
+        let fresh = "c".repeat(64);
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (store, fresh) = (store.clone(), fresh.clone());
+            tasks.push(tokio::spawn(async move {
+                store.remember_nonce(&fresh, T0 + 600, T0).await.unwrap()
+            }));
+        }
+        let mut winners = 0;
+        for t in tasks {
+            winners += usize::from(t.await.unwrap());
+        }
+        assert_eq!(winners, 1);
+    }
+
+    pub async fn retired_agent_ids_stay_retired(store: Arc<dyn Store>) {
+        assert!(!store.is_agent_id_retired("bob").await.unwrap());
+        store.retire_agent_id("bob", T0).await.unwrap();
+        store.retire_agent_id("bob", T0 + 1).await.unwrap();
+        assert!(store.is_agent_id_retired("bob").await.unwrap());
+        assert!(!store.is_agent_id_retired("bo").await.unwrap());
+        assert!(!store.is_agent_id_retired("bobby").await.unwrap());
+    }
+
+    pub async fn fair_claims_cap_each_agent_and_skip_busy_ones(store: Arc<dyn Store>) {
+        setup_agents(&store, &["a", "b", "c"]).await;
+        let mut n = 0;
+        for (agent_id, count) in [("a", 5), ("b", 2), ("c", 1)] {
+            for _ in 0..count {
+                n += 1;
+                let id = format!("m{n:02}");
+                let message = message(&id, agent_id, T0 + n);
+                store
+                    .enqueue(
+                        message,
+                        QUOTA,
+                        Some(delivery(&format!("d{n:02}"), &id, agent_id, T0 + n)),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        let now = T0 + 100;
+        let claimed = store
+            .claim_due_deliveries_fair(now, 10, MINUTE, 2, &[])
+            .await
+            .unwrap();
+        let ids: Vec<&str> = claimed.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["d01", "d02", "d06", "d07", "d08"],
+            "two per agent, oldest first"
+        );
+        assert!(claimed.iter().all(|d| d.next_attempt_at == now + MINUTE));
+        // Claimed ones are not due again; a busy agent is skipped.
+        let claimed = store
+            .claim_due_deliveries_fair(now, 10, MINUTE, 2, &["a".to_string()])
+            .await
+            .unwrap();
+        assert!(claimed.is_empty(), "{claimed:?}");
+        let claimed = store
+            .claim_due_deliveries_fair(now, 1, MINUTE, 2, &[])
+            .await
+            .unwrap();
+        let ids: Vec<&str> = claimed.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["d03"], "the limit applies across agents");
+    }
+
+    pub async fn refused_agent_changes_leave_the_record_unchanged(store: Arc<dyn Store>) {
+        setup_agents(&store, &["alice"]).await;
+        let before = store.get_agent("alice").await.unwrap().unwrap();
+        let big = AgentChange::Heartbeat {
+            now: T0 + 5,
+            metadata: json!({"blob": "x".repeat(200)}).as_object().cloned(),
+            max_metadata_bytes: 100,
+        };
+        assert!(matches!(
+            store.update_agent("alice", &big).await,
+            Err(StoreError::TooLarge("metadata"))
+        ));
+        assert_eq!(store.get_agent("alice").await.unwrap().unwrap(), before);
+    }
+
+    /// SQL backends (group commit): operations committed together stay
+    /// all-or-nothing each. Half of 40 concurrent sends fail after their
+    /// message row was written (their delivery id is taken); those leave no
+    /// message and no count behind, and the other half commits.
+    pub async fn failing_op_in_a_group_changes_nothing(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        store
+            .enqueue(
+                message("m-first", "bob", T0),
+                QUOTA,
+                Some(delivery("taken", "m-first", "bob", T0)),
+            )
+            .await
+            .unwrap();
+        let sends: Vec<_> = (0..40)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let id = format!("m{i:02}");
+                    let delivery_id = if i % 2 == 0 {
+                        format!("d{i:02}")
+                    } else {
+                        "taken".into()
+                    };
+                    let d = delivery(&delivery_id, &id, "bob", T0);
+                    store.enqueue(message(&id, "bob", T0), QUOTA, Some(d)).await
+                })
+            })
+            .collect();
+        for (i, send) in sends.into_iter().enumerate() {
+            let outcome = send.await.unwrap();
+            let id = format!("m{i:02}");
+            if i % 2 == 0 {
+                assert!(
+                    matches!(outcome, Ok(Enqueued::Created(_))),
+                    "{id}: {outcome:?}"
+                );
+                assert!(
+                    store
+                        .get_delivery(&format!("d{i:02}"))
+                        .await
+                        .unwrap()
+                        .is_some()
+                );
+            } else {
+                assert!(
+                    matches!(outcome, Err(StoreError::Internal(_))),
+                    "{id}: {outcome:?}"
+                );
+                assert_eq!(store.get_message(&id).await.unwrap(), None, "{id}");
+            }
+        }
+        assert_eq!(store.inbox_stats("bob").await.unwrap().queued, 21);
+        // The maintained count agrees: the quota is reached at exactly 21.
+        assert!(matches!(
+            store.enqueue(message("m-over", "bob", T0), 21, None).await,
+            Err(StoreError::InboxFull)
+        ));
+        store
+            .enqueue(message("m-last", "bob", T0), 22, None)
+            .await
+            .unwrap();
+    }
+}
+
+/// Group commit on the SQL backends (the memory and Mech backends have no
+/// multi-row writes that could half-fail this way).
+mod sql_group_commit {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_failing_op_in_a_group_changes_nothing() {
+        run::<SqliteBackend, _, _>(contract::failing_op_in_a_group_changes_nothing).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_failing_op_in_a_group_changes_nothing() {
+        run::<PostgresBackend, _, _>(contract::failing_op_in_a_group_changes_nothing).await;
     }
 }

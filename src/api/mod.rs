@@ -46,6 +46,8 @@ pub struct AppState {
     pub jobs: crate::jobs::JobStats,
     /// Operator console sessions and login limits (`None` when disabled).
     pub console: Option<Arc<console::ConsoleState>>,
+    /// Bounds the store work of `/ready`, which is never rate-limited.
+    pub ready: Arc<system::ReadyProbe>,
 }
 
 /// How often the housekeeping task folds metric samples into buckets.
@@ -64,6 +66,7 @@ impl AppState {
                 .config
                 .console_enabled
                 .then(|| Arc::new(console::ConsoleState::default())),
+            ready: Arc::default(),
             hub,
         }
     }
@@ -118,9 +121,13 @@ pub struct ApiDoc;
 /// tower_governor layers, everything else per caller inside `Authed`.
 pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.hub.config.cors_origin);
-    let mut open = Router::new()
+    // Probes are never rate-limited: an orchestrator must not restart a
+    // healthy hub because someone flooded from the same address (SECURITY.md).
+    let probes = Router::new()
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
+        .with_state(state.clone());
+    let mut open = Router::new()
         .route("/metrics", get(system::metrics))
         .merge(openapi::docs_router())
         .with_state(state.clone());
@@ -206,6 +213,7 @@ pub fn router(state: AppState) -> Router {
 
     let console = console::router(&state);
     Router::new()
+        .merge(probes)
         .merge(open)
         .merge(register)
         .merge(api)

@@ -108,6 +108,10 @@ pub struct BenchArgs {
     /// Consumers (and senders, beside the envelope signature) use session tokens.
     #[arg(long)]
     pub session: bool,
+    /// HTTP-signed requests also sign a fresh `x-request-nonce` (replay
+    /// protection: one store write per request).
+    #[arg(long)]
+    pub nonce: bool,
     /// Pull up to this many messages per request and ack them in one batch (1 = single pull+ack).
     #[arg(long, default_value_t = 1)]
     pub batch: u64,
@@ -206,11 +210,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let plan = plan(&args);
     let mut reports = Vec::new();
     for step in &plan {
-        let target = match &args.url {
+        let mut target = match &args.url {
             Some(url) => Target::existing(url, args.pid),
             // A fresh hub per step, so memory and queue contents do not carry over.
             None => Target::spawn(&args.spawn_options()).await?,
         };
+        target.sign_nonce = args.nonce;
         let outcome = scenarios::run_step(&target, &args, step).await;
         target.stop().await?;
         let rows = outcome?;

@@ -145,8 +145,10 @@ async fn fleet(
         .map(|_| {
             let http = http.clone();
             let url = target.url.clone();
+            let sign_nonce = target.sign_nonce;
             async move {
                 let mut client = AgentClient::register(http, &url, None).await?;
+                client.sign_nonce = sign_nonce;
                 if auth == Auth::Session {
                     client.open_session().await?;
                 }

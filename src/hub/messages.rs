@@ -1,6 +1,8 @@
 //! Sending and replying: envelope validation, the mandatory signature bound to
 //! a registered sender, trust lists, idempotency and quotas (PROTOCOL.md §3).
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -132,9 +134,9 @@ impl Hub {
             fields.correlation_id,
         );
         let signature = signature_value(&envelope)?;
-        if !envelope_sig::verify(&base, signature, &self.verifying_keys(&sender)) {
-            return Err(HubError::InvalidSignature);
-        }
+        let signature =
+            envelope_sig::verified_signature(&base, signature, &self.verifying_keys(&sender))
+                .ok_or(HubError::InvalidSignature)?;
 
         let recipient = self
             .store
@@ -154,12 +156,13 @@ impl Hub {
             }
             Some(key) => Some(key),
             // Without a key or an envelope id, the signature itself identifies
-            // the envelope, so a replayed request is a duplicate, never a second delivery.
-            None => Some(
-                fields
-                    .id
-                    .map_or_else(|| format!("sig:{signature}"), str::to_string),
-            ),
+            // the envelope, so a replayed request is a duplicate, never a second
+            // delivery. The key is the verified bytes re-encoded canonically:
+            // padding the text must not make a new key.
+            None => Some(fields.id.map_or_else(
+                || format!("sig:{}", BASE64.encode(signature)),
+                str::to_string,
+            )),
         };
         let ttl_ms = fields.ttl_sec.unwrap_or(self.config.message_ttl_sec) as i64 * 1000;
         let id = fields

@@ -293,6 +293,19 @@ impl Store for InstrumentedStore {
         .await
     }
 
+    async fn remember_nonce(
+        &self,
+        key: &str,
+        expires_at: Millis,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        self.timed(
+            "remember_nonce",
+            self.inner.remember_nonce(key, expires_at, now),
+        )
+        .await
+    }
+
     async fn list_dead_all(
         &self,
         limit: usize,
@@ -314,6 +327,24 @@ impl Store for InstrumentedStore {
         .await
     }
 
+    async fn purge_nonces(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        self.timed("purge_nonces", self.inner.purge_nonces(now, limit))
+            .await
+    }
+
+    async fn retire_agent_id(&self, agent_id: &str, now: Millis) -> StoreResult<()> {
+        self.timed("retire_agent_id", self.inner.retire_agent_id(agent_id, now))
+            .await
+    }
+
+    async fn is_agent_id_retired(&self, agent_id: &str) -> StoreResult<bool> {
+        self.timed(
+            "is_agent_id_retired",
+            self.inner.is_agent_id_retired(agent_id),
+        )
+        .await
+    }
+
     async fn retry_delivery(
         &self,
         delivery_id: &str,
@@ -322,6 +353,22 @@ impl Store for InstrumentedStore {
         self.timed(
             "retry_delivery",
             self.inner.retry_delivery(delivery_id, now),
+        )
+        .await
+    }
+
+    async fn claim_due_deliveries_fair(
+        &self,
+        now: Millis,
+        limit: usize,
+        claim_ms: i64,
+        per_agent: usize,
+        skip_agents: &[String],
+    ) -> StoreResult<Vec<Delivery>> {
+        self.timed(
+            "claim_due_deliveries_fair",
+            self.inner
+                .claim_due_deliveries_fair(now, limit, claim_ms, per_agent, skip_agents),
         )
         .await
     }

@@ -275,6 +275,10 @@ pub struct MemoryStore {
     seq: AtomicU64,
     deliveries: Mutex<DeliveryBook>,
     audit: Mutex<Vec<AuditEvent>>,
+    /// Request nonce digests → when they may be forgotten.
+    nonces: DashMap<String, Millis>,
+    /// Agent ids retired by deletion → when.
+    retired: DashMap<String, Millis>,
 }
 
 impl MemoryStore {
@@ -341,7 +345,7 @@ impl Store for MemoryStore {
             .agents
             .get_mut(agent_id)
             .ok_or(StoreError::AgentNotFound)?;
-        change.apply(&mut agent);
+        change.apply(&mut agent)?;
         Ok(agent.clone())
     }
 
@@ -849,6 +853,82 @@ impl Store for MemoryStore {
         let mut book = self.deliveries.lock();
         book.modify(delivery_id, |d| *d = retried(d.clone(), now));
         Ok(book.deliveries.get(delivery_id).cloned())
+    }
+
+    async fn remember_nonce(
+        &self,
+        key: &str,
+        expires_at: Millis,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        match self.nonces.entry(key.to_string()) {
+            Entry::Occupied(e) if *e.get() > now => Ok(false),
+            Entry::Occupied(mut e) => {
+                e.insert(expires_at);
+                Ok(true)
+            }
+            Entry::Vacant(e) => {
+                e.insert(expires_at);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn purge_nonces(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        let expired: Vec<String> = self
+            .nonces
+            .iter()
+            .filter(|e| *e.value() <= now)
+            .take(limit)
+            .map(|e| e.key().clone())
+            .collect();
+        let mut purged = 0;
+        for key in expired {
+            if self
+                .nonces
+                .remove_if(&key, |_, until| *until <= now)
+                .is_some()
+            {
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+
+    async fn retire_agent_id(&self, agent_id: &str, now: Millis) -> StoreResult<()> {
+        self.retired.entry(agent_id.to_string()).or_insert(now);
+        Ok(())
+    }
+
+    async fn is_agent_id_retired(&self, agent_id: &str) -> StoreResult<bool> {
+        Ok(self.retired.contains_key(agent_id))
+    }
+
+    async fn claim_due_deliveries_fair(
+        &self,
+        now: Millis,
+        limit: usize,
+        claim_ms: i64,
+        per_agent: usize,
+        skip_agents: &[String],
+    ) -> StoreResult<Vec<Delivery>> {
+        let mut book = self.deliveries.lock();
+        let due = book
+            .due
+            .range(..(now + 1, String::new()))
+            .filter_map(|(_, id)| book.deliveries.get(id));
+        let ids: Vec<String> = pick_fair(due, limit, per_agent, skip_agents)
+            .into_iter()
+            .map(|d| d.id.clone())
+            .collect();
+        let mut claimed = Vec::with_capacity(ids.len());
+        for id in ids {
+            book.modify(&id, |d| {
+                d.next_attempt_at = now + claim_ms;
+                claimed.push(d.clone());
+            });
+        }
+        Ok(claimed)
     }
 }
 

@@ -11,8 +11,9 @@
 //! call fails. A send therefore answers 201 only after Mech stored the message.
 //!
 //! **One hub instance only**: two hubs on one Mech app would each trust their
-//! own index and could lease the same message twice. `open_store` logs this
-//! at start; docs/STORAGE.md says it too.
+//! own index and could lease the same message twice. The single-instance
+//! lock (`lock.rs`) enforces it: a second hub refuses to start, naming the
+//! holder, until the holder's heartbeat is stale.
 //!
 //! Bulk work (sweeps, offline marking, webhook claims) never lists a
 //! collection: it picks its records from the index and writes them with at
@@ -26,6 +27,8 @@
 pub mod breaker;
 pub mod client;
 mod console;
+pub mod lock;
+pub mod security;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -42,6 +45,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 pub use client::{MechClient, MechError, MechSettings};
+pub use lock::HubLock;
 
 use super::memory::Inbox;
 use super::*;
@@ -109,7 +113,8 @@ impl DeliveryBook {
 
 /// The Mech-backed store (see the module docs; one hub instance only).
 pub struct MechStore {
-    client: MechClient,
+    client: Arc<MechClient>,
+    lock: HubLock,
     agents: DashMap<String, Agent>,
     inboxes: DashMap<String, Arc<InboxCell>>,
     /// Message id → recipient; an enqueue reserves its id here before writing.
@@ -125,22 +130,39 @@ pub struct MechStore {
     /// one left it, so concurrent batches never pick the same records (and
     /// come back short while work remains).
     sweeps: tokio::sync::Mutex<()>,
+    /// Request nonce digest → expiry (security.rs), rebuilt at open like the rest.
+    nonces: DashMap<String, Millis>,
 }
 
 impl MechStore {
-    /// Connects and rebuilds the index from a paginated scan of every collection.
+    /// Takes the single-instance lock (or refuses, naming the hub that holds
+    /// it), then rebuilds the index from a paginated scan of the app.
     pub async fn open(settings: MechSettings) -> StoreResult<Self> {
         let concurrency = settings.concurrency.max(1);
-        let client = MechClient::new(settings)?;
-        let (agents, messages, deliveries, attempts, audit) = tokio::try_join!(
-            client.list_all(AGENTS),
-            client.list_all(MESSAGES),
-            client.list_all(DELIVERIES),
-            client.list_all(ATTEMPTS),
-            client.list_all(AUDIT),
-        )?;
+        let client = Arc::new(MechClient::new(settings)?);
+        let lock = HubLock::acquire(client.clone()).await?;
+        let mut found = client
+            .scan(&[
+                AGENTS,
+                MESSAGES,
+                DELIVERIES,
+                ATTEMPTS,
+                AUDIT,
+                security::NONCES,
+            ])
+            .await?;
+        let mut take = |collection: &str| found.remove(collection).unwrap_or_default();
+        let (agents, messages, deliveries, attempts, audit, nonces) = (
+            take(AGENTS),
+            take(MESSAGES),
+            take(DELIVERIES),
+            take(ATTEMPTS),
+            take(AUDIT),
+            take(security::NONCES),
+        );
         let store = MechStore {
             client,
+            lock,
             agents: DashMap::new(),
             inboxes: DashMap::new(),
             owners: DashMap::new(),
@@ -151,6 +173,7 @@ impl MechStore {
             audit: Mutex::default(),
             bulk: Semaphore::new(concurrency),
             sweeps: tokio::sync::Mutex::new(()),
+            nonces: security::nonce_index(&nonces),
         };
         let mut next_seq = 0u64;
         for doc in &agents {
@@ -210,6 +233,17 @@ impl MechStore {
     /// The HTTP client (for its breaker state).
     pub fn client(&self) -> &MechClient {
         &self.client
+    }
+
+    /// The single-instance lock this store holds.
+    pub fn lock(&self) -> &HubLock {
+        &self.lock
+    }
+
+    /// Graceful stop: releases the single-instance lock (the next hub starts
+    /// at once); every later write is refused.
+    pub async fn close(&self) {
+        self.lock.release().await;
     }
 
     fn cell(&self, agent_id: &str) -> Option<Arc<InboxCell>> {
@@ -466,7 +500,7 @@ impl Store for MechStore {
             .get(agent_id)
             .map(|a| a.value().clone())
             .ok_or(StoreError::AgentNotFound)?;
-        change.apply(&mut agent);
+        change.apply(&mut agent)?;
         self.client
             .put(AGENTS, agent_id, &to_doc(&agent)?, true)
             .await?;
@@ -1275,5 +1309,38 @@ impl Store for MechStore {
         now: Millis,
     ) -> StoreResult<Option<Delivery>> {
         self.console_retry(delivery_id, now).await
+    }
+
+    async fn remember_nonce(
+        &self,
+        key: &str,
+        expires_at: Millis,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        self.remember_nonce_indexed(key, expires_at, now).await
+    }
+
+    async fn purge_nonces(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        self.purge_nonces_indexed(now, limit).await
+    }
+
+    async fn retire_agent_id(&self, agent_id: &str, now: Millis) -> StoreResult<()> {
+        security::retire_agent_id(&self.client, agent_id, now).await
+    }
+
+    async fn is_agent_id_retired(&self, agent_id: &str) -> StoreResult<bool> {
+        security::is_agent_id_retired(&self.client, agent_id).await
+    }
+
+    async fn claim_due_deliveries_fair(
+        &self,
+        now: Millis,
+        limit: usize,
+        claim_ms: i64,
+        per_agent: usize,
+        skip_agents: &[String],
+    ) -> StoreResult<Vec<Delivery>> {
+        self.claim_fair(now, limit, claim_ms, per_agent, skip_agents)
+            .await
     }
 }
