@@ -48,6 +48,17 @@ pub fn first_broken_link(prev_hash: &str, events: &[AuditEvent]) -> Option<u64> 
     None
 }
 
+/// Stored `kind` of a checkpoint event.
+pub const CHECKPOINT_KIND: &str = "audit.checkpoint";
+
+/// What a checkpoint signs: the sequence, hash and time of the event it
+/// anchors. With the hub's key kept outside the database, whoever can write
+/// the database can no longer rewrite the chain up to a checkpoint and
+/// recompute the hashes: the signed hash would no longer match.
+pub fn checkpoint_message(seq: u64, hash: &str, at: i64) -> String {
+    format!("admp-audit-checkpoint\n{seq}\n{hash}\n{at}")
+}
+
 /// The kinds of security-relevant events the hub records (PROTOCOL.md §8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuditKind {
@@ -64,6 +75,18 @@ pub enum AuditKind {
     RateLimited,
     /// Messages moved to the dead letters.
     DeadLettered,
+    /// An operator opened a console session.
+    ConsoleLogin,
+    /// A console login with a wrong key (or refused by its rate limit).
+    ConsoleLoginFailed,
+    /// An operator closed a console session.
+    ConsoleLogout,
+    /// An operator requeued dead letters from the console.
+    ConsoleRequeued,
+    /// An operator made a webhook delivery due now from the console.
+    ConsoleDeliveryRetried,
+    /// A signed checkpoint of the chain (see [`checkpoint_message`]).
+    Checkpoint,
 }
 
 impl AuditKind {
@@ -80,6 +103,12 @@ impl AuditKind {
             AuditKind::AuthFailed => "auth.failed",
             AuditKind::RateLimited => "rate_limit.exceeded",
             AuditKind::DeadLettered => "message.dead_lettered",
+            AuditKind::ConsoleLogin => "console.login",
+            AuditKind::ConsoleLoginFailed => "console.login_failed",
+            AuditKind::ConsoleLogout => "console.logout",
+            AuditKind::ConsoleRequeued => "console.requeued",
+            AuditKind::ConsoleDeliveryRetried => "console.delivery_retried",
+            AuditKind::Checkpoint => CHECKPOINT_KIND,
         }
     }
 }

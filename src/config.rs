@@ -236,6 +236,42 @@ pub struct Config {
     /// Require the master key on `/metrics` (open by default, like `/health`).
     #[arg(long, env = "METRICS_REQUIRE_KEY", default_value_t = false, action = clap::ArgAction::Set)]
     pub metrics_require_key: bool,
+    /// Serve the operator console at `/console` (docs/CONSOLE.md).
+    #[arg(long, env = "CONSOLE_ENABLED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub console_enabled: bool,
+    /// A key that opens the console only (the master key opens it too).
+    #[arg(long, env = "CONSOLE_API_KEY", hide_env_values = true)]
+    pub console_api_key: Option<String>,
+    /// File holding the console key; excludes `CONSOLE_API_KEY`.
+    #[arg(long, env = "CONSOLE_API_KEY_FILE")]
+    pub console_api_key_file: Option<PathBuf>,
+    /// Console session lifetime.
+    #[arg(long, env = "CONSOLE_SESSION_TTL_SEC", default_value_t = 3_600, value_parser = clap::value_parser!(u64).range(60..=86_400))]
+    pub console_session_ttl_sec: u64,
+    /// Mark the console cookie `Secure` even without `X-Forwarded-Proto: https`
+    /// (set it when TLS ends at a proxy that does not send the header).
+    #[arg(long, env = "CONSOLE_SECURE_COOKIE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub console_secure_cookie: bool,
+
+    // Security hardening (issue 12; SECURITY.md).
+    /// Largest agent `metadata` (serialized JSON), in KiB, at registration and after a heartbeat merge.
+    #[arg(long, env = "MAX_METADATA_KB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1_024))]
+    pub max_metadata_kb: u64,
+    /// Failed authentications per minute from one client IP, and naming one agent, before 429.
+    #[arg(long, env = "AUTH_FAILURE_LIMIT_PER_MIN", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_failure_limit_per_min: u32,
+    /// Webhook attempts one agent's receiver may have in flight at once (its share of `WEBHOOK_CONCURRENCY`).
+    #[arg(long, env = "WEBHOOK_PER_AGENT_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub webhook_per_agent_concurrency: u32,
+    /// File holding the hub's audit signing key (base64 Ed25519 seed); checkpoints are signed with it.
+    #[arg(long, env = "AUDIT_SIGNING_KEY_FILE")]
+    pub audit_signing_key_file: Option<PathBuf>,
+    /// The key read from `AUDIT_SIGNING_KEY_FILE` (never from the environment directly).
+    #[arg(skip)]
+    pub audit_signing_key: Option<String>,
+    /// A signed checkpoint is appended after every this many audit events.
+    #[arg(long, env = "AUDIT_CHECKPOINT_EVERY", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub audit_checkpoint_every: u64,
 }
 
 /// Moves the content of `file` into `value` (see [`Config::resolve_secret_files`]).
@@ -354,6 +390,17 @@ impl Default for Config {
             register_rate_limit_per_min: 60,
             trust_proxy: false,
             metrics_require_key: false,
+            console_enabled: false,
+            console_api_key: None,
+            console_api_key_file: None,
+            console_session_ttl_sec: 3_600,
+            console_secure_cookie: false,
+            max_metadata_kb: 16,
+            auth_failure_limit_per_min: 30,
+            webhook_per_agent_concurrency: 2,
+            audit_signing_key_file: None,
+            audit_signing_key: None,
+            audit_checkpoint_every: 100,
         }
     }
 }
@@ -385,6 +432,11 @@ impl Config {
             &mut self.session_secret_file,
         )?;
         resolve_secret_file(
+            "CONSOLE_API_KEY",
+            &mut self.console_api_key,
+            &mut self.console_api_key_file,
+        )?;
+        resolve_secret_file(
             "MECH_API_KEY",
             &mut self.mech_api_key,
             &mut self.mech_api_key_file,
@@ -393,6 +445,11 @@ impl Config {
             "MECH_API_SECRET",
             &mut self.mech_api_secret,
             &mut self.mech_api_secret_file,
+        )?;
+        resolve_secret_file(
+            "AUDIT_SIGNING_KEY",
+            &mut self.audit_signing_key,
+            &mut self.audit_signing_key_file,
         )
     }
 
@@ -406,7 +463,9 @@ impl Config {
             ),
             ("SESSION_SECRET_FILE", &self.session_secret_file),
             ("MECH_API_KEY_FILE", &self.mech_api_key_file),
+            ("CONSOLE_API_KEY_FILE", &self.console_api_key_file),
             ("MECH_API_SECRET_FILE", &self.mech_api_secret_file),
+            ("AUDIT_SIGNING_KEY_FILE", &self.audit_signing_key_file),
         ] {
             if file.is_some() {
                 return Err(format!(
@@ -449,8 +508,25 @@ impl Config {
         if self.storage_backend == StorageBackend::Mech {
             self.validate_mech()?;
         }
+        if let Some(key) = &self.audit_signing_key
+            && crate::signing::keys::decode_secret_key(key.trim()).is_none()
+        {
+            return Err(
+                "AUDIT_SIGNING_KEY_FILE must hold a base64 Ed25519 secret key (32-byte seed or \
+                 64-byte seed and public key; `admp keygen` prints one)"
+                    .into(),
+            );
+        }
         if self.metrics_require_key && self.master_api_key.is_none() {
             return Err("METRICS_REQUIRE_KEY=true needs MASTER_API_KEY".into());
+        }
+        if let Some(key) = &self.console_api_key
+            && key.len() < 16
+        {
+            return Err("CONSOLE_API_KEY must be at least 16 characters".into());
+        }
+        if self.console_enabled && self.master_api_key.is_none() && self.console_api_key.is_none() {
+            return Err("CONSOLE_ENABLED=true needs MASTER_API_KEY or CONSOLE_API_KEY".into());
         }
         if let Some(secret) = &self.session_secret
             && secret.len() < 32
@@ -518,6 +594,11 @@ impl Config {
     /// Webhook attempt timeout.
     pub fn webhook_timeout(&self) -> Duration {
         Duration::from_millis(self.webhook_timeout_ms)
+    }
+
+    /// Largest accepted agent metadata in bytes (serialized JSON).
+    pub fn max_metadata_bytes(&self) -> usize {
+        (self.max_metadata_kb * 1024) as usize
     }
 
     /// Largest accepted request body in bytes.

@@ -148,7 +148,11 @@ pub async fn start_with_wakers(
         .with_context(|| format!("binding {}:{}", config.host, config.port))?;
     let addr = listener.local_addr()?;
     let hub = Arc::new(Hub::new(Arc::new(config), store, clock, wakers));
-    let state = AppState::new(hub.clone());
+    let jobs = JobStats::default();
+    let state = AppState {
+        jobs: jobs.clone(),
+        ..AppState::new(hub.clone())
+    };
     let housekeeping = tokio::spawn(state.clone().housekeeping());
     let app = router(state);
     let stop = hub.shutdown.clone();
@@ -160,7 +164,6 @@ pub async fn start_with_wakers(
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
     });
-    let jobs = JobStats::default();
     let sweeper = tokio::spawn(sweeper::run(hub.clone(), jobs.sweep.clone()));
     let webhooks = tokio::spawn(webhooks::run(hub.clone(), jobs.webhooks.clone()));
     tracing::info!(%addr, backend = ?hub.config.storage_backend, "admp hub listening");

@@ -33,6 +33,75 @@ const LATENCY_BUCKETS: &[f64] = &[
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// Sends and acks per minute for the console's overview.
+    pub recent: RecentRates,
+}
+
+/// Minutes of send/ack counts kept for the console.
+pub const RECENT_MINUTES: usize = 15;
+
+/// Sends and acks per wall-clock minute over the last [`RECENT_MINUTES`]
+/// (a Prometheus counter has no history; the console shows a short one).
+#[derive(Debug, Default)]
+pub struct RecentRates {
+    minutes: parking_lot::Mutex<std::collections::VecDeque<MinuteCount>>,
+}
+
+/// One minute of [`RecentRates`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MinuteCount {
+    /// Epoch milliseconds of the minute's start.
+    pub minute: i64,
+    pub sent: u64,
+    pub acked: u64,
+}
+
+impl RecentRates {
+    fn bump(&self, now_ms: i64, sent: u64, acked: u64) {
+        let minute = now_ms - now_ms.rem_euclid(60_000);
+        let mut minutes = self.minutes.lock();
+        if minutes.back().is_none_or(|m| m.minute < minute) {
+            minutes.push_back(MinuteCount {
+                minute,
+                ..MinuteCount::default()
+            });
+            while minutes.len() > RECENT_MINUTES {
+                minutes.pop_front();
+            }
+        }
+        if let Some(last) = minutes.back_mut() {
+            last.sent += sent;
+            last.acked += acked;
+        }
+    }
+
+    /// The last [`RECENT_MINUTES`] minutes up to `now_ms`, oldest first,
+    /// quiet minutes included as zeros.
+    pub fn snapshot(&self, now_ms: i64) -> Vec<MinuteCount> {
+        let current = now_ms - now_ms.rem_euclid(60_000);
+        let minutes = self.minutes.lock();
+        (0..RECENT_MINUTES as i64)
+            .rev()
+            .map(|back| {
+                let minute = current - back * 60_000;
+                minutes
+                    .iter()
+                    .find(|m| m.minute == minute)
+                    .copied()
+                    .unwrap_or(MinuteCount {
+                        minute,
+                        ..MinuteCount::default()
+                    })
+            })
+            .collect()
+    }
+}
+
+/// Wall-clock epoch milliseconds (the recent rates are about real minutes).
+pub fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Default for Metrics {
@@ -56,7 +125,11 @@ impl Metrics {
             .expect("the bucket list is not empty")
             .build_recorder();
         let handle = recorder.handle();
-        let metrics = Metrics { recorder, handle };
+        let metrics = Metrics {
+            recorder,
+            handle,
+            recent: RecentRates::default(),
+        };
         metrics.record(describe);
         metrics.record(|| {
             gauge!("admp_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -111,6 +184,9 @@ impl Metrics {
     /// A send stored a new message, or recognised a duplicate.
     pub fn message_sent(&self, duplicate: bool) {
         let outcome = if duplicate { "duplicate" } else { "created" };
+        if !duplicate {
+            self.recent.bump(wall_ms(), 1, 0);
+        }
         self.record(|| counter!("admp_messages_sent_total", "outcome" => outcome).increment(1));
     }
 
@@ -121,6 +197,7 @@ impl Metrics {
 
     /// A message acknowledged.
     pub fn message_acked(&self) {
+        self.recent.bump(wall_ms(), 0, 1);
         self.record(|| counter!("admp_messages_acked_total").increment(1));
     }
 

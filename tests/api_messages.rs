@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use admp::config::Config;
 use admp::hub::Clock;
+use admp::signing::keys;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::*;
@@ -414,7 +415,6 @@ async fn dead_letter_listing_pages_with_a_cursor() {
         .await
         .unwrap();
     assert_eq!(response.status(), 204);
-    hub.agent("bob").await;
     let mut cursor: Option<String> = None;
     let mut seen = Vec::new();
     loop {
@@ -474,9 +474,17 @@ async fn deleting_an_agent_dead_letters_its_inbox_and_revokes_it() {
         "RECIPIENT_NOT_FOUND",
     )
     .await;
-    // Re-registering the id does not resurrect the old inbox.
-    let new_bob = hub.agent("bob").await;
-    assert_eq!(new_bob.pull(&json!({})).await.unwrap().status(), 204);
+    // The id is retired: nobody can register it again and reach the old
+    // inbox (SECURITY.md, "Deleted agents").
+    let key = keys::generate();
+    let response = hub
+        .http
+        .post(hub.url("/api/agents/register"))
+        .json(&json!({"agent_id": "bob", "public_key": keys::encode_public_key(&key.verifying_key())}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, 409, "AGENT_ID_RETIRED").await;
 }
 
 #[tokio::test]

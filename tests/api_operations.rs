@@ -112,8 +112,12 @@ async fn anonymous_floods_share_the_ip_bucket_but_not_the_agents() {
     let alice = hub.agent("alice").await;
     let refused = flood_until_refused(|| hub.http.get(hub.url("/api/stats"))).await;
     expect_rate_limited(refused).await;
-    // Open routes draw from the same per-IP bucket.
-    expect_rate_limited(hub.http.get(hub.url("/health")).send().await.unwrap()).await;
+    // Open routes draw from the same per-IP bucket; probes never do.
+    expect_rate_limited(hub.http.get(hub.url("/metrics")).send().await.unwrap()).await;
+    for probe in ["/health", "/ready", "/health", "/ready"] {
+        let response = hub.http.get(hub.url(probe)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{probe} is never rate-limited");
+    }
     let response = alice
         .request(Method::GET, &alice.agent_path(""), None)
         .send()
@@ -301,7 +305,13 @@ async fn the_audit_log_records_security_events_in_a_verified_chain() {
     assert_eq!(events[2]["detail"]["actor"], "agent:alice");
     assert_eq!(events[6]["detail"]["key_version"], 2);
     let refused = &events[7];
-    assert_eq!(refused["agent_id"], "bob", "the claimed agent");
+    assert_eq!(
+        refused["agent_id"],
+        Value::Null,
+        "a claim is not a verified agent"
+    );
+    assert_eq!(refused["detail"]["claimed_agent_id"], "bob");
+    assert_eq!(refused["detail"]["agent_verified"], false);
     assert_eq!(refused["detail"]["code"], "FORBIDDEN");
     assert_eq!(refused["detail"]["route"], "/api/agents/{agent_id}");
     assert_eq!(events[8]["detail"]["source"], "nack");

@@ -820,6 +820,7 @@ async fn a_hub_that_lost_its_lock_stops_writing(mode: Mode) {
                 &AgentChange::Heartbeat {
                     now: 1,
                     metadata: None,
+                    max_metadata_bytes: usize::MAX,
                 },
             )
             .await

@@ -251,7 +251,14 @@ macro_rules! conformance {
                 group_post_idempotency_and_refusals,
                 group_history_pages_newest_first_and_purges,
                 delete_agent_removes_memberships_and_owned_groups,
+                console_search_agents_pages_by_prefix,
+                console_dead_letters_across_inboxes_in_order,
+                console_failing_deliveries_and_retry_now,
                 peek_queued_shows_waiting_messages_without_leasing,
+                nonces_are_remembered_once_until_they_expire,
+                retired_agent_ids_stay_retired,
+                fair_claims_cap_each_agent_and_skip_busy_ones,
+                refused_agent_changes_leave_the_record_unchanged,
             );
 
             $(
@@ -451,6 +458,7 @@ mod contract {
                 metadata: json!({"alpha": "replaced", "new": [1]})
                     .as_object()
                     .cloned(),
+                max_metadata_bytes: usize::MAX,
             },
             AgentChange::AddTrusted {
                 agent_id: "bob".into(),
@@ -484,7 +492,7 @@ mod contract {
         ];
         let mut expected = agent("alice");
         for change in &changes {
-            change.apply(&mut expected);
+            change.apply(&mut expected).unwrap();
             let updated = store.update_agent("alice", change).await.unwrap();
             assert_eq!(updated, expected, "after {change:?}");
         }
@@ -514,6 +522,7 @@ mod contract {
                 &AgentChange::Heartbeat {
                     now: T0 + MINUTE,
                     metadata: None,
+                    max_metadata_bytes: usize::MAX,
                 },
             )
             .await
@@ -532,6 +541,7 @@ mod contract {
                 &AgentChange::Heartbeat {
                     now: T0 + timeout + 1,
                     metadata: None,
+                    max_metadata_bytes: usize::MAX,
                 },
             )
             .await
@@ -2163,6 +2173,173 @@ mod contract {
         assert_eq!(alices, [G]);
     }
 
+    pub async fn console_search_agents_pages_by_prefix(store: Arc<dyn Store>) {
+        setup_agents(&store, &["b1", "a2", "ab", "a", "a1", "ba", "c"]).await;
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = store
+                .search_agents("a", 2, cursor.as_deref())
+                .await
+                .unwrap();
+            assert!(page.items.len() <= 2);
+            seen.extend(page.items.iter().map(|a| a.agent_id.clone()));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["a", "a1", "a2", "ab"]);
+        let all = store.search_agents("", 100, None).await.unwrap();
+        let all: Vec<&str> = all.items.iter().map(|a| a.agent_id.as_str()).collect();
+        assert_eq!(all, ["a", "a1", "a2", "ab", "b1", "ba", "c"]);
+        let b = store.search_agents("b", 1, None).await.unwrap();
+        assert_eq!(b.items, [agent("b1")]);
+        assert_eq!(b.next_cursor.as_deref(), Some("b1"));
+        let rest = store.search_agents("b", 1, Some("b1")).await.unwrap();
+        assert_eq!(rest.items[0].agent_id, "ba");
+        assert_eq!(rest.next_cursor, None);
+        assert!(
+            store
+                .search_agents("zz", 10, None)
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+    }
+
+    /// Enqueues `id` for `recipient` and dead-letters it at `at` (one attempt allowed).
+    async fn dead_letter(store: &Arc<dyn Store>, recipient: &str, id: &str, at: Millis) {
+        enqueue(store, message(id, recipient, T0)).await;
+        let leased = lease_with(store, recipient, at, 1, 1).await.remove(0);
+        let mut request = nack_request(
+            recipient,
+            id,
+            leased.lease_id.as_deref(),
+            NackAction::Requeue { visible_at: at },
+            at,
+        );
+        request.max_attempts = 1;
+        let dead = store.nack(&request).await.unwrap();
+        assert_eq!(dead.state, MessageState::Dead);
+    }
+
+    pub async fn console_dead_letters_across_inboxes_in_order(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob", "carol", "dave"]).await;
+        // Interleaved across inboxes; two die in the same millisecond.
+        dead_letter(&store, "bob", "x1", T0 + 10).await;
+        dead_letter(&store, "carol", "x2", T0 + 20).await;
+        dead_letter(&store, "bob", "x3", T0 + 20).await;
+        dead_letter(&store, "dave", "x4", T0 + 30).await;
+        dead_letter(&store, "carol", "x5", T0 + 40).await;
+        enqueue(&store, message("alive", "bob", T0)).await;
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = store.list_dead_all(2, cursor.as_deref()).await.unwrap();
+            assert!(page.items.len() <= 2);
+            seen.extend(page.items.iter().map(|m| {
+                assert_eq!(m.state, MessageState::Dead);
+                m.id.clone()
+            }));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["x1", "x2", "x3", "x4", "x5"]);
+        assert!(matches!(
+            store.list_dead_all(2, Some("garbage")).await,
+            Err(StoreError::InvalidCursor)
+        ));
+        store
+            .requeue_dead("carol", "x2", T0 + MINUTE)
+            .await
+            .unwrap();
+        let page = store.list_dead_all(10, None).await.unwrap();
+        assert_eq!(ids(&page.items), ["x1", "x3", "x4", "x5"]);
+        assert_eq!(page.next_cursor, None);
+    }
+
+    pub async fn console_failing_deliveries_and_retry_now(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        for n in 1..=4 {
+            store
+                .enqueue(
+                    message(&format!("m{n}"), "bob", T0),
+                    QUOTA,
+                    Some(delivery(&format!("d{n}"), &format!("m{n}"), "bob", T0)),
+                )
+                .await
+                .unwrap();
+        }
+        let attempt = |n: u32, at: Millis, status: u16| DeliveryAttempt {
+            delivery_id: format!("d{n}"),
+            message_id: format!("m{n}"),
+            agent_id: "bob".into(),
+            attempt: 1,
+            at,
+            status_code: Some(status),
+            latency_ms: 3,
+            error: (status >= 300).then(|| format!("HTTP {status}")),
+        };
+        store
+            .record_attempt(
+                &attempt(1, T0 + 10, 500),
+                AttemptOutcome::RetryAt(T0 + MINUTE),
+            )
+            .await
+            .unwrap();
+        store
+            .record_attempt(&attempt(2, T0 + 20, 503), AttemptOutcome::Failed)
+            .await
+            .unwrap();
+        store
+            .record_attempt(&attempt(3, T0 + 30, 200), AttemptOutcome::Delivered)
+            .await
+            .unwrap();
+        // d4: never attempted, so not failing.
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = store
+                .list_failing_deliveries(1, cursor.as_deref())
+                .await
+                .unwrap();
+            assert!(page.items.len() <= 1);
+            seen.extend(page.items.iter().map(|d| d.id.clone()));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["d2", "d1"]);
+        let failing = store.list_failing_deliveries(10, None).await.unwrap();
+        assert_eq!(failing.items[0].last_error.as_deref(), Some("HTTP 503"));
+        assert_eq!(failing.items[0].state, DeliveryState::Failed);
+        assert!(matches!(
+            store.list_failing_deliveries(2, Some("nope")).await,
+            Err(StoreError::InvalidCursor)
+        ));
+
+        let now = T0 + 100;
+        let retried = store.retry_delivery("d2", now).await.unwrap().unwrap();
+        assert_eq!(
+            (retried.state, retried.next_attempt_at, retried.attempts),
+            (DeliveryState::Pending, now, 1)
+        );
+        assert_eq!(store.get_delivery("d2").await.unwrap(), Some(retried));
+        let claimed = store.claim_due_deliveries(now, 10, 30_000).await.unwrap();
+        let mut due = ids_of(&claimed);
+        due.sort();
+        assert_eq!(due, ["d2", "d4"], "d1 is not due yet");
+        // Delivered stays delivered; unknown ids are None.
+        let delivered = store.retry_delivery("d3", now).await.unwrap().unwrap();
+        assert_eq!(delivered.state, DeliveryState::Delivered);
+        assert_eq!(store.retry_delivery("missing", now).await.unwrap(), None);
+    }
+
     pub async fn peek_queued_shows_waiting_messages_without_leasing(store: Arc<dyn Store>) {
         setup_agents(&store, &["bob"]).await;
         enqueue(&store, message("first", "bob", T0)).await;
@@ -2195,5 +2372,217 @@ mod contract {
         );
         // Past its TTL a message is not waiting, even before the sweeper ends it.
         assert_eq!(ids(&peek(T0 + 60 * MINUTE, 10).await), ["later"]);
+    }
+
+    pub async fn nonces_are_remembered_once_until_they_expire(store: Arc<dyn Store>) {
+        let key = "a".repeat(64);
+        let other = "b".repeat(64);
+        assert!(store.remember_nonce(&key, T0 + 600, T0).await.unwrap());
+        assert!(!store.remember_nonce(&key, T0 + 700, T0 + 1).await.unwrap());
+        assert!(
+            store
+                .remember_nonce(&other, T0 + 900, T0 + 1)
+                .await
+                .unwrap()
+        );
+        // Nothing is purged before it expires…
+        assert_eq!(store.purge_nonces(T0 + 599, 10).await.unwrap(), 0);
+        assert!(
+            !store
+                .remember_nonce(&key, T0 + 700, T0 + 599)
+                .await
+                .unwrap()
+        );
+        // …an expired entry may be taken over (its request's Date is stale anyway)…
+        assert!(
+            store
+                .remember_nonce(&key, T0 + 1_300, T0 + 700)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .remember_nonce(&key, T0 + 1_400, T0 + 800)
+                .await
+                .unwrap()
+        );
+        // …and purging forgets only expired entries, in batches.
+        assert_eq!(store.purge_nonces(T0 + 1_000, 10).await.unwrap(), 1);
+        assert_eq!(store.purge_nonces(T0 + 1_000, 10).await.unwrap(), 0);
+        assert!(
+            !store
+                .remember_nonce(&key, T0 + 1_400, T0 + 1_000)
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.purge_nonces(T0 + 2_000, 10).await.unwrap(), 1);
+        assert!(
+            store
+                .remember_nonce(&key, T0 + 3_000, T0 + 2_000)
+                .await
+                .unwrap()
+        );
+        // Concurrent first uses: exactly one wins.
+        let fresh = "c".repeat(64);
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (store, fresh) = (store.clone(), fresh.clone());
+            tasks.push(tokio::spawn(async move {
+                store.remember_nonce(&fresh, T0 + 600, T0).await.unwrap()
+            }));
+        }
+        let mut winners = 0;
+        for t in tasks {
+            winners += usize::from(t.await.unwrap());
+        }
+        assert_eq!(winners, 1);
+    }
+
+    pub async fn retired_agent_ids_stay_retired(store: Arc<dyn Store>) {
+        assert!(!store.is_agent_id_retired("bob").await.unwrap());
+        store.retire_agent_id("bob", T0).await.unwrap();
+        store.retire_agent_id("bob", T0 + 1).await.unwrap();
+        assert!(store.is_agent_id_retired("bob").await.unwrap());
+        assert!(!store.is_agent_id_retired("bo").await.unwrap());
+        assert!(!store.is_agent_id_retired("bobby").await.unwrap());
+    }
+
+    pub async fn fair_claims_cap_each_agent_and_skip_busy_ones(store: Arc<dyn Store>) {
+        setup_agents(&store, &["a", "b", "c"]).await;
+        let mut n = 0;
+        for (agent_id, count) in [("a", 5), ("b", 2), ("c", 1)] {
+            for _ in 0..count {
+                n += 1;
+                let id = format!("m{n:02}");
+                let message = message(&id, agent_id, T0 + n);
+                store
+                    .enqueue(
+                        message,
+                        QUOTA,
+                        Some(delivery(&format!("d{n:02}"), &id, agent_id, T0 + n)),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        let now = T0 + 100;
+        let claimed = store
+            .claim_due_deliveries_fair(now, 10, MINUTE, 2, &[])
+            .await
+            .unwrap();
+        let ids: Vec<&str> = claimed.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["d01", "d02", "d06", "d07", "d08"],
+            "two per agent, oldest first"
+        );
+        assert!(claimed.iter().all(|d| d.next_attempt_at == now + MINUTE));
+        // Claimed ones are not due again; a busy agent is skipped.
+        let claimed = store
+            .claim_due_deliveries_fair(now, 10, MINUTE, 2, &["a".to_string()])
+            .await
+            .unwrap();
+        assert!(claimed.is_empty(), "{claimed:?}");
+        let claimed = store
+            .claim_due_deliveries_fair(now, 1, MINUTE, 2, &[])
+            .await
+            .unwrap();
+        let ids: Vec<&str> = claimed.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["d03"], "the limit applies across agents");
+    }
+
+    pub async fn refused_agent_changes_leave_the_record_unchanged(store: Arc<dyn Store>) {
+        setup_agents(&store, &["alice"]).await;
+        let before = store.get_agent("alice").await.unwrap().unwrap();
+        let big = AgentChange::Heartbeat {
+            now: T0 + 5,
+            metadata: json!({"blob": "x".repeat(200)}).as_object().cloned(),
+            max_metadata_bytes: 100,
+        };
+        assert!(matches!(
+            store.update_agent("alice", &big).await,
+            Err(StoreError::TooLarge("metadata"))
+        ));
+        assert_eq!(store.get_agent("alice").await.unwrap().unwrap(), before);
+    }
+
+    /// SQL backends (group commit): operations committed together stay
+    /// all-or-nothing each. Half of 40 concurrent sends fail after their
+    /// message row was written (their delivery id is taken); those leave no
+    /// message and no count behind, and the other half commits.
+    pub async fn failing_op_in_a_group_changes_nothing(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob"]).await;
+        store
+            .enqueue(
+                message("m-first", "bob", T0),
+                QUOTA,
+                Some(delivery("taken", "m-first", "bob", T0)),
+            )
+            .await
+            .unwrap();
+        let sends: Vec<_> = (0..40)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let id = format!("m{i:02}");
+                    let delivery_id = if i % 2 == 0 {
+                        format!("d{i:02}")
+                    } else {
+                        "taken".into()
+                    };
+                    let d = delivery(&delivery_id, &id, "bob", T0);
+                    store.enqueue(message(&id, "bob", T0), QUOTA, Some(d)).await
+                })
+            })
+            .collect();
+        for (i, send) in sends.into_iter().enumerate() {
+            let outcome = send.await.unwrap();
+            let id = format!("m{i:02}");
+            if i % 2 == 0 {
+                assert!(
+                    matches!(outcome, Ok(Enqueued::Created(_))),
+                    "{id}: {outcome:?}"
+                );
+                assert!(
+                    store
+                        .get_delivery(&format!("d{i:02}"))
+                        .await
+                        .unwrap()
+                        .is_some()
+                );
+            } else {
+                assert!(
+                    matches!(outcome, Err(StoreError::Internal(_))),
+                    "{id}: {outcome:?}"
+                );
+                assert_eq!(store.get_message(&id).await.unwrap(), None, "{id}");
+            }
+        }
+        assert_eq!(store.inbox_stats("bob").await.unwrap().queued, 21);
+        // The maintained count agrees: the quota is reached at exactly 21.
+        assert!(matches!(
+            store.enqueue(message("m-over", "bob", T0), 21, None).await,
+            Err(StoreError::InboxFull)
+        ));
+        store
+            .enqueue(message("m-last", "bob", T0), 22, None)
+            .await
+            .unwrap();
+    }
+}
+
+/// Group commit on the SQL backends (the memory and Mech backends have no
+/// multi-row writes that could half-fail this way).
+mod sql_group_commit {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_failing_op_in_a_group_changes_nothing() {
+        run::<SqliteBackend, _, _>(contract::failing_op_in_a_group_changes_nothing).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_failing_op_in_a_group_changes_nothing() {
+        run::<PostgresBackend, _, _>(contract::failing_op_in_a_group_changes_nothing).await;
     }
 }

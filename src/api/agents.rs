@@ -128,7 +128,7 @@ impl From<&Agent> for AgentView {
     }
 }
 
-route_errors!(RegisterErrors: AUTHED, JSON_BODY, &["AGENT_EXISTS"]);
+route_errors!(RegisterErrors: AUTHED, JSON_BODY, &["AGENT_EXISTS", "AGENT_ID_RETIRED", "METADATA_TOO_LARGE"]);
 
 /// Registers an agent.
 #[utoipa::path(post, path = "/api/agents/register", tag = "agents",
@@ -224,11 +224,12 @@ pub struct HeartbeatResponse {
 }
 
 route_errors!(AgentBodyErrors: AUTHED, AGENT_SCOPE, PARAMS, JSON_BODY);
+route_errors!(HeartbeatErrors: AUTHED, AGENT_SCOPE, PARAMS, JSON_BODY, &["METADATA_TOO_LARGE"]);
 
 /// Records a heartbeat.
 #[utoipa::path(post, path = "/api/agents/{agent_id}/heartbeat", tag = "agents",
     params(("agent_id" = String, Path)), request_body = HeartbeatRequest,
-    responses((status = 200, body = HeartbeatResponse), AgentBodyErrors))]
+    responses((status = 200, body = HeartbeatResponse), HeartbeatErrors))]
 pub async fn heartbeat(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,
@@ -274,7 +275,7 @@ pub async fn list_trusted(
     }))
 }
 
-route_errors!(TrustErrors: AUTHED, AGENT_SCOPE, PARAMS, JSON_BODY, &["AGENT_ID_REQUIRED"]);
+route_errors!(TrustErrors: AUTHED, AGENT_SCOPE, PARAMS, JSON_BODY, &["AGENT_ID_REQUIRED", "TRUST_LIST_FULL"]);
 
 /// Adds an agent to the trust list.
 #[utoipa::path(post, path = "/api/agents/{agent_id}/trusted", tag = "agents",

@@ -89,6 +89,13 @@ pub struct AuditPageResponse {
     /// `seq` of the first event that does not verify.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broken_at: Option<u64>,
+    /// Every signed checkpoint on the page verifies with the hub's audit key
+    /// and matches the event it anchors; `null` when the hub has no
+    /// `AUDIT_SIGNING_KEY_FILE`.
+    pub checkpoints_valid: Option<bool>,
+    /// `seq` of the first checkpoint that does not verify.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_failed_at: Option<u64>,
 }
 
 route_errors!(AuditErrors: AUTHED, MASTER, PARAMS);
@@ -112,5 +119,7 @@ pub async fn list_audit(
         next_cursor: page.next_cursor,
         chain_valid: page.chain_valid,
         broken_at: page.broken_at,
+        checkpoints_valid: page.checkpoints_valid,
+        checkpoint_failed_at: page.checkpoint_failed_at,
     }))
 }

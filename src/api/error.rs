@@ -87,6 +87,17 @@ impl ApiError {
         error
     }
 
+    /// 429 `TOO_MANY_AUTH_FAILURES`, retry after at least a second.
+    pub fn too_many_auth_failures(retry_after_sec: u64) -> Self {
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOO_MANY_AUTH_FAILURES",
+            "too many failed authentications from this address or naming this agent",
+        );
+        error.retry_after_sec = Some(retry_after_sec.max(1));
+        error
+    }
+
     /// 413 `PAYLOAD_TOO_LARGE`.
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
@@ -147,6 +158,10 @@ pub fn status_and_code(e: &HubError) -> (StatusCode, &'static str) {
             op.code(),
         ),
         FanOutTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+        MetadataTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "METADATA_TOO_LARGE"),
+        TrustListFull(_) => (S::BAD_REQUEST, "TRUST_LIST_FULL"),
+        InvalidNonce(_) => (S::BAD_REQUEST, "INVALID_NONCE"),
+        AgentIdRetired(_) => (S::CONFLICT, "AGENT_ID_RETIRED"),
         StorageUnavailable(_) => (S::SERVICE_UNAVAILABLE, "STORAGE_UNAVAILABLE"),
         Internal(_) => (S::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
     }
@@ -362,6 +377,31 @@ pub const ERROR_CODES: &[(u16, &str, &str)] = &[
         "RATE_LIMITED",
         "Too many requests from this agent (or, unauthenticated, this IP); see `Retry-After`.",
     ),
+    (
+        413,
+        "METADATA_TOO_LARGE",
+        "Agent `metadata` (at registration, or merged by a heartbeat) exceeds `MAX_METADATA_KB`.",
+    ),
+    (
+        400,
+        "TRUST_LIST_FULL",
+        "The trust list already holds its maximum of 1000 agents.",
+    ),
+    (
+        400,
+        "INVALID_NONCE",
+        "A signed `x-request-nonce` is empty, longer than 128 characters or not visible ASCII.",
+    ),
+    (
+        409,
+        "AGENT_ID_RETIRED",
+        "The agent id belonged to a deleted agent; deleted ids are never registered again.",
+    ),
+    (
+        429,
+        "TOO_MANY_AUTH_FAILURES",
+        "Too many failed authentications from this IP (or naming this agent); see `Retry-After`.",
+    ),
     (500, "INTERNAL_ERROR", "A bug; logged with the request id."),
     (
         400,
@@ -528,6 +568,10 @@ mod tests {
                 | AgentIdRequired
                 | GroupRefused { .. }
                 | FanOutTooLarge { .. }
+                | MetadataTooLarge { .. }
+                | TrustListFull(_)
+                | InvalidNonce(_)
+                | AgentIdRetired(_)
                 | StorageUnavailable(_)
                 | Internal(_) => {}
             }
@@ -569,6 +613,10 @@ mod tests {
             ReplayedRequest,
             TokenExpired,
             TokenInvalid,
+            MetadataTooLarge { limit_kb: 1 },
+            TrustListFull(1),
+            InvalidNonce(s()),
+            AgentIdRetired(s()),
             StorageUnavailable(s()),
             Internal(s()),
             GroupNotFound(s()),

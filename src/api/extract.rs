@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::ratelimit::ClientIp;
-use crate::hub::{Caller, Credentials};
+use crate::hub::{Caller, Credentials, HubError};
 use crate::signing::http::RequestParts;
 
 /// Header carrying the client's idempotency key for sends.
@@ -71,18 +71,44 @@ impl FromRequest<AppState> for Authed {
             },
             body: &body,
         };
-        let caller = state.hub.authenticate(&credentials).await?;
-        if let Some(agent_id) = caller.agent_id() {
-            tracing::Span::current().record("agent_id", agent_id);
-        }
         let client_ip = ClientIp::of(
             &parts.extensions,
             &parts.headers,
             state.hub.config.trust_proxy,
         );
+        let failures = state.limits.as_ref().map(|l| &l.failures);
+        let presents_credentials = credentials.signature.is_some()
+            || credentials.bearer.is_some()
+            || credentials.api_key.is_some();
+        if presents_credentials && let Some(retry) = failures.and_then(|f| f.ip_blocked(client_ip))
+        {
+            return Err(ApiError::too_many_auth_failures(retry));
+        }
+        let authenticated = match state.hub.authenticate(&credentials).await {
+            Ok(a) => a,
+            Err(e @ (HubError::StorageUnavailable(_) | HubError::Internal(_))) => {
+                return Err(e.into());
+            }
+            Err(e) => {
+                let claimed = state
+                    .hub
+                    .claimed_agent(credentials.signature, credentials.bearer);
+                if let Some(retry) = failures.and_then(|f| f.record(client_ip, claimed.as_deref()))
+                {
+                    return Err(ApiError::too_many_auth_failures(retry));
+                }
+                return Err(e.into());
+            }
+        };
+        let caller = authenticated.caller.clone();
+        if let Some(agent_id) = caller.agent_id() {
+            tracing::Span::current().record("agent_id", agent_id);
+        }
         if let Some(limits) = &state.limits {
             limits.check(&caller, client_ip)?;
         }
+        // Only now, with the request admitted, is its nonce used up.
+        state.hub.consume_nonce(&authenticated).await?;
         Ok(Authed {
             caller,
             body,

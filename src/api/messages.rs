@@ -592,7 +592,7 @@ pub async fn dead_letters(
     ApiQuery(query): ApiQuery<DeadQuery>,
     req: Authed,
 ) -> ApiResult<Json<DeadLetterPage>> {
-    app.hub.scope(&req.caller, &agent_id).await?;
+    app.hub.scope_retained(&req.caller, &agent_id).await?;
     let page = app
         .hub
         .dead_letters(&agent_id, query.limit, query.cursor.as_deref())

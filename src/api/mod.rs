@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod agents;
 pub mod audit;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod groups;
@@ -42,6 +43,12 @@ pub struct AppState {
     pub limits: Option<Arc<RateLimits>>,
     /// Keeps floods of refused requests from flooding the audit log.
     pub throttle: Arc<AuditThrottle>,
+    /// Counters of the sweeper and the webhook worker (the console shows them).
+    pub jobs: crate::jobs::JobStats,
+    /// Operator console sessions and login limits (`None` when disabled).
+    pub console: Option<Arc<console::ConsoleState>>,
+    /// Bounds the store work of `/ready`, which is never rate-limited.
+    pub ready: Arc<system::ReadyProbe>,
 }
 
 /// How often the housekeeping task folds metric samples into buckets.
@@ -55,6 +62,12 @@ impl AppState {
         AppState {
             limits: RateLimits::from_config(&hub.config),
             throttle: Arc::new(AuditThrottle::default()),
+            jobs: crate::jobs::JobStats::default(),
+            console: hub
+                .config
+                .console_enabled
+                .then(|| Arc::new(console::ConsoleState::default())),
+            ready: Arc::default(),
             hub,
         }
     }
@@ -72,6 +85,9 @@ impl AppState {
                         limits.retain_recent();
                     }
                     self.throttle.prune();
+                    if let Some(console) = &self.console {
+                        console.prune(self.hub.clock.now_ms());
+                    }
                 }
                 _ = self.hub.shutdown.cancelled() => return,
             }
@@ -111,9 +127,13 @@ pub struct ApiDoc;
 /// tower_governor layers, everything else per caller inside `Authed`.
 pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.hub.config.cors_origin);
-    let mut open = Router::new()
+    // Probes are never rate-limited: an orchestrator must not restart a
+    // healthy hub because someone flooded from the same address (SECURITY.md).
+    let probes = Router::new()
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
+        .with_state(state.clone());
+    let mut open = Router::new()
         .route("/metrics", get(system::metrics))
         .merge(openapi::docs_router())
         .with_state(state.clone());
@@ -219,10 +239,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/agents/{agent_id}/groups", get(groups::agent_groups))
         .with_state(state.clone());
 
+    let console = console::router(&state);
     Router::new()
+        .merge(probes)
         .merge(open)
         .merge(register)
         .merge(api)
+        .merge(console)
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         // Bodies are read and bounded by our own extractor (413 as JSON).

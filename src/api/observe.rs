@@ -61,7 +61,7 @@ pub async fn observe(State(app): State<AppState>, mut req: Request, next: Next) 
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             app.hub.metrics.auth_failure(code);
             refused(&app, AuditKind::AuthFailed, refusal).await;
-        } else if code == "RATE_LIMITED" {
+        } else if code == "RATE_LIMITED" || code == "TOO_MANY_AUTH_FAILURES" {
             app.hub.metrics.rate_limited(route);
             refused(&app, AuditKind::RateLimited, refusal).await;
         }
@@ -97,10 +97,13 @@ async fn refused(app: &AppState, kind: AuditKind, r: Refusal<'_>) {
     let claimed = app
         .hub
         .claimed_agent(text(&r.credentials.signature), bearer);
+    // A per-agent rate-limit hit comes from an authenticated agent; in
+    // every other refusal the agent is only what the request claimed.
+    let verified = kind == AuditKind::RateLimited && r.code == "RATE_LIMITED";
     // Auth failures are throttled per address (an attacker can claim any
     // agent); rate-limit hits per agent when the caller was one.
-    let subject = match (kind, &claimed) {
-        (AuditKind::RateLimited, Some(agent)) => format!("agent:{agent}"),
+    let subject = match (verified, &claimed) {
+        (true, Some(agent)) => format!("agent:{agent}"),
         _ => format!("ip:{}", r.ip.0),
     };
     let Some(skipped) = app.throttle.admit(kind, subject) else {
@@ -114,7 +117,16 @@ async fn refused(app: &AppState, kind: AuditKind, r: Refusal<'_>) {
         "request_id": text(&r.credentials.request_id),
         "skipped_since_last": skipped,
     });
-    app.hub.audit(kind, claimed.as_deref(), detail).await;
+    if verified {
+        app.hub.audit(kind, claimed.as_deref(), detail).await;
+    } else {
+        // Never recorded as the event's agent: the keyId (or token subject)
+        // of a refused request is a claim nobody verified.
+        let mut detail = detail;
+        detail["claimed_agent_id"] = json!(claimed);
+        detail["agent_verified"] = json!(false);
+        app.hub.audit(kind, None, detail).await;
+    }
 }
 
 fn text(value: &Option<HeaderValue>) -> Option<&str> {

@@ -34,7 +34,7 @@ pub const DOCS_TITLE: &str = "ADMP API Documentation";
 /// Any route: a panic or a limiter failure becomes a 500.
 pub const ANY: &[&str] = &["INTERNAL_ERROR"];
 
-/// Routes outside `Authed` (probes, metrics): the per-IP rate limit.
+/// Routes outside `Authed` (metrics, docs): the per-IP rate limit.
 pub const OPEN: &[&str] = &["RATE_LIMITED", "INTERNAL_ERROR"];
 
 /// Every route that reads the [`Authed`](super::extract::Authed) extractor:
@@ -50,6 +50,8 @@ pub const AUTHED: &[&str] = &[
     "INSUFFICIENT_SIGNED_HEADERS",
     "DIGEST_MISMATCH",
     "REPLAYED_REQUEST",
+    "INVALID_NONCE",
+    "TOO_MANY_AUTH_FAILURES",
     "TOKEN_EXPIRED",
     "TOKEN_INVALID",
     "RATE_LIMITED",

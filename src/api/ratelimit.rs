@@ -1,7 +1,10 @@
 //! Rate limits (PROTOCOL.md §8): every request draws from one bucket chosen
 //! by who is calling.
 //!
-//! - Open routes (`/health`, `/ready`, `/metrics`, `/docs`, `/openapi.json`):
+//! - Probes (`/health`, `/ready`): never limited, so a flood from the
+//!   orchestrator's own address cannot fail them (`/ready` pings the store
+//!   at most once a second whatever the request rate).
+//! - Other open routes (`/metrics`, `/docs`, `/openapi.json`):
 //!   the client IP's bucket, enforced by a tower_governor layer before the
 //!   handler runs.
 //! - Registration: a separate, much smaller per-IP bucket
@@ -15,6 +18,9 @@
 //! key taken from the unverified `keyId` before authentication would let
 //! anyone empty a victim's bucket by sending junk in its name.
 //!
+//! Failed authentications have their own budget per client IP and per
+//! claimed agent ([`AuthFailures`]).
+//!
 //! Limiter state is one small entry per key; [`RateLimits::retain_recent`]
 //! (run every minute by the housekeeping task) drops entries whose bucket is
 //! full again, so memory stays proportional to recently active clients.
@@ -22,12 +28,13 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Extensions, HeaderMap, Request, StatusCode};
 use axum::response::IntoResponse;
+use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
@@ -114,6 +121,103 @@ pub struct RateLimits {
     ip: Arc<IpConfig>,
     register: Arc<IpConfig>,
     agent: AgentLimiter,
+    /// Failed authentications, per client IP and per claimed agent.
+    pub failures: AuthFailures,
+}
+
+/// Window in which failed authentications are counted.
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Claimed-agent windows kept at most: the ids are the attacker's choice,
+/// so beyond this, failures count against the client IP only.
+const MAX_FAILURE_AGENTS: usize = 100_000;
+
+/// Failed authentications (bad signature, wrong API key, forged or expired
+/// token, replayed nonce…) counted per client IP and per claimed agent in
+/// fixed one-minute windows, `AUTH_FAILURE_LIMIT_PER_MIN` each.
+///
+/// - An IP over its budget gets 429 `TOO_MANY_AUTH_FAILURES` for every
+///   request carrying credentials until its window ends, *before* any
+///   verification, so repeating failures costs the hub nothing.
+/// - A claimed agent over its budget makes further *failing* requests
+///   naming it 429 instead of 401; requests that verify still pass, so an
+///   attacker naming a victim from many addresses cannot lock it out.
+pub struct AuthFailures {
+    limit: u32,
+    ips: DashMap<IpAddr, FailureWindow>,
+    agents: DashMap<String, FailureWindow>,
+}
+
+#[derive(Clone, Copy)]
+struct FailureWindow {
+    opened: Instant,
+    count: u32,
+}
+
+impl FailureWindow {
+    /// Seconds until the window ends when its budget is spent.
+    fn blocked(&self, limit: u32, now: Instant) -> Option<u64> {
+        let elapsed = now.duration_since(self.opened);
+        (elapsed < FAILURE_WINDOW && self.count >= limit)
+            .then(|| whole_seconds_after((FAILURE_WINDOW - elapsed).as_secs()))
+    }
+}
+
+fn count_failure<K: std::hash::Hash + Eq>(
+    map: &DashMap<K, FailureWindow>,
+    key: K,
+    limit: u32,
+    now: Instant,
+) -> Option<u64> {
+    let mut window = map.entry(key).or_insert(FailureWindow {
+        opened: now,
+        count: 0,
+    });
+    if now.duration_since(window.opened) >= FAILURE_WINDOW {
+        *window = FailureWindow {
+            opened: now,
+            count: 0,
+        };
+    }
+    window.count = window.count.saturating_add(1);
+    window.blocked(limit, now)
+}
+
+impl AuthFailures {
+    fn new(limit: u32) -> Self {
+        AuthFailures {
+            limit: limit.max(1),
+            ips: DashMap::new(),
+            agents: DashMap::new(),
+        }
+    }
+
+    /// `Some(retry_after_sec)` while `ip` has spent its failure budget.
+    pub fn ip_blocked(&self, ip: ClientIp) -> Option<u64> {
+        let window = *self.ips.get(&bucket_of(ip.0))?;
+        window.blocked(self.limit, Instant::now())
+    }
+
+    /// Counts one failure of `ip` naming `claimed`; `Some(retry_after_sec)`
+    /// when either budget is now spent (the failure is then answered 429).
+    pub fn record(&self, ip: ClientIp, claimed: Option<&str>) -> Option<u64> {
+        let now = Instant::now();
+        let by_ip = count_failure(&self.ips, bucket_of(ip.0), self.limit, now);
+        let by_agent = claimed
+            .filter(|id| self.agents.contains_key(*id) || self.agents.len() < MAX_FAILURE_AGENTS)
+            .and_then(|id| count_failure(&self.agents, id.to_string(), self.limit, now));
+        by_ip.max(by_agent)
+    }
+
+    /// Forgets windows that ended.
+    fn prune(&self) {
+        let now = Instant::now();
+        self.ips
+            .retain(|_, w| now.duration_since(w.opened) < FAILURE_WINDOW);
+        self.agents
+            .retain(|_, w| now.duration_since(w.opened) < FAILURE_WINDOW);
+        self.ips.shrink_to_fit();
+        self.agents.shrink_to_fit();
+    }
 }
 
 impl std::fmt::Debug for RateLimits {
@@ -142,6 +246,7 @@ impl RateLimits {
             ip: Arc::new(ip_config(key, per_request, burst)),
             register: Arc::new(ip_config(key, per_registration, register_burst)),
             agent: RateLimiter::keyed(quota),
+            failures: AuthFailures::new(config.auth_failure_limit_per_min),
         }))
     }
 
@@ -179,6 +284,7 @@ impl RateLimits {
         }
         self.agent.retain_recent();
         self.agent.shrink_to_fit();
+        self.failures.prune();
     }
 }
 

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Authed, bearer_token};
-use super::openapi::{AUTHED, GATED, OPEN};
+use super::openapi::{ANY, AUTHED, GATED, OPEN};
 use crate::hub::HubError;
 use crate::route_errors;
 
@@ -24,11 +24,12 @@ pub struct HealthResponse {
     pub version: &'static str,
 }
 
-route_errors!(OpenErrors: OPEN);
+// Probes are never rate-limited: only a panic can fail them.
+route_errors!(ProbeErrors: ANY);
 
 /// Liveness probe: cheap, never touches storage.
 #[utoipa::path(get, path = "/health", tag = "system",
-    responses((status = 200, body = HealthResponse), OpenErrors))]
+    responses((status = 200, body = HealthResponse), ProbeErrors))]
 pub async fn health() -> Json<HealthResponse> {
     let timestamp = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
@@ -55,25 +56,47 @@ pub struct ReadyResponse {
     pub checks: ReadyChecks,
 }
 
-/// Readiness probe: 200 when storage answers, else 503.
+/// Readiness probe: 200 when storage answers, else 503. Never rate-limited,
+/// so its store work is bounded here instead: see [`ReadyProbe`].
 #[utoipa::path(get, path = "/ready", tag = "system",
     responses((status = 200, description = "storage answers", body = ReadyResponse),
         (status = 503, description = "storage does not answer", body = ReadyResponse),
-        OpenErrors))]
+        ProbeErrors))]
 pub async fn ready(State(app): State<AppState>) -> Response {
-    let (status, state, store) = match app.hub.store.ping().await {
+    let (status, state, store) = match app.ready.check(&app).await {
         Ok(()) => (StatusCode::OK, "ready", "ok".to_string()),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            e.to_string(),
-        ),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
     };
     let body = ReadyResponse {
         status: state,
         checks: ReadyChecks { store },
     };
     (status, Json(body)).into_response()
+}
+
+/// How long one store ping answers `/ready` for everyone.
+const READY_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The last `/ready` answer. Probes are exempt from rate limits, so a flood
+/// of them costs at most one store ping per [`READY_FRESH`]: concurrent
+/// probes wait for the one ping in flight and share its result.
+#[derive(Default)]
+pub struct ReadyProbe {
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
+}
+
+impl ReadyProbe {
+    async fn check(&self, app: &AppState) -> Result<(), String> {
+        let mut last = self.last.lock().await;
+        if let Some((at, result)) = last.as_ref()
+            && at.elapsed() < READY_FRESH
+        {
+            return result.clone();
+        }
+        let result = app.hub.store.ping().await.map_err(|e| e.to_string());
+        *last = Some((std::time::Instant::now(), result.clone()));
+        result
+    }
 }
 
 route_errors!(MetricsErrors: OPEN, &["AUTH_REQUIRED", "INVALID_API_KEY"]);

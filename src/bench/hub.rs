@@ -30,6 +30,8 @@ pub struct Target {
     pub pid: Option<u32>,
     /// Set when this benchmark started the hub and must stop it.
     spawned: Option<Spawned>,
+    /// Agents sign a fresh `x-request-nonce` on every HTTP-signed request (`--nonce`).
+    pub sign_nonce: bool,
 }
 
 struct Spawned {
@@ -59,6 +61,7 @@ impl Target {
             url: url.trim_end_matches('/').to_string(),
             pid,
             spawned: None,
+            sign_nonce: false,
         }
     }
 
@@ -135,6 +138,7 @@ impl Target {
                 files,
                 schema,
             }),
+            sign_nonce: false,
         })
     }
 

@@ -3,7 +3,8 @@
 //! session tokens) and reports throughput, latency percentiles, errors and the
 //! server's resident memory. Every loop is bounded in count and in time.
 
-pub mod hub;
+mod console;
+mod hub;
 pub mod scenarios;
 pub mod stats;
 
@@ -53,6 +54,9 @@ pub enum Scenario {
     Fanout,
     /// Every scenario, the drain in each auth mode (signature, session, batch).
     All,
+    /// Operator console render times over a store filled in process with
+    /// `--agents` agents and `--messages` messages (not part of `all`).
+    Console,
 }
 
 /// How consumers authenticate their pulls and acks.
@@ -106,6 +110,10 @@ pub struct BenchArgs {
     /// Consumers (and senders, beside the envelope signature) use session tokens.
     #[arg(long)]
     pub session: bool,
+    /// HTTP-signed requests also sign a fresh `x-request-nonce` (replay
+    /// protection: one store write per request).
+    #[arg(long)]
+    pub nonce: bool,
     /// Pull up to this many messages per request and ack them in one batch (1 = single pull+ack).
     #[arg(long, default_value_t = 1)]
     pub batch: u64,
@@ -208,14 +216,18 @@ impl BenchArgs {
 /// Runs the requested scenarios and prints the table (or JSON).
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     args.validate().map_err(anyhow::Error::msg)?;
+    if args.scenario == Scenario::Console {
+        return console::run(&args).await;
+    }
     let plan = plan(&args);
     let mut reports = Vec::new();
     for step in &plan {
-        let target = match &args.url {
+        let mut target = match &args.url {
             Some(url) => Target::existing(url, args.pid),
             // A fresh hub per step, so memory and queue contents do not carry over.
             None => Target::spawn(&args.spawn_options()).await?,
         };
+        target.sign_nonce = args.nonce;
         let outcome = scenarios::run_step(&target, &args, step).await;
         target.stop().await?;
         let rows = outcome?;

@@ -111,6 +111,7 @@ pub async fn run_step(
         Scenario::Longpoll => vec![longpoll(&http, target, args, step.auth).await?],
         Scenario::Fanout => fanout(&http, target, args, step.auth).await?,
         Scenario::All => anyhow::bail!("`all` is expanded into steps before running"),
+        Scenario::Console => anyhow::bail!("`console` runs on its own (bench::console)"),
     };
     let rss = target.rss_mib();
     for row in rows.iter_mut().filter(|r| r.rss_mib.is_none()) {
@@ -145,8 +146,10 @@ async fn fleet(
         .map(|_| {
             let http = http.clone();
             let url = target.url.clone();
+            let sign_nonce = target.sign_nonce;
             async move {
                 let mut client = AgentClient::register(http, &url, None).await?;
+                client.sign_nonce = sign_nonce;
                 if auth == Auth::Session {
                     client.open_session().await?;
                 }

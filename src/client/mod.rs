@@ -27,6 +27,8 @@ pub struct AgentClient {
     pub key: SigningKey,
     /// Session token; when set it replaces the per-request signature.
     pub session: Option<String>,
+    /// Sign a fresh `x-request-nonce` on every HTTP-signed request (single-use requests).
+    pub sign_nonce: bool,
 }
 
 impl AgentClient {
@@ -38,6 +40,7 @@ impl AgentClient {
             agent_id: agent_id.to_string(),
             key,
             session: None,
+            sign_nonce: false,
         }
     }
 
@@ -109,13 +112,20 @@ impl AgentClient {
         }
         let date = httpsig::http_date(now);
         let host = host_of(&self.base);
-        let headers = [("host", host.as_str()), ("date", date.as_str())];
+        let nonce = uuid::Uuid::new_v4().to_string();
+        let mut headers = vec![("host", host.as_str()), ("date", date.as_str())];
+        let mut signed = SIGNED_HEADERS.to_vec();
+        if self.sign_nonce {
+            headers.push(("x-request-nonce", nonce.as_str()));
+            signed.push("x-request-nonce");
+            builder = builder.header("x-request-nonce", &nonce);
+        }
         let parts = httpsig::RequestParts {
             method: method.as_str(),
             path_and_query: path,
             headers: &headers,
         };
-        let signature = httpsig::sign_request(&self.key, &self.agent_id, SIGNED_HEADERS, &parts)
+        let signature = httpsig::sign_request(&self.key, &self.agent_id, &signed, &parts)
             .expect("the standard signed-header list is always valid");
         builder.header("date", date).header("signature", signature)
     }

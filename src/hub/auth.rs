@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use dashmap::DashMap;
 use ed25519_dalek::VerifyingKey;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -63,27 +62,59 @@ impl Caller {
     }
 }
 
+/// A verified caller, plus the signed nonce the request will use up once
+/// it is admitted (see [`Hub::consume_nonce`]).
+#[derive(Debug)]
+pub struct Authenticated {
+    pub caller: Caller,
+    /// Digest of (agent, `x-request-nonce`) when the signature covered one.
+    nonce_key: Option<String>,
+}
+
 impl Hub {
     /// Identifies the caller. Credentials that are present must be valid:
     /// a bad signature is an error, never a fall-through to anonymous.
-    pub async fn authenticate(&self, creds: &Credentials<'_>) -> HubResult<Caller> {
+    /// A signed nonce is checked for size here but remembered only by
+    /// [`Hub::consume_nonce`], once the request got past the rate limits.
+    pub async fn authenticate(&self, creds: &Credentials<'_>) -> HubResult<Authenticated> {
         if let Some(header) = creds.signature {
             return self.authenticate_signature(header, creds).await;
         }
-        if let Some(token) = creds
+        let caller = if let Some(token) = creds
             .bearer
             .and_then(|b| b.strip_prefix(SESSION_TOKEN_PREFIX))
         {
-            return self.authenticate_session(token).await;
+            self.authenticate_session(token).await?
+        } else if let Some(key) = creds.api_key.or(creds.bearer) {
+            if !self.is_master_key(key) {
+                return Err(HubError::InvalidApiKey);
+            }
+            Caller::Master
+        } else {
+            Caller::Anonymous
+        };
+        Ok(Authenticated {
+            caller,
+            nonce_key: None,
+        })
+    }
+
+    /// Uses up the request's signed nonce: a second use inside
+    /// [`REPLAY_WINDOW`] is `REPLAYED_REQUEST`, on this instance or any other
+    /// sharing the store, before or after a restart. Called only for a
+    /// request that will be carried out, so a request refused earlier (429)
+    /// can be retried with the same nonce.
+    pub async fn consume_nonce(&self, auth: &Authenticated) -> HubResult<()> {
+        let Some(key) = &auth.nonce_key else {
+            return Ok(());
+        };
+        let now = self.now();
+        let until = now + REPLAY_WINDOW.as_millis() as i64;
+        if self.store.remember_nonce(key, until, now).await? {
+            Ok(())
+        } else {
+            Err(HubError::ReplayedRequest)
         }
-        if let Some(key) = creds.api_key.or(creds.bearer) {
-            return if self.is_master_key(key) {
-                Ok(Caller::Master)
-            } else {
-                Err(HubError::InvalidApiKey)
-            };
-        }
-        Ok(Caller::Anonymous)
     }
 
     /// The agent a request claims to come from, without verifying the claim:
@@ -146,7 +177,7 @@ impl Hub {
         &self,
         header: &str,
         creds: &Credentials<'_>,
-    ) -> HubResult<Caller> {
+    ) -> HubResult<Authenticated> {
         let params = httpsig::parse_signature_header(header).map_err(signature_error)?;
         let agent_id = ids::normalize(&params.key_id).to_string();
         httpsig::check_date(&creds.request, self.clock.now_system(), MAX_CLOCK_SKEW)
@@ -160,14 +191,18 @@ impl Hub {
         httpsig::verify_signature(&params, &creds.request, &keys).map_err(signature_error)?;
         httpsig::verify_digests(&params.headers, &creds.request, creds.body)
             .map_err(signature_error)?;
-        if params.headers.iter().any(|h| h == NONCE_HEADER) {
+        let nonce_key = if params.headers.iter().any(|h| h == NONCE_HEADER) {
             let nonce = header_value(&creds.request, NONCE_HEADER).unwrap_or_default();
-            self.replays
-                .check_and_remember(&agent_id, nonce, self.now())?;
-        }
-        Ok(Caller::Agent {
-            agent_id,
-            proof: AgentProof::Signature,
+            Some(nonce_key(&agent_id, nonce)?)
+        } else {
+            None
+        };
+        Ok(Authenticated {
+            caller: Caller::Agent {
+                agent_id,
+                proof: AgentProof::Signature,
+            },
+            nonce_key,
         })
     }
 
@@ -324,38 +359,30 @@ impl SessionKey {
     }
 }
 
-/// Nonces seen inside the replay window, per agent.
-#[derive(Default)]
-pub(super) struct ReplayCache {
-    seen: DashMap<(String, String), i64>,
-}
-
 /// How long a nonce is remembered: twice the clock skew, so a replay with a
 /// still-acceptable Date is always caught.
-const REPLAY_WINDOW: Duration = Duration::from_secs(2 * MAX_CLOCK_SKEW.as_secs());
-/// Entries kept before expired ones are pruned.
-const REPLAY_PRUNE_AT: usize = 100_000;
+pub const REPLAY_WINDOW: Duration = Duration::from_secs(2 * MAX_CLOCK_SKEW.as_secs());
+/// Longest accepted `x-request-nonce` (a UUID is 36, 32 random bytes in base64 44).
+pub const MAX_NONCE_LEN: usize = 128;
 
-impl ReplayCache {
-    fn check_and_remember(&self, agent_id: &str, nonce: &str, now: i64) -> HubResult<()> {
-        if nonce.is_empty() {
-            return Err(HubError::SignatureInvalid("empty x-request-nonce".into()));
-        }
-        if self.seen.len() > REPLAY_PRUNE_AT {
-            self.seen.retain(|_, until| *until > now);
-        }
-        let until = now + REPLAY_WINDOW.as_millis() as i64;
-        match self.seen.entry((agent_id.to_string(), nonce.to_string())) {
-            dashmap::mapref::entry::Entry::Occupied(mut e) if *e.get() > now => {
-                e.insert(until);
-                Err(HubError::ReplayedRequest)
-            }
-            e => {
-                e.insert(until);
-                Ok(())
-            }
-        }
+/// The store key of a nonce: SHA-256 of agent and nonce, hex. Fixed size
+/// whatever the nonce, and agents never collide (ids cannot contain NUL).
+fn nonce_key(agent_id: &str, nonce: &str) -> HubResult<String> {
+    if nonce.is_empty() || nonce.len() > MAX_NONCE_LEN {
+        return Err(HubError::InvalidNonce(format!(
+            "x-request-nonce must be 1-{MAX_NONCE_LEN} characters"
+        )));
     }
+    if !nonce.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(HubError::InvalidNonce(
+            "x-request-nonce must be visible ASCII".into(),
+        ));
+    }
+    let mut h = Sha256::new();
+    h.update(agent_id.as_bytes());
+    h.update([0]);
+    h.update(nonce.as_bytes());
+    Ok(hex::encode(h.finalize()))
 }
 
 #[cfg(test)]
@@ -400,15 +427,25 @@ mod tests {
     }
 
     #[test]
-    fn replay_cache_rejects_second_use_inside_window() {
-        let cache = ReplayCache::default();
-        assert!(cache.check_and_remember("a", "n1", 0).is_ok());
+    fn nonce_keys_are_bounded_and_per_agent() {
+        let a = nonce_key("a", "n1").unwrap();
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, nonce_key("a", "n1").unwrap());
+        assert_ne!(a, nonce_key("b", "n1").unwrap());
+        assert_ne!(
+            nonce_key("a", "bn1").unwrap(),
+            nonce_key("ab", "n1").unwrap()
+        );
+        assert!(nonce_key("a", &"x".repeat(MAX_NONCE_LEN)).is_ok());
+        for bad in ["", "with space", "tab\t", "é"] {
+            assert!(
+                matches!(nonce_key("a", bad), Err(HubError::InvalidNonce(_))),
+                "{bad:?}"
+            );
+        }
         assert!(matches!(
-            cache.check_and_remember("a", "n1", 1),
-            Err(HubError::ReplayedRequest)
+            nonce_key("a", &"x".repeat(MAX_NONCE_LEN + 1)),
+            Err(HubError::InvalidNonce(_))
         ));
-        assert!(cache.check_and_remember("b", "n1", 1).is_ok());
-        let later = REPLAY_WINDOW.as_millis() as i64 + 10;
-        assert!(cache.check_and_remember("a", "n1", later).is_ok());
     }
 }

@@ -90,6 +90,15 @@ pub enum HubError {
 
     #[error("envelope size times group members exceeds {limit} bytes")]
     FanOutTooLarge { limit: usize },
+    // Security hardening (issue 12).
+    #[error("metadata exceeds MAX_METADATA_KB ({limit_kb} KiB)")]
+    MetadataTooLarge { limit_kb: u64 },
+    #[error("the trust list holds its maximum of {0} agents")]
+    TrustListFull(usize),
+    #[error("{0}")]
+    InvalidNonce(String),
+    #[error("agent id {0} belonged to a deleted agent and cannot be registered again")]
+    AgentIdRetired(String),
 
     #[error("storage unavailable: {0}")]
     StorageUnavailable(String),
@@ -181,6 +190,10 @@ impl From<StoreError> for HubError {
             StoreError::InboxFull => HubError::InboxFull { retry_after_sec: 1 },
             StoreError::IdempotencyConflict => HubError::DuplicateMessageId,
             StoreError::InvalidCursor => HubError::invalid("cursor", "invalid cursor"),
+            StoreError::TooLarge("trusted_agents") => {
+                HubError::TrustListFull(crate::store::MAX_TRUSTED_AGENTS)
+            }
+            StoreError::TooLarge(field) => HubError::invalid(field, "too large"),
             StoreError::Unavailable(m) => HubError::StorageUnavailable(m),
             StoreError::GroupNotFound => HubError::GroupNotFound(String::new()),
             e @ (StoreError::MessageIdTaken

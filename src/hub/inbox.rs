@@ -59,6 +59,21 @@ impl Hub {
         Ok(())
     }
 
+    /// [`Hub::scope`], except that the operator may also read what a deleted
+    /// (retired) agent left behind: its dead letters, until retention purges
+    /// them. Nobody else can, since nobody can authenticate as a retired id.
+    pub async fn scope_retained(&self, caller: &Caller, agent_id: &str) -> HubResult<()> {
+        match self.scope(caller, agent_id).await {
+            Err(HubError::AgentNotFound(_))
+                if *caller == Caller::Master
+                    && self.store.is_agent_id_retired(agent_id).await? =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
     /// Leases up to `max_messages` (1 when absent); with `wait_sec` waits for
     /// the first message to arrive, returning empty at the deadline or on shutdown.
     pub async fn pull(&self, agent_id: &str, input: &PullInput) -> HubResult<Vec<Message>> {

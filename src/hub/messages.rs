@@ -1,6 +1,8 @@
 //! Sending and replying: envelope validation, the mandatory signature bound to
 //! a registered sender, trust lists, idempotency and quotas (PROTOCOL.md §3).
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -173,7 +175,9 @@ pub(super) struct Verified<'a> {
     /// Normalised sender id.
     pub(super) from: String,
     pub(super) body_hash: String,
-    pub(super) signature: &'a str,
+    /// The verified signature's 64 bytes: padding the text around them must
+    /// not make a new idempotency key.
+    pub(super) signature_bytes: [u8; 64],
 }
 
 impl Verified<'_> {
@@ -186,10 +190,10 @@ impl Verified<'_> {
                 HubError::invalid("Idempotency-Key", "must be 1-255 characters"),
             ),
             Some(key) => Ok(key),
-            None => Ok(self
-                .fields
-                .id
-                .map_or_else(|| format!("sig:{}", self.signature), str::to_string)),
+            None => Ok(self.fields.id.map_or_else(
+                || format!("sig:{}", BASE64.encode(self.signature_bytes)),
+                str::to_string,
+            )),
         }
     }
 
@@ -237,14 +241,14 @@ impl Hub {
             fields.correlation_id,
         );
         let signature = signature_value(envelope)?;
-        if !envelope_sig::verify(&base, signature, &self.verifying_keys(&sender)) {
-            return Err(HubError::InvalidSignature);
-        }
+        let signature_bytes =
+            envelope_sig::verified_signature(&base, signature, &self.verifying_keys(&sender))
+                .ok_or(HubError::InvalidSignature)?;
         Ok(Verified {
             fields,
             from,
             body_hash,
-            signature,
+            signature_bytes,
         })
     }
 }

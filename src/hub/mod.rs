@@ -6,6 +6,7 @@ mod agents;
 mod audit;
 pub mod auth;
 mod clock;
+pub mod console;
 mod error;
 mod groups;
 pub mod ids;
@@ -25,7 +26,7 @@ use crate::telemetry::Metrics;
 
 pub use agents::{Registered, Registration, RotatedKey, is_public_ip};
 pub use audit::{AuditPage, DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE};
-pub use auth::{Caller, Credentials};
+pub use auth::{Authenticated, Caller, Credentials};
 pub use clock::Clock;
 pub use error::{GroupOp, HubError, HubResult, Refusal};
 pub use groups::{
@@ -36,7 +37,7 @@ pub use messages::{SendInput, Sent};
 pub use wakers::InboxWakers;
 
 /// The hub: configuration, storage and the shared in-process state the
-/// protocol needs (long-poll wakers, replay cache, session key).
+/// protocol needs (long-poll wakers, session key).
 pub struct Hub {
     pub config: Arc<Config>,
     /// The backend, wrapped so every call is timed into `metrics`.
@@ -46,7 +47,8 @@ pub struct Hub {
     pub clock: Clock,
     pub wakers: Arc<InboxWakers>,
     sessions: auth::SessionKey,
-    replays: auth::ReplayCache,
+    /// Signs audit checkpoints (`AUDIT_SIGNING_KEY_FILE`); never stored.
+    audit_key: Option<ed25519_dalek::SigningKey>,
     /// Cancelled on shutdown so long-polls return at once.
     pub shutdown: CancellationToken,
     /// Poked when a send schedules a webhook delivery, so the worker attempts
@@ -65,6 +67,10 @@ impl Hub {
         wakers: Arc<InboxWakers>,
     ) -> Self {
         let sessions = auth::SessionKey::new(config.session_secret.as_deref());
+        let audit_key = config
+            .audit_signing_key
+            .as_deref()
+            .and_then(crate::signing::keys::decode_secret_key);
         let metrics = Arc::new(Metrics::new());
         Hub {
             config,
@@ -73,7 +79,7 @@ impl Hub {
             clock,
             wakers,
             sessions,
-            replays: auth::ReplayCache::default(),
+            audit_key,
             shutdown: CancellationToken::new(),
             webhook_wake: Notify::new(),
         }

@@ -45,6 +45,8 @@ pub struct SweepReport {
     pub history_purged: u64,
     /// Agents newly marked offline.
     pub offline: u64,
+    /// Request nonces past the replay window, forgotten.
+    pub nonces_purged: u64,
     pub durations: StepDurations,
 }
 
@@ -129,6 +131,7 @@ pub async fn run(hub: Arc<Hub>, stats: Arc<SweepStats>) {
                     purged = report.purged,
                     history_purged = report.history_purged,
                     offline = report.offline,
+                    nonces_purged = report.nonces_purged,
                     reclaim_ms = report.durations.reclaim.as_millis() as u64,
                     expire_ms = report.durations.expire.as_millis() as u64,
                     purge_ms = report.durations.purge.as_millis() as u64,
@@ -186,6 +189,8 @@ pub async fn sweep_once(hub: &Hub) -> StoreResult<SweepReport> {
     let step = Instant::now();
     report.offline = drain(limits, || store.mark_offline(now(), limits.batch)).await?;
     report.durations.offline = step.elapsed();
+
+    report.nonces_purged = drain(limits, || store.purge_nonces(now(), limits.batch)).await?;
 
     report.durations.total = pass.elapsed();
     Ok(report)

@@ -8,14 +8,22 @@
 //! several hub instances, safe: a delivery is handed to one claimant at a
 //! time, and one whose worker died is simply retried when its claim runs out.
 //!
+//! Claims are fair (`Store::claim_due_deliveries_fair`): an agent whose
+//! receiver has attempts in flight gets no new claims, and each agent at most
+//! `WEBHOOK_PER_AGENT_CONCURRENCY` per claim, so a receiver that accepts and
+//! never answers holds only its share of the slots while the others' deliveries
+//! keep flowing.
+//!
 //! Each attempt reads the agent's *current* webhook URL and secret, so a
 //! changed webhook takes effect for pending retries, and a removed webhook or
 //! deleted agent cancels them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use rand::Rng;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -88,7 +96,12 @@ pub async fn run(hub: Arc<Hub>, stats: Arc<WebhookStats>) {
             return;
         }
     };
-    let worker = Arc::new(Worker { hub, http, stats });
+    let worker = Arc::new(Worker {
+        hub,
+        http,
+        stats,
+        busy: Mutex::default(),
+    });
     worker.run().await;
 }
 
@@ -96,6 +109,8 @@ struct Worker {
     hub: Arc<Hub>,
     http: reqwest::Client,
     stats: Arc<WebhookStats>,
+    /// Attempts in flight per agent (this worker's).
+    busy: Mutex<HashMap<String, usize>>,
 }
 
 /// Where and with which secret an attempt is sent.
@@ -118,6 +133,7 @@ impl Worker {
         let claim_ms = (hub.config.webhook_timeout() + CLAIM_MARGIN).as_millis() as i64;
         let poll = Duration::from_millis(hub.config.webhook_poll_interval_ms);
         let slots = Arc::new(Semaphore::new(capacity));
+        let per_agent = hub.config.webhook_per_agent_concurrency as usize;
         let mut in_flight = JoinSet::new();
         loop {
             while in_flight.try_join_next().is_some() {}
@@ -130,9 +146,14 @@ impl Worker {
                 permits.push(permit);
             }
             let wanted = permits.len();
+            // Fairness: an agent whose receiver still has attempts in flight
+            // gets no new claims, and each agent at most its share per
+            // claim, so one slow receiver holds at most
+            // `WEBHOOK_PER_AGENT_CONCURRENCY` slots.
+            let busy: Vec<String> = self.busy.lock().keys().cloned().collect();
             let claimed = match hub
                 .store
-                .claim_due_deliveries(hub.clock.now_ms(), wanted, claim_ms)
+                .claim_due_deliveries_fair(hub.clock.now_ms(), wanted, claim_ms, per_agent, &busy)
                 .await
             {
                 Ok(claimed) => claimed,
@@ -144,8 +165,15 @@ impl Worker {
             let drained = claimed.len() < wanted;
             for (delivery, permit) in claimed.into_iter().zip(permits) {
                 let worker = self.clone();
+                *self
+                    .busy
+                    .lock()
+                    .entry(delivery.agent_id.clone())
+                    .or_default() += 1;
                 in_flight.spawn(async move {
+                    let agent_id = delivery.agent_id.clone();
                     worker.attempt(delivery).await;
+                    worker.done(&agent_id);
                     drop(permit);
                 });
             }
@@ -158,6 +186,17 @@ impl Worker {
             }
         }
         while in_flight.join_next().await.is_some() {}
+    }
+
+    /// One attempt for `agent_id` ended: its receiver may be claimed for again.
+    fn done(&self, agent_id: &str) {
+        let mut busy = self.busy.lock();
+        if let Some(n) = busy.get_mut(agent_id) {
+            *n -= 1;
+            if *n == 0 {
+                busy.remove(agent_id);
+            }
+        }
     }
 
     /// Makes one attempt of a claimed delivery and records its outcome. A

@@ -24,14 +24,23 @@ pub fn signing_base(
 
 /// True if `signature_b64` is a valid signature of `base` by any of `keys`.
 pub fn verify(base: &str, signature_b64: &str, keys: &[VerifyingKey]) -> bool {
-    let Ok(bytes) = BASE64.decode(signature_b64.trim()) else {
-        return false;
-    };
-    let Ok(signature) = Signature::from_slice(&bytes) else {
-        return false;
-    };
+    verified_signature(base, signature_b64, keys).is_some()
+}
+
+/// The 64 signature bytes when `signature_b64` verifies `base` under any of
+/// `keys`. The bytes, not the text, identify a signature: surrounding
+/// whitespace is trimmed before decoding, so two spellings of one signature
+/// must give one idempotency key.
+pub fn verified_signature(
+    base: &str,
+    signature_b64: &str,
+    keys: &[VerifyingKey],
+) -> Option<[u8; 64]> {
+    let bytes = BASE64.decode(signature_b64.trim()).ok()?;
+    let signature = Signature::from_slice(&bytes).ok()?;
     keys.iter()
         .any(|key| key.verify_strict(base.as_bytes(), &signature).is_ok())
+        .then(|| signature.to_bytes())
 }
 
 /// Client side: fills `signature` of an envelope whose `timestamp`, `from`,

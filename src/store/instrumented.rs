@@ -357,10 +357,103 @@ impl Store for InstrumentedStore {
         .await
     }
 
+    async fn search_agents(
+        &self,
+        prefix: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Agent>> {
+        self.timed(
+            "search_agents",
+            self.inner.search_agents(prefix, limit, cursor),
+        )
+        .await
+    }
+
     async fn purge_group_history(&self, now: Millis, limit: usize) -> StoreResult<u64> {
         self.timed(
             "purge_group_history",
             self.inner.purge_group_history(now, limit),
+        )
+        .await
+    }
+
+    async fn remember_nonce(
+        &self,
+        key: &str,
+        expires_at: Millis,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        self.timed(
+            "remember_nonce",
+            self.inner.remember_nonce(key, expires_at, now),
+        )
+        .await
+    }
+
+    async fn list_dead_all(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Message>> {
+        self.timed("list_dead_all", self.inner.list_dead_all(limit, cursor))
+            .await
+    }
+
+    async fn list_failing_deliveries(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Delivery>> {
+        self.timed(
+            "list_failing_deliveries",
+            self.inner.list_failing_deliveries(limit, cursor),
+        )
+        .await
+    }
+
+    async fn purge_nonces(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        self.timed("purge_nonces", self.inner.purge_nonces(now, limit))
+            .await
+    }
+
+    async fn retire_agent_id(&self, agent_id: &str, now: Millis) -> StoreResult<()> {
+        self.timed("retire_agent_id", self.inner.retire_agent_id(agent_id, now))
+            .await
+    }
+
+    async fn is_agent_id_retired(&self, agent_id: &str) -> StoreResult<bool> {
+        self.timed(
+            "is_agent_id_retired",
+            self.inner.is_agent_id_retired(agent_id),
+        )
+        .await
+    }
+
+    async fn retry_delivery(
+        &self,
+        delivery_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<Delivery>> {
+        self.timed(
+            "retry_delivery",
+            self.inner.retry_delivery(delivery_id, now),
+        )
+        .await
+    }
+
+    async fn claim_due_deliveries_fair(
+        &self,
+        now: Millis,
+        limit: usize,
+        claim_ms: i64,
+        per_agent: usize,
+        skip_agents: &[String],
+    ) -> StoreResult<Vec<Delivery>> {
+        self.timed(
+            "claim_due_deliveries_fair",
+            self.inner
+                .claim_due_deliveries_fair(now, limit, claim_ms, per_agent, skip_agents),
         )
         .await
     }

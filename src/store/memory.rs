@@ -17,6 +17,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use parking_lot::Mutex;
 
+use super::inproc_console::{IdSearch, dead_across, failing_page, retried};
 use super::*;
 
 mod groups;
@@ -162,6 +163,17 @@ impl Inbox {
         })
     }
 
+    /// Up to `n` dead-letter index entries after `after`, oldest first
+    /// (the hub-wide listing merges these across inboxes).
+    pub(super) fn dead_keys(&self, after: Option<IndexKey>, n: usize) -> Vec<(IndexKey, String)> {
+        let start = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        self.dead
+            .range((start, std::ops::Bound::Unbounded))
+            .take(n)
+            .map(|(k, id)| (*k, id.clone()))
+            .collect()
+    }
+
     /// Runs `change` on one message, keeping every index consistent.
     fn modify<T>(&mut self, id: &str, change: impl FnOnce(&mut Message) -> T) -> Option<T> {
         if !self.messages.contains_key(id) {
@@ -266,6 +278,10 @@ pub struct MemoryStore {
     deliveries: Mutex<DeliveryBook>,
     audit: Mutex<Vec<AuditEvent>>,
     groups: Mutex<super::group_index::GroupIndex>,
+    /// Request nonce digests → when they may be forgotten.
+    nonces: DashMap<String, Millis>,
+    /// Agent ids retired by deletion → when.
+    retired: DashMap<String, Millis>,
 }
 
 impl MemoryStore {
@@ -332,7 +348,7 @@ impl Store for MemoryStore {
             .agents
             .get_mut(agent_id)
             .ok_or(StoreError::AgentNotFound)?;
-        change.apply(&mut agent);
+        change.apply(&mut agent)?;
         Ok(agent.clone())
     }
 
@@ -858,6 +874,126 @@ impl Store for MemoryStore {
 
     async fn purge_group_history(&self, now: Millis, limit: usize) -> StoreResult<u64> {
         Ok(self.groups_purge(now, limit))
+    }
+
+    async fn search_agents(
+        &self,
+        prefix: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Agent>> {
+        let mut search = IdSearch::new(prefix, limit, cursor);
+        for agent in self.agents.iter() {
+            search.offer(agent.key());
+        }
+        let (ids, next_cursor) = search.finish();
+        let items = ids
+            .iter()
+            .filter_map(|id| self.agents.get(id).map(|a| a.value().clone()))
+            .collect();
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn list_dead_all(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Message>> {
+        dead_across(&self.all_inboxes(), |i| i.as_ref(), limit, cursor)
+    }
+
+    async fn list_failing_deliveries(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Delivery>> {
+        failing_page(&self.deliveries.lock().deliveries, limit, cursor)
+    }
+
+    async fn retry_delivery(
+        &self,
+        delivery_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<Delivery>> {
+        let mut book = self.deliveries.lock();
+        book.modify(delivery_id, |d| *d = retried(d.clone(), now));
+        Ok(book.deliveries.get(delivery_id).cloned())
+    }
+
+    async fn remember_nonce(
+        &self,
+        key: &str,
+        expires_at: Millis,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        match self.nonces.entry(key.to_string()) {
+            Entry::Occupied(e) if *e.get() > now => Ok(false),
+            Entry::Occupied(mut e) => {
+                e.insert(expires_at);
+                Ok(true)
+            }
+            Entry::Vacant(e) => {
+                e.insert(expires_at);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn purge_nonces(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        let expired: Vec<String> = self
+            .nonces
+            .iter()
+            .filter(|e| *e.value() <= now)
+            .take(limit)
+            .map(|e| e.key().clone())
+            .collect();
+        let mut purged = 0;
+        for key in expired {
+            if self
+                .nonces
+                .remove_if(&key, |_, until| *until <= now)
+                .is_some()
+            {
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+
+    async fn retire_agent_id(&self, agent_id: &str, now: Millis) -> StoreResult<()> {
+        self.retired.entry(agent_id.to_string()).or_insert(now);
+        Ok(())
+    }
+
+    async fn is_agent_id_retired(&self, agent_id: &str) -> StoreResult<bool> {
+        Ok(self.retired.contains_key(agent_id))
+    }
+
+    async fn claim_due_deliveries_fair(
+        &self,
+        now: Millis,
+        limit: usize,
+        claim_ms: i64,
+        per_agent: usize,
+        skip_agents: &[String],
+    ) -> StoreResult<Vec<Delivery>> {
+        let mut book = self.deliveries.lock();
+        let due = book
+            .due
+            .range(..(now + 1, String::new()))
+            .filter_map(|(_, id)| book.deliveries.get(id));
+        let ids: Vec<String> = pick_fair(due, limit, per_agent, skip_agents)
+            .into_iter()
+            .map(|d| d.id.clone())
+            .collect();
+        let mut claimed = Vec::with_capacity(ids.len());
+        for id in ids {
+            book.modify(&id, |d| {
+                d.next_attempt_at = now + claim_ms;
+                claimed.push(d.clone());
+            });
+        }
+        Ok(claimed)
     }
 }
 

@@ -5,8 +5,10 @@
 //! operation here is a complete state transition that the backend makes atomic,
 //! so correctness never depends on the caller.
 
+mod group_commit;
 mod group_index;
 mod groups;
+mod inproc_console;
 pub mod instrumented;
 pub mod mech;
 pub mod memory;
@@ -14,8 +16,10 @@ mod model;
 pub mod postgres;
 pub mod scratch;
 mod sql;
+mod sql_console;
 mod sql_groups;
 mod sql_peek;
+mod sql_security;
 pub mod sqlite;
 pub mod transfer;
 
@@ -58,6 +62,9 @@ pub enum StoreError {
     GroupFull,
     #[error("not a member of the group")]
     NotMember,
+    /// A change would grow a bounded field past its limit (the field's name).
+    #[error("{0} would exceed its size limit")]
+    TooLarge(&'static str),
     #[error("storage unavailable: {0}")]
     Unavailable(String),
     #[error("storage failure: {0}")]
@@ -239,6 +246,98 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Page<GroupPost>>;
     /// Deletes history records past their `expires_at`, at most `limit`.
     async fn purge_group_history(&self, now: Millis, limit: usize) -> StoreResult<u64>;
+    /// Agents whose id starts with `prefix` (empty: all), ordered by id,
+    /// after `cursor` (the last id of the previous page): the console's search.
+    async fn search_agents(
+        &self,
+        prefix: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Agent>>;
+    /// Dead letters of every inbox, oldest first (cursor `<ended_at>.<seq>`).
+    async fn list_dead_all(&self, limit: usize, cursor: Option<&str>)
+    -> StoreResult<Page<Message>>;
+    /// Deliveries whose last attempt failed (`failed`, or `pending` after at
+    /// least one attempt), most recently updated first (cursor `<updated_at>.<id>`).
+    async fn list_failing_deliveries(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Delivery>>;
+    /// Makes a `pending` or `failed` delivery `pending` and due at `now`
+    /// (an operator's "retry now"); a delivered or cancelled one is returned
+    /// unchanged; `None` when there is no such delivery.
+    async fn retry_delivery(&self, delivery_id: &str, now: Millis)
+    -> StoreResult<Option<Delivery>>;
+
+    // Security hardening (issue 12): replay protection shared by every
+    // instance, and agent ids that deletion retires for good (SECURITY.md).
+    /// Remembers a request nonce (`key`, a fixed-size digest) until
+    /// `expires_at`, atomically: true when it was new (or only an expired
+    /// entry held it), false when a live entry holds it (a replay).
+    async fn remember_nonce(&self, key: &str, expires_at: Millis, now: Millis)
+    -> StoreResult<bool>;
+    /// Forgets up to `limit` nonces that expired at or before `now`; returns how many.
+    async fn purge_nonces(&self, now: Millis, limit: usize) -> StoreResult<u64>;
+    /// Records that `agent_id` was deleted: it can never be registered again
+    /// (a tombstone). Idempotent.
+    async fn retire_agent_id(&self, agent_id: &str, now: Millis) -> StoreResult<()>;
+    /// Whether `agent_id` was retired by a deletion.
+    async fn is_agent_id_retired(&self, agent_id: &str) -> StoreResult<bool>;
+    /// [`Store::claim_due_deliveries`], fairly: at most `per_agent`
+    /// deliveries of one agent, none of the agents in `skip_agents` (their
+    /// receivers already have attempts in flight), oldest due first. So one
+    /// slow receiver with a backlog holds at most its share of the worker.
+    async fn claim_due_deliveries_fair(
+        &self,
+        now: Millis,
+        limit: usize,
+        claim_ms: i64,
+        per_agent: usize,
+        skip_agents: &[String],
+    ) -> StoreResult<Vec<Delivery>>;
+}
+
+/// Splits a `<number>.<text>` cursor (dead letters, failing deliveries).
+pub fn parse_pair_cursor(cursor: &str) -> StoreResult<(Millis, &str)> {
+    let (at, rest) = cursor.split_once('.').ok_or(StoreError::InvalidCursor)?;
+    let at = at.parse().map_err(|_| StoreError::InvalidCursor)?;
+    if rest.is_empty() {
+        return Err(StoreError::InvalidCursor);
+    }
+    Ok((at, rest))
+}
+
+/// The upper bound of ids starting with `prefix` (agent ids are ASCII, so
+/// every one of them sorts below `prefix` + U+10FFFF bytewise).
+pub fn prefix_upper_bound(prefix: &str) -> String {
+    format!("{prefix}\u{10FFFF}")
+}
+
+/// Picks fair claims from due deliveries listed oldest first (the in-process
+/// backends' rule; the SQL ones say the same in SQL).
+pub(crate) fn pick_fair<'a>(
+    due: impl Iterator<Item = &'a Delivery>,
+    limit: usize,
+    per_agent: usize,
+    skip_agents: &[String],
+) -> Vec<&'a Delivery> {
+    let mut taken: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut picked = Vec::new();
+    for d in due {
+        if picked.len() >= limit {
+            break;
+        }
+        if skip_agents.contains(&d.agent_id) {
+            continue;
+        }
+        let n = taken.entry(d.agent_id.as_str()).or_default();
+        if *n < per_agent {
+            *n += 1;
+            picked.push(d);
+        }
+    }
+    picked
 }
 
 /// Free-form agent metadata (a JSON object).

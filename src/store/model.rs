@@ -90,10 +90,14 @@ pub struct RetiringSecret {
 /// A single atomic change to an agent record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AgentChange {
-    /// Refreshes the heartbeat and merges metadata shallowly.
+    /// Refreshes the heartbeat and merges metadata shallowly; refused with
+    /// `TooLarge` when the merged metadata would exceed `max_metadata_bytes`
+    /// serialized (checked on the merged record, so many small heartbeats
+    /// cannot grow it either).
     Heartbeat {
         now: Millis,
         metadata: Option<Metadata>,
+        max_metadata_bytes: usize,
     },
     /// Adds an id to the trust list (no duplicates).
     AddTrusted { agent_id: String, now: Millis },
@@ -116,21 +120,34 @@ pub enum AgentChange {
 }
 
 impl AgentChange {
-    /// Applies the change in place; every backend calls this inside its own transaction or lock.
-    pub fn apply(&self, agent: &mut Agent) {
+    /// Applies the change in place; every backend calls this inside its own
+    /// transaction or lock. A refused change (`TooLarge`) leaves `agent` as it was.
+    pub fn apply(&self, agent: &mut Agent) -> Result<(), super::StoreError> {
         match self {
-            AgentChange::Heartbeat { now, metadata } => {
+            AgentChange::Heartbeat {
+                now,
+                metadata,
+                max_metadata_bytes,
+            } => {
+                if let Some(patch) = metadata {
+                    let mut merged = agent.metadata.clone();
+                    for (k, v) in patch {
+                        merged.insert(k.clone(), v.clone());
+                    }
+                    if metadata_size(&merged) > *max_metadata_bytes {
+                        return Err(super::StoreError::TooLarge("metadata"));
+                    }
+                    agent.metadata = merged;
+                }
                 agent.last_heartbeat = *now;
                 agent.online = true;
-                if let Some(patch) = metadata {
-                    for (k, v) in patch {
-                        agent.metadata.insert(k.clone(), v.clone());
-                    }
-                }
                 agent.updated_at = *now;
             }
             AgentChange::AddTrusted { agent_id, now } => {
                 if !agent.trusted_agents.contains(agent_id) {
+                    if agent.trusted_agents.len() >= MAX_TRUSTED_AGENTS {
+                        return Err(super::StoreError::TooLarge("trusted_agents"));
+                    }
                     agent.trusted_agents.push(agent_id.clone());
                 }
                 agent.updated_at = *now;
@@ -167,9 +184,11 @@ impl AgentChange {
                 now,
             } => {
                 let next_version = agent.keys.iter().map(|k| k.version).max().unwrap_or(0) + 1;
-                agent
-                    .keys
-                    .retain(|k| k.valid_until.is_none_or(|until| until > *now));
+                // At most two keys verify at once: the new one and the one it
+                // replaces. A rotation inside the overlap ends the older
+                // retiring key, so repeated rotations cannot pile up keys that
+                // every verification would have to try.
+                agent.keys.retain(|k| k.valid_until.is_none());
                 for key in &mut agent.keys {
                     if key.valid_until.is_none() {
                         key.valid_until = Some(*overlap_until);
@@ -183,7 +202,16 @@ impl AgentChange {
                 agent.updated_at = *now;
             }
         }
+        Ok(())
     }
+}
+
+/// Most agents one trust list may hold.
+pub const MAX_TRUSTED_AGENTS: usize = 1_000;
+
+/// Size of agent metadata as stored: its compact JSON in bytes.
+pub fn metadata_size(metadata: &Metadata) -> usize {
+    serde_json::to_vec(metadata).map_or(usize::MAX, |v| v.len())
 }
 
 /// Lifecycle state of a message (PROTOCOL.md §4).
@@ -723,12 +751,16 @@ mod tests {
     #[test]
     fn a_new_secret_keeps_the_old_one_signing_until_the_overlap_ends() {
         let mut agent = agent_with_secret("old");
-        set_webhook(URL, Some("new"), 61_000).apply(&mut agent);
+        set_webhook(URL, Some("new"), 61_000)
+            .apply(&mut agent)
+            .unwrap();
         assert_eq!(agent.webhook_signing_secrets(60_999), ["new", "old"]);
         assert_eq!(agent.webhook_signing_secrets(61_000), ["new"]);
 
         // Setting the same secret again is no rotation: the overlap stays.
-        set_webhook(URL, Some("new"), 99_000).apply(&mut agent);
+        set_webhook(URL, Some("new"), 99_000)
+            .apply(&mut agent)
+            .unwrap();
         assert_eq!(
             agent.previous_webhook_secret.as_ref().unwrap().valid_until,
             61_000
@@ -738,13 +770,17 @@ mod tests {
     #[test]
     fn no_overlap_or_a_removed_webhook_drops_the_old_secret_at_once() {
         let mut agent = agent_with_secret("old");
-        set_webhook(URL, Some("new"), 1_000).apply(&mut agent);
+        set_webhook(URL, Some("new"), 1_000)
+            .apply(&mut agent)
+            .unwrap();
         assert_eq!(agent.webhook_signing_secrets(1_000), ["new"]);
         assert!(agent.previous_webhook_secret.is_none());
 
         let mut agent = agent_with_secret("old");
-        set_webhook(URL, Some("new"), 61_000).apply(&mut agent);
-        set_webhook(None, None, 1_000).apply(&mut agent);
+        set_webhook(URL, Some("new"), 61_000)
+            .apply(&mut agent)
+            .unwrap();
+        set_webhook(None, None, 1_000).apply(&mut agent).unwrap();
         assert!(agent.webhook_signing_secrets(1_000).is_empty());
         assert!(agent.previous_webhook_secret.is_none());
     }

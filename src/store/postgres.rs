@@ -256,6 +256,77 @@ fn insert_message(m: &Message) -> StoreResult<PgQuery> {
     .bind(m.content_hash.clone()))
 }
 
+/// Enqueue's one write statement: the message, its webhook delivery (when
+/// given) and the wake-up notification (sent at commit). Returns how many
+/// messages it inserted (0: the id is taken).
+fn insert_message_with(
+    m: &Message,
+    d: Option<&Delivery>,
+    channel: &str,
+) -> StoreResult<sqlx::query::QueryScalar<'static, Postgres, i64, PgArguments>> {
+    Ok(sqlx::query_scalar(
+        "WITH inserted AS ( \
+             INSERT INTO messages (id, recipient, sender, envelope, state, attempts, lease_id, \
+             lease_until, visible_at, expires_at, created_at, updated_at, acked_at, ended_at, \
+             dead_reason, result, idempotency_key, content_hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+             ON CONFLICT DO NOTHING RETURNING id), \
+         delivery AS ( \
+             INSERT INTO deliveries (id, message_id, agent_id, state, attempts, next_attempt_at, \
+             created_at, updated_at, last_status, last_error) \
+             SELECT $19, id, $20, $21, $22, $23, $24, $25, $26, $27 FROM inserted \
+             WHERE $19::text IS NOT NULL), \
+         woken AS (SELECT pg_notify($28, $2) FROM inserted) \
+         SELECT (SELECT count(*) FROM inserted) + 0 * (SELECT count(*) FROM woken)",
+    )
+    .bind(m.id.clone())
+    .bind(m.recipient.clone())
+    .bind(m.sender.clone())
+    .bind(to_json(&m.envelope)?)
+    .bind(m.state.as_str())
+    .bind(i64::from(m.attempts))
+    .bind(m.lease_id.clone())
+    .bind(m.lease_until)
+    .bind(m.visible_at)
+    .bind(m.expires_at)
+    .bind(m.created_at)
+    .bind(m.updated_at)
+    .bind(m.acked_at)
+    .bind(m.ended_at)
+    .bind(m.dead_reason.clone())
+    .bind(to_json_opt(m.result.as_ref())?)
+    .bind(m.idempotency_key.clone())
+    .bind(m.content_hash.clone())
+    .bind(d.map(|d| d.id.clone()))
+    .bind(d.map(|d| d.agent_id.clone()))
+    .bind(d.map(|d| d.state.as_str()))
+    .bind(d.map(|d| i64::from(d.attempts)))
+    .bind(d.map(|d| d.next_attempt_at))
+    .bind(d.map(|d| d.created_at))
+    .bind(d.map(|d| d.updated_at))
+    .bind(d.and_then(|d| d.last_status.map(i64::from)))
+    .bind(d.and_then(|d| d.last_error.clone()))
+    .bind(channel.to_string()))
+}
+
+fn insert_delivery(d: &Delivery) -> PgQuery {
+    sqlx::query(
+        "INSERT INTO deliveries (id, message_id, agent_id, state, attempts, next_attempt_at, \
+         created_at, updated_at, last_status, last_error) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(d.id.clone())
+    .bind(d.message_id.clone())
+    .bind(d.agent_id.clone())
+    .bind(d.state.as_str())
+    .bind(i64::from(d.attempts))
+    .bind(d.next_attempt_at)
+    .bind(d.created_at)
+    .bind(d.updated_at)
+    .bind(d.last_status.map(i64::from))
+    .bind(d.last_error.clone())
+}
+
 /// `INSERT` of a whole agent; a taken id inserts nothing.
 fn insert_agent(a: &Agent) -> StoreResult<PgQuery> {
     Ok(sqlx::query(
@@ -279,24 +350,6 @@ fn insert_agent(a: &Agent) -> StoreResult<PgQuery> {
     .bind(a.created_at)
     .bind(a.updated_at)
     .bind(to_json_opt(a.previous_webhook_secret.as_ref())?))
-}
-
-fn insert_delivery(d: &Delivery) -> PgQuery {
-    sqlx::query(
-        "INSERT INTO deliveries (id, message_id, agent_id, state, attempts, next_attempt_at, \
-         created_at, updated_at, last_status, last_error) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(d.id.clone())
-    .bind(d.message_id.clone())
-    .bind(d.agent_id.clone())
-    .bind(d.state.as_str())
-    .bind(i64::from(d.attempts))
-    .bind(d.next_attempt_at)
-    .bind(d.created_at)
-    .bind(d.updated_at)
-    .bind(d.last_status.map(i64::from))
-    .bind(d.last_error.clone())
 }
 
 /// Lease statement: locks the oldest available messages of one inbox
@@ -413,7 +466,7 @@ impl Store for PostgresStore {
             .map_err(db_error)?
             .ok_or(StoreError::AgentNotFound)?;
         let mut agent = sql::agent_from_row(&row)?;
-        change.apply(&mut agent);
+        change.apply(&mut agent)?;
         sqlx::query(
             "UPDATE agents SET agent_type = $2, metadata = $3, keys = $4, webhook_url = $5, \
              webhook_secret = $6, trusted_agents = $7, last_heartbeat = $8, online = $9, \
@@ -499,17 +552,24 @@ impl Store for PostgresStore {
         quota: u64,
         delivery: Option<Delivery>,
     ) -> StoreResult<Enqueued> {
+        // Four round trips: BEGIN, lock + quota, insert (+ delivery + wake-up), COMMIT;
+        // one more for an idempotency key.
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        // Locking the recipient serialises enqueues per inbox, which makes the
-        // idempotency and quota checks below exact.
-        let recipient_exists = sqlx::query("SELECT 1 FROM agents WHERE agent_id = $1 FOR UPDATE")
-            .bind(&message.recipient)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        if recipient_exists.is_none() {
+        // Locking the recipient and its live count serialises enqueues per
+        // inbox and orders them against `delete_agent`; a row changed while
+        // waiting for the lock is read in its newest version, so the count
+        // and the idempotency check below are exact.
+        let live: Option<i64> = sqlx::query_scalar(
+            "SELECT l.live FROM agents a JOIN inbox_live l ON l.recipient = a.agent_id \
+             WHERE a.agent_id = $1 FOR UPDATE",
+        )
+        .bind(&message.recipient)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let Some(live) = live else {
             return Err(StoreError::AgentNotFound);
-        }
+        };
         if let Some(key) = &message.idempotency_key {
             let existing =
                 sqlx::query("SELECT * FROM messages WHERE recipient = $1 AND idempotency_key = $2")
@@ -527,33 +587,16 @@ impl Store for PostgresStore {
                 };
             }
         }
-        let live: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT 1 FROM messages \
-             WHERE recipient = $1 AND state IN ('queued', 'leased') LIMIT $2) AS live",
-        )
-        .bind(&message.recipient)
-        .bind(i64::try_from(quota).unwrap_or(i64::MAX))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        if live as u64 >= quota {
+        if u64::try_from(live).unwrap_or(0) >= quota {
             return Err(StoreError::InboxFull);
         }
-        let inserted = insert_message(&message)?
-            .execute(&mut *tx)
+        let inserted: i64 = insert_message_with(&message, delivery.as_ref(), &self.channel)?
+            .fetch_one(&mut *tx)
             .await
             .map_err(db_error)?;
-        if inserted.rows_affected() == 0 {
+        if inserted == 0 {
             return Err(StoreError::MessageIdTaken);
         }
-        if let Some(delivery) = &delivery {
-            insert_delivery(delivery)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
-        }
-        self.notify(&mut *tx, std::slice::from_ref(&message.recipient))
-            .await?;
         tx.commit().await.map_err(db_error)?;
         Ok(Enqueued::Created(message))
     }
@@ -1151,5 +1194,77 @@ impl Store for PostgresStore {
         let purged = group_sql::purge_history(&mut tx, now, limit).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(purged)
+    }
+    async fn search_agents(
+        &self,
+        prefix: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Agent>> {
+        sql_console::postgres::search_agents(&self.pool, prefix, limit, cursor).await
+    }
+
+    async fn list_dead_all(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Message>> {
+        sql_console::postgres::list_dead_all(&self.pool, limit, cursor).await
+    }
+
+    async fn list_failing_deliveries(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Delivery>> {
+        sql_console::postgres::list_failing_deliveries(&self.pool, limit, cursor).await
+    }
+
+    async fn retry_delivery(
+        &self,
+        delivery_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<Delivery>> {
+        sql_console::postgres::retry_delivery(&self.pool, delivery_id, now).await
+    }
+
+    async fn remember_nonce(
+        &self,
+        key: &str,
+        expires_at: Millis,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        super::sql_security::postgres::remember_nonce(&self.pool, key, expires_at, now).await
+    }
+
+    async fn purge_nonces(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        super::sql_security::postgres::purge_nonces(&self.pool, now, limit).await
+    }
+
+    async fn retire_agent_id(&self, agent_id: &str, now: Millis) -> StoreResult<()> {
+        super::sql_security::postgres::retire_agent_id(&self.pool, agent_id, now).await
+    }
+
+    async fn is_agent_id_retired(&self, agent_id: &str) -> StoreResult<bool> {
+        super::sql_security::postgres::is_agent_id_retired(&self.pool, agent_id).await
+    }
+
+    async fn claim_due_deliveries_fair(
+        &self,
+        now: Millis,
+        limit: usize,
+        claim_ms: i64,
+        per_agent: usize,
+        skip_agents: &[String],
+    ) -> StoreResult<Vec<Delivery>> {
+        super::sql_security::postgres_claim_fair(
+            &self.pool,
+            now,
+            limit,
+            claim_ms,
+            per_agent,
+            skip_agents,
+        )
+        .await
     }
 }

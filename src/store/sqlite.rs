@@ -23,12 +23,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow,
 };
-use sqlx::{Row, Sqlite, SqliteConnection, SqliteExecutor, Transaction};
+use sqlx::{Row, Sqlite, SqliteConnection, SqliteExecutor};
 
+use super::group_commit::GroupWriter;
 use super::sql::{self, db_error, limit, to_json, to_json_opt};
 use super::*;
 use crate::config::SqliteSynchronous;
@@ -45,8 +47,10 @@ type SqliteQuery = sqlx::query::Query<'static, Sqlite, SqliteArguments>;
 
 /// A SQLite database file holding the whole hub.
 pub struct SqliteStore {
-    /// The only connection that writes.
+    /// The only connection that writes, used by `groups` (and migrations).
     writer: SqlitePool,
+    /// The group-commit queue in front of `writer`.
+    groups: GroupWriter,
     /// Concurrent readers beside the writer.
     reader: SqlitePool,
 }
@@ -94,7 +98,12 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(db_error)?;
-        Ok(SqliteStore { writer, reader })
+        let groups = GroupWriter::start(writer.clone());
+        Ok(SqliteStore {
+            writer,
+            groups,
+            reader,
+        })
     }
 
     /// Closes every connection (the WAL is checkpointed when the last one closes).
@@ -103,12 +112,53 @@ impl SqliteStore {
         self.writer.close().await;
     }
 
-    /// A write transaction that holds the write lock from its first statement.
-    async fn write_tx(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+    /// Runs one writing statement in the next commit group; rows changed.
+    async fn execute(&self, query: SqliteQuery) -> StoreResult<u64> {
+        self.write(move |tx| {
+            Box::pin(async move {
+                let done = query.execute(tx).await.map_err(db_error)?;
+                Ok(done.rows_affected())
+            })
+        })
+        .await
+    }
+
+    /// Runs one writing statement in the next commit group; rows returned.
+    async fn fetch_all(&self, query: SqliteQuery) -> StoreResult<Vec<SqliteRow>> {
+        self.write(move |tx| Box::pin(async move { query.fetch_all(tx).await.map_err(db_error) }))
+            .await
+    }
+
+    /// A transaction on the writer between commit groups, for the group
+    /// operations (their own transaction; not yet batched by group commit).
+    async fn write_tx(&self) -> StoreResult<sqlx::Transaction<'static, Sqlite>> {
         self.writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error)
+    }
+
+    /// Runs a one-statement write in the next commit group.
+    async fn write<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, StoreResult<T>>
+            + Send
+            + 'static,
+    {
+        self.groups.write(false, op).await
+    }
+
+    /// Runs a write of several statements in the next commit group, inside a
+    /// savepoint of its own.
+    async fn write_all<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, StoreResult<T>>
+            + Send
+            + 'static,
+    {
+        self.groups.write(true, op).await
     }
 }
 
@@ -308,6 +358,302 @@ WHERE seq IN (
 RETURNING state";
 
 super::sql_groups::group_sql!(SqliteConnection, SqliteRow, "", "");
+/// Reads, changes and writes one agent (a single write, so no savepoint).
+async fn update_agent_on(
+    tx: &mut SqliteConnection,
+    agent_id: &str,
+    change: &AgentChange,
+) -> StoreResult<Agent> {
+    let row = sqlx::query("SELECT * FROM agents WHERE agent_id = $1")
+        .bind(agent_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .ok_or(StoreError::AgentNotFound)?;
+    let mut agent = sql::agent_from_row(&row)?;
+    change.apply(&mut agent)?;
+    sqlx::query(
+        "UPDATE agents SET agent_type = $2, metadata = $3, keys = $4, webhook_url = $5, \
+         webhook_secret = $6, trusted_agents = $7, last_heartbeat = $8, online = $9, \
+         heartbeat_interval_ms = $10, heartbeat_timeout_ms = $11, updated_at = $12, \
+         previous_webhook_secret = $13 \
+         WHERE agent_id = $1",
+    )
+    .bind(agent_id)
+    .bind(&agent.agent_type)
+    .bind(to_json(&agent.metadata)?)
+    .bind(to_json(&agent.keys)?)
+    .bind(&agent.webhook_url)
+    .bind(&agent.webhook_secret)
+    .bind(to_json(&agent.trusted_agents)?)
+    .bind(agent.last_heartbeat)
+    .bind(agent.online)
+    .bind(agent.heartbeat_interval_ms as i64)
+    .bind(agent.heartbeat_timeout_ms as i64)
+    .bind(agent.updated_at)
+    .bind(to_json_opt(agent.previous_webhook_secret.as_ref())?)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    Ok(agent)
+}
+
+/// Deletes an agent, dead-letters its live inbox and cancels its deliveries.
+async fn delete_agent_on(
+    tx: &mut SqliteConnection,
+    agent_id: &str,
+    now: Millis,
+) -> StoreResult<bool> {
+    let deleted = sqlx::query("DELETE FROM agents WHERE agent_id = $1")
+        .bind(agent_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    if deleted.rows_affected() == 0 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "UPDATE messages SET state = 'dead', dead_reason = $3, lease_id = NULL, \
+         lease_until = NULL, ended_at = $2, updated_at = $2 \
+         WHERE recipient = $1 AND state IN ('queued', 'leased')",
+    )
+    .bind(agent_id)
+    .bind(now)
+    .bind(dead_reason::RECIPIENT_DELETED)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    sqlx::query(
+        "UPDATE deliveries SET state = 'cancelled', updated_at = $2 \
+         WHERE agent_id = $1 AND state = 'pending'",
+    )
+    .bind(agent_id)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    Ok(true)
+}
+
+/// Enqueue: recipient and quota (one read of the maintained `inbox_live`
+/// count), idempotency, then the message and its delivery.
+async fn enqueue_on(
+    tx: &mut SqliteConnection,
+    message: Message,
+    quota: u64,
+    delivery: Option<Delivery>,
+) -> StoreResult<Enqueued> {
+    let live: Option<Option<i64>> = sqlx::query_scalar(
+        "SELECT (SELECT live FROM inbox_live WHERE recipient = $1) FROM agents WHERE agent_id = $1",
+    )
+    .bind(&message.recipient)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    let Some(live) = live else {
+        return Err(StoreError::AgentNotFound);
+    };
+    if let Some(key) = &message.idempotency_key {
+        let existing =
+            sqlx::query("SELECT * FROM messages WHERE recipient = $1 AND idempotency_key = $2")
+                .bind(&message.recipient)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        if let Some(row) = existing {
+            let existing = self::message(&row)?;
+            return if existing.content_hash == message.content_hash {
+                Ok(Enqueued::Duplicate(existing))
+            } else {
+                Err(StoreError::IdempotencyConflict)
+            };
+        }
+    }
+    if u64::try_from(live.unwrap_or(0)).unwrap_or(0) >= quota {
+        return Err(StoreError::InboxFull);
+    }
+    let inserted = insert_message(&message)?
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    if inserted.rows_affected() == 0 {
+        return Err(StoreError::MessageIdTaken);
+    }
+    if let Some(delivery) = &delivery {
+        insert_delivery(delivery)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+    }
+    Ok(Enqueued::Created(message))
+}
+
+/// Extends or ends one lease.
+async fn nack_on(tx: &mut SqliteConnection, request: &NackRequest) -> StoreResult<Message> {
+    let query = match request.action {
+        NackAction::Extend {
+            extend_ms,
+            max_lease_until,
+        } => sqlx::query(
+            "UPDATE messages SET \
+                 lease_until = min(max(coalesce(lease_until, $4), $4) + $5, $6), \
+                 updated_at = $4 \
+             WHERE id = $1 AND recipient = $2 AND state = 'leased' \
+               AND ($3 IS NULL OR lease_id = $3) \
+             RETURNING *",
+        )
+        .bind(&request.message_id)
+        .bind(&request.recipient)
+        .bind(&request.lease_id)
+        .bind(request.now)
+        .bind(extend_ms)
+        .bind(max_lease_until),
+        NackAction::Requeue { visible_at } => sqlx::query(
+            "UPDATE messages SET \
+                 state = CASE WHEN attempts >= $5 THEN 'dead' ELSE 'queued' END, \
+                 lease_id = NULL, \
+                 lease_until = NULL, \
+                 visible_at = CASE WHEN attempts >= $5 THEN visible_at ELSE $6 END, \
+                 ended_at = CASE WHEN attempts >= $5 THEN $4 ELSE ended_at END, \
+                 dead_reason = CASE WHEN attempts >= $5 THEN 'max_attempts' ELSE dead_reason END, \
+                 updated_at = $4 \
+             WHERE id = $1 AND recipient = $2 AND state = 'leased' \
+               AND ($3 IS NULL OR lease_id = $3) \
+             RETURNING *",
+        )
+        .bind(&request.message_id)
+        .bind(&request.recipient)
+        .bind(&request.lease_id)
+        .bind(request.now)
+        .bind(i64::from(request.max_attempts))
+        .bind(visible_at),
+    };
+    let row = query.fetch_optional(&mut *tx).await.map_err(db_error)?;
+    match row {
+        Some(row) => message(&row),
+        None => Err(sql::lease_refusal(
+            lease_state(&mut *tx, &request.recipient, &request.message_id).await?,
+            request.lease_id.as_deref(),
+        )),
+    }
+}
+
+/// Puts one dead letter back in its inbox.
+async fn requeue_dead_on(
+    tx: &mut SqliteConnection,
+    recipient: &str,
+    message_id: &str,
+    now: Millis,
+) -> StoreResult<Message> {
+    let row = sqlx::query(
+        "UPDATE messages SET state = 'queued', attempts = 0, lease_id = NULL, \
+         lease_until = NULL, visible_at = $3, ended_at = NULL, dead_reason = NULL, \
+         updated_at = $3 \
+         WHERE id = $1 AND recipient = $2 AND state = 'dead' \
+         RETURNING *",
+    )
+    .bind(message_id)
+    .bind(recipient)
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    match row {
+        Some(row) => message(&row),
+        None => match lease_state(&mut *tx, recipient, message_id).await? {
+            Some(_) => Err(StoreError::NotDead),
+            None => Err(StoreError::MessageNotFound),
+        },
+    }
+}
+
+/// Records one webhook attempt, moves its delivery on and trims the agent's history.
+async fn record_attempt_on(
+    tx: &mut SqliteConnection,
+    attempt: &DeliveryAttempt,
+    outcome: AttemptOutcome,
+) -> StoreResult<()> {
+    let (next_state, retry_at) = sql::attempt_transition(outcome);
+    sqlx::query(
+        "UPDATE deliveries SET \
+             attempts = max(attempts, $2), last_status = $3, last_error = $4, updated_at = $5, \
+             state = CASE WHEN state = 'pending' THEN $6 ELSE state END, \
+             next_attempt_at = CASE WHEN state = 'pending' \
+                 THEN coalesce($7, next_attempt_at) ELSE next_attempt_at END \
+         WHERE id = $1",
+    )
+    .bind(&attempt.delivery_id)
+    .bind(i64::from(attempt.attempt))
+    .bind(attempt.status_code.map(i64::from))
+    .bind(&attempt.error)
+    .bind(attempt.at)
+    .bind(next_state.as_str())
+    .bind(retry_at)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    sqlx::query(
+        "INSERT INTO delivery_attempts (delivery_id, message_id, agent_id, attempt, at, \
+         status_code, latency_ms, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&attempt.delivery_id)
+    .bind(&attempt.message_id)
+    .bind(&attempt.agent_id)
+    .bind(i64::from(attempt.attempt))
+    .bind(attempt.at)
+    .bind(attempt.status_code.map(i64::from))
+    .bind(i64::try_from(attempt.latency_ms).unwrap_or(i64::MAX))
+    .bind(&attempt.error)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    sqlx::query(
+        "DELETE FROM delivery_attempts WHERE agent_id = $1 AND seq <= ( \
+             SELECT seq FROM delivery_attempts WHERE agent_id = $1 \
+             ORDER BY seq DESC LIMIT 1 OFFSET $2)",
+    )
+    .bind(&attempt.agent_id)
+    .bind(sql::ATTEMPTS_KEPT_PER_AGENT)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// Appends one link to the audit chain.
+async fn append_audit_on(
+    tx: &mut SqliteConnection,
+    event: NewAuditEvent,
+) -> StoreResult<AuditEvent> {
+    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    let prev_seq: i64 = head.try_get("seq").map_err(db_error)?;
+    let prev_hash: String = head.try_get("hash").map_err(db_error)?;
+    let stored = sql::chain(prev_seq, &prev_hash, event);
+    sqlx::query(
+        "INSERT INTO audit_events (seq, at, kind, agent_id, detail, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(stored.seq as i64)
+    .bind(stored.at)
+    .bind(&stored.kind)
+    .bind(&stored.agent_id)
+    .bind(to_json(&stored.detail)?)
+    .bind(&stored.hash)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        .bind(stored.seq as i64)
+        .bind(&stored.hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    Ok(stored)
+}
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -320,11 +666,9 @@ impl Store for SqliteStore {
     }
 
     async fn create_agent(&self, agent: Agent) -> StoreResult<()> {
-        let inserted = insert_agent(&agent)?
-            .execute(&self.writer)
-            .await
-            .map_err(db_error)?;
-        if inserted.rows_affected() == 0 {
+        let insert = insert_agent(&agent)?;
+        let inserted = self.execute(insert).await?;
+        if inserted == 0 {
             return Err(StoreError::AgentExists);
         }
         Ok(())
@@ -341,74 +685,15 @@ impl Store for SqliteStore {
     }
 
     async fn update_agent(&self, agent_id: &str, change: &AgentChange) -> StoreResult<Agent> {
-        let mut tx = self.write_tx().await?;
-        let row = sqlx::query("SELECT * FROM agents WHERE agent_id = $1")
-            .bind(agent_id)
-            .fetch_optional(&mut *tx)
+        let (agent_id, change) = (agent_id.to_string(), change.clone());
+        self.write(move |tx| Box::pin(async move { update_agent_on(tx, &agent_id, &change).await }))
             .await
-            .map_err(db_error)?
-            .ok_or(StoreError::AgentNotFound)?;
-        let mut agent = sql::agent_from_row(&row)?;
-        change.apply(&mut agent);
-        sqlx::query(
-            "UPDATE agents SET agent_type = $2, metadata = $3, keys = $4, webhook_url = $5, \
-             webhook_secret = $6, trusted_agents = $7, last_heartbeat = $8, online = $9, \
-             heartbeat_interval_ms = $10, heartbeat_timeout_ms = $11, updated_at = $12, \
-             previous_webhook_secret = $13 \
-             WHERE agent_id = $1",
-        )
-        .bind(agent_id)
-        .bind(&agent.agent_type)
-        .bind(to_json(&agent.metadata)?)
-        .bind(to_json(&agent.keys)?)
-        .bind(&agent.webhook_url)
-        .bind(&agent.webhook_secret)
-        .bind(to_json(&agent.trusted_agents)?)
-        .bind(agent.last_heartbeat)
-        .bind(agent.online)
-        .bind(agent.heartbeat_interval_ms as i64)
-        .bind(agent.heartbeat_timeout_ms as i64)
-        .bind(agent.updated_at)
-        .bind(to_json_opt(agent.previous_webhook_secret.as_ref())?)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(agent)
     }
 
     async fn delete_agent(&self, agent_id: &str, now: Millis) -> StoreResult<bool> {
-        let mut tx = self.write_tx().await?;
-        let deleted = sqlx::query("DELETE FROM agents WHERE agent_id = $1")
-            .bind(agent_id)
-            .execute(&mut *tx)
+        let agent_id = agent_id.to_string();
+        self.write_all(move |tx| Box::pin(async move { delete_agent_on(tx, &agent_id, now).await }))
             .await
-            .map_err(db_error)?;
-        if deleted.rows_affected() == 0 {
-            return Ok(false);
-        }
-        sqlx::query(
-            "UPDATE messages SET state = 'dead', dead_reason = $3, lease_id = NULL, \
-             lease_until = NULL, ended_at = $2, updated_at = $2 \
-             WHERE recipient = $1 AND state IN ('queued', 'leased')",
-        )
-        .bind(agent_id)
-        .bind(now)
-        .bind(dead_reason::RECIPIENT_DELETED)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        sqlx::query(
-            "UPDATE deliveries SET state = 'cancelled', updated_at = $2 \
-             WHERE agent_id = $1 AND state = 'pending'",
-        )
-        .bind(agent_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(true)
     }
 
     async fn mark_offline(&self, now: Millis, batch: usize) -> StoreResult<u64> {
@@ -418,11 +703,8 @@ impl Store for SqliteStore {
                  ORDER BY offline_at LIMIT $2)",
         )
         .bind(now)
-        .bind(limit(batch))
-        .execute(&self.writer)
-        .await
-        .map_err(db_error)?;
-        Ok(done.rows_affected())
+        .bind(limit(batch));
+        self.execute(done).await
     }
 
     async fn enqueue(
@@ -431,59 +713,10 @@ impl Store for SqliteStore {
         quota: u64,
         delivery: Option<Delivery>,
     ) -> StoreResult<Enqueued> {
-        let mut tx = self.write_tx().await?;
-        let recipient_exists = sqlx::query("SELECT 1 FROM agents WHERE agent_id = $1")
-            .bind(&message.recipient)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        if recipient_exists.is_none() {
-            return Err(StoreError::AgentNotFound);
-        }
-        if let Some(key) = &message.idempotency_key {
-            let existing =
-                sqlx::query("SELECT * FROM messages WHERE recipient = $1 AND idempotency_key = $2")
-                    .bind(&message.recipient)
-                    .bind(key)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
-            if let Some(row) = existing {
-                let existing = self::message(&row)?;
-                return if existing.content_hash == message.content_hash {
-                    Ok(Enqueued::Duplicate(existing))
-                } else {
-                    Err(StoreError::IdempotencyConflict)
-                };
-            }
-        }
-        let live: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT 1 FROM messages \
-             WHERE recipient = $1 AND state IN ('queued', 'leased') LIMIT $2)",
-        )
-        .bind(&message.recipient)
-        .bind(i64::try_from(quota).unwrap_or(i64::MAX))
-        .fetch_one(&mut *tx)
+        self.write_all(move |tx| {
+            Box::pin(async move { enqueue_on(tx, message, quota, delivery).await })
+        })
         .await
-        .map_err(db_error)?;
-        if live as u64 >= quota {
-            return Err(StoreError::InboxFull);
-        }
-        let inserted = insert_message(&message)?
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        if inserted.rows_affected() == 0 {
-            return Err(StoreError::MessageIdTaken);
-        }
-        if let Some(delivery) = &delivery {
-            insert_delivery(delivery)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
-        }
-        tx.commit().await.map_err(db_error)?;
-        Ok(Enqueued::Created(message))
     }
 
     async fn lease(&self, request: &LeaseRequest) -> StoreResult<Vec<Message>> {
@@ -494,14 +727,12 @@ impl Store for SqliteStore {
         while leased.len() < request.max_messages {
             let wanted = request.max_messages - leased.len();
             let rows = sqlx::query(LEASE)
-                .bind(&request.recipient)
+                .bind(request.recipient.clone())
                 .bind(request.now)
                 .bind(request.visibility_ms)
                 .bind(i64::from(request.max_attempts))
-                .bind(limit(wanted))
-                .fetch_all(&self.writer)
-                .await
-                .map_err(db_error)?;
+                .bind(limit(wanted));
+            let rows = self.fetch_all(rows).await?;
             let touched = rows.len();
             let rows = rows
                 .iter()
@@ -517,67 +748,34 @@ impl Store for SqliteStore {
     }
 
     async fn ack(&self, request: &AckRequest) -> StoreResult<Message> {
-        let mut conn = self.writer.acquire().await.map_err(db_error)?;
-        ack_on(&mut conn, request).await
+        let request = request.clone();
+        self.write(move |tx| Box::pin(async move { ack_on(tx, &request).await }))
+            .await
     }
 
     async fn ack_many(&self, requests: &[AckRequest]) -> StoreResult<Vec<StoreResult<Message>>> {
-        let mut tx = self.write_tx().await?;
-        let mut outcomes = Vec::with_capacity(requests.len());
-        for request in requests {
-            outcomes.push(ack_on(&mut tx, request).await);
-        }
-        tx.commit().await.map_err(db_error)?;
-        Ok(outcomes)
+        // Each ack is one statement, atomic on its own: no savepoints needed.
+        let requests = requests.to_vec();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let mut outcomes = Vec::with_capacity(requests.len());
+                for request in &requests {
+                    let outcome = ack_on(&mut *tx, request).await;
+                    if let Err(StoreError::Unavailable(e)) = &outcome {
+                        return Err(StoreError::Unavailable(e.clone()));
+                    }
+                    outcomes.push(outcome);
+                }
+                Ok(outcomes)
+            })
+        })
+        .await
     }
 
     async fn nack(&self, request: &NackRequest) -> StoreResult<Message> {
-        let query = match request.action {
-            NackAction::Extend {
-                extend_ms,
-                max_lease_until,
-            } => sqlx::query(
-                "UPDATE messages SET \
-                     lease_until = min(max(coalesce(lease_until, $4), $4) + $5, $6), \
-                     updated_at = $4 \
-                 WHERE id = $1 AND recipient = $2 AND state = 'leased' \
-                   AND ($3 IS NULL OR lease_id = $3) \
-                 RETURNING *",
-            )
-            .bind(&request.message_id)
-            .bind(&request.recipient)
-            .bind(&request.lease_id)
-            .bind(request.now)
-            .bind(extend_ms)
-            .bind(max_lease_until),
-            NackAction::Requeue { visible_at } => sqlx::query(
-                "UPDATE messages SET \
-                     state = CASE WHEN attempts >= $5 THEN 'dead' ELSE 'queued' END, \
-                     lease_id = NULL, \
-                     lease_until = NULL, \
-                     visible_at = CASE WHEN attempts >= $5 THEN visible_at ELSE $6 END, \
-                     ended_at = CASE WHEN attempts >= $5 THEN $4 ELSE ended_at END, \
-                     dead_reason = CASE WHEN attempts >= $5 THEN 'max_attempts' ELSE dead_reason END, \
-                     updated_at = $4 \
-                 WHERE id = $1 AND recipient = $2 AND state = 'leased' \
-                   AND ($3 IS NULL OR lease_id = $3) \
-                 RETURNING *",
-            )
-            .bind(&request.message_id)
-            .bind(&request.recipient)
-            .bind(&request.lease_id)
-            .bind(request.now)
-            .bind(i64::from(request.max_attempts))
-            .bind(visible_at),
-        };
-        let row = query.fetch_optional(&self.writer).await.map_err(db_error)?;
-        match row {
-            Some(row) => message(&row),
-            None => Err(sql::lease_refusal(
-                lease_state(&self.writer, &request.recipient, &request.message_id).await?,
-                request.lease_id.as_deref(),
-            )),
-        }
+        let request = request.clone();
+        self.write(move |tx| Box::pin(async move { nack_on(tx, &request).await }))
+            .await
     }
 
     async fn requeue_dead(
@@ -586,26 +784,11 @@ impl Store for SqliteStore {
         message_id: &str,
         now: Millis,
     ) -> StoreResult<Message> {
-        let row = sqlx::query(
-            "UPDATE messages SET state = 'queued', attempts = 0, lease_id = NULL, \
-             lease_until = NULL, visible_at = $3, ended_at = NULL, dead_reason = NULL, \
-             updated_at = $3 \
-             WHERE id = $1 AND recipient = $2 AND state = 'dead' \
-             RETURNING *",
-        )
-        .bind(message_id)
-        .bind(recipient)
-        .bind(now)
-        .fetch_optional(&self.writer)
+        let (recipient, message_id) = (recipient.to_string(), message_id.to_string());
+        self.write(move |tx| {
+            Box::pin(async move { requeue_dead_on(tx, &recipient, &message_id, now).await })
+        })
         .await
-        .map_err(db_error)?;
-        match row {
-            Some(row) => message(&row),
-            None => match lease_state(&self.writer, recipient, message_id).await? {
-                Some(_) => Err(StoreError::NotDead),
-                None => Err(StoreError::MessageNotFound),
-            },
-        }
     }
 
     async fn get_message(&self, message_id: &str) -> StoreResult<Option<Message>> {
@@ -727,7 +910,7 @@ impl Store for SqliteStore {
         if let Some(agent) = recipient {
             query = query.bind(agent.to_string());
         }
-        let rows = query.fetch_all(&self.writer).await.map_err(db_error)?;
+        let rows = self.fetch_all(query).await?;
         sql::reclaim_counts(&rows)
     }
 
@@ -740,11 +923,8 @@ impl Store for SqliteStore {
                  ORDER BY expires_at LIMIT $2)",
         )
         .bind(now)
-        .bind(limit(batch))
-        .execute(&self.writer)
-        .await
-        .map_err(db_error)?;
-        Ok(done.rows_affected())
+        .bind(limit(batch));
+        self.execute(done).await
     }
 
     async fn purge_retained(&self, ended_before: Millis, batch: usize) -> StoreResult<u64> {
@@ -754,11 +934,8 @@ impl Store for SqliteStore {
                  ORDER BY ended_at LIMIT $2)",
         )
         .bind(ended_before)
-        .bind(limit(batch))
-        .execute(&self.writer)
-        .await
-        .map_err(db_error)?;
-        Ok(done.rows_affected())
+        .bind(limit(batch));
+        self.execute(done).await
     }
 
     async fn claim_due_deliveries(
@@ -776,10 +953,8 @@ impl Store for SqliteStore {
         )
         .bind(now)
         .bind(limit(batch))
-        .bind(claim_ms)
-        .fetch_all(&self.writer)
-        .await
-        .map_err(db_error)?;
+        .bind(claim_ms);
+        let rows = self.fetch_all(rows).await?;
         rows.iter().map(sql::delivery_from_row).collect()
     }
 
@@ -788,52 +963,11 @@ impl Store for SqliteStore {
         attempt: &DeliveryAttempt,
         outcome: AttemptOutcome,
     ) -> StoreResult<()> {
-        let (next_state, retry_at) = sql::attempt_transition(outcome);
-        let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "UPDATE deliveries SET \
-                 attempts = max(attempts, $2), last_status = $3, last_error = $4, updated_at = $5, \
-                 state = CASE WHEN state = 'pending' THEN $6 ELSE state END, \
-                 next_attempt_at = CASE WHEN state = 'pending' \
-                     THEN coalesce($7, next_attempt_at) ELSE next_attempt_at END \
-             WHERE id = $1",
-        )
-        .bind(&attempt.delivery_id)
-        .bind(i64::from(attempt.attempt))
-        .bind(attempt.status_code.map(i64::from))
-        .bind(&attempt.error)
-        .bind(attempt.at)
-        .bind(next_state.as_str())
-        .bind(retry_at)
-        .execute(&mut *tx)
+        let attempt = attempt.clone();
+        self.write_all(move |tx| {
+            Box::pin(async move { record_attempt_on(tx, &attempt, outcome).await })
+        })
         .await
-        .map_err(db_error)?;
-        sqlx::query(
-            "INSERT INTO delivery_attempts (delivery_id, message_id, agent_id, attempt, at, \
-             status_code, latency_ms, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&attempt.delivery_id)
-        .bind(&attempt.message_id)
-        .bind(&attempt.agent_id)
-        .bind(i64::from(attempt.attempt))
-        .bind(attempt.at)
-        .bind(attempt.status_code.map(i64::from))
-        .bind(i64::try_from(attempt.latency_ms).unwrap_or(i64::MAX))
-        .bind(&attempt.error)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        sqlx::query(
-            "DELETE FROM delivery_attempts WHERE agent_id = $1 AND seq <= ( \
-                 SELECT seq FROM delivery_attempts WHERE agent_id = $1 \
-                 ORDER BY seq DESC LIMIT 1 OFFSET $2)",
-        )
-        .bind(&attempt.agent_id)
-        .bind(sql::ATTEMPTS_KEPT_PER_AGENT)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)
     }
 
     async fn cancel_deliveries(&self, agent_id: &str, now: Millis) -> StoreResult<u64> {
@@ -841,12 +975,9 @@ impl Store for SqliteStore {
             "UPDATE deliveries SET state = 'cancelled', updated_at = $2 \
              WHERE agent_id = $1 AND state = 'pending'",
         )
-        .bind(agent_id)
-        .bind(now)
-        .execute(&self.writer)
-        .await
-        .map_err(db_error)?;
-        Ok(done.rows_affected())
+        .bind(agent_id.to_string())
+        .bind(now);
+        self.execute(done).await
     }
 
     async fn get_delivery(&self, delivery_id: &str) -> StoreResult<Option<Delivery>> {
@@ -876,35 +1007,8 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, event: NewAuditEvent) -> StoreResult<AuditEvent> {
-        let mut tx = self.write_tx().await?;
-        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-            .fetch_one(&mut *tx)
+        self.write_all(move |tx| Box::pin(async move { append_audit_on(tx, event).await }))
             .await
-            .map_err(db_error)?;
-        let prev_seq: i64 = head.try_get("seq").map_err(db_error)?;
-        let prev_hash: String = head.try_get("hash").map_err(db_error)?;
-        let stored = sql::chain(prev_seq, &prev_hash, event);
-        sqlx::query(
-            "INSERT INTO audit_events (seq, at, kind, agent_id, detail, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(stored.seq as i64)
-        .bind(stored.at)
-        .bind(&stored.kind)
-        .bind(&stored.agent_id)
-        .bind(to_json(&stored.detail)?)
-        .bind(&stored.hash)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-            .bind(stored.seq as i64)
-            .bind(&stored.hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(stored)
     }
 
     async fn list_audit(&self, after: Option<u64>, count: usize) -> StoreResult<Vec<AuditEvent>> {
@@ -943,19 +1047,86 @@ impl Store for SqliteStore {
     }
 
     async fn import_agent(&self, agent: Agent) -> StoreResult<bool> {
-        let inserted = insert_agent(&agent)?
-            .execute(&self.writer)
-            .await
-            .map_err(db_error)?;
-        Ok(inserted.rows_affected() == 1)
+        let insert = insert_agent(&agent)?;
+        Ok(self.execute(insert).await? == 1)
     }
 
     async fn import_message(&self, message: Message) -> StoreResult<bool> {
-        let inserted = insert_message(&message)?
-            .execute(&self.writer)
-            .await
-            .map_err(db_error)?;
-        Ok(inserted.rows_affected() == 1)
+        let insert = insert_message(&message)?;
+        Ok(self.execute(insert).await? == 1)
+    }
+
+    async fn remember_nonce(
+        &self,
+        key: &str,
+        expires_at: Millis,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        super::sql_security::sqlite::remember_nonce(&self.writer, key, expires_at, now).await
+    }
+
+    async fn purge_nonces(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        super::sql_security::sqlite::purge_nonces(&self.writer, now, limit).await
+    }
+
+    async fn retire_agent_id(&self, agent_id: &str, now: Millis) -> StoreResult<()> {
+        super::sql_security::sqlite::retire_agent_id(&self.writer, agent_id, now).await
+    }
+
+    async fn is_agent_id_retired(&self, agent_id: &str) -> StoreResult<bool> {
+        super::sql_security::sqlite::is_agent_id_retired(&self.reader, agent_id).await
+    }
+
+    async fn claim_due_deliveries_fair(
+        &self,
+        now: Millis,
+        limit: usize,
+        claim_ms: i64,
+        per_agent: usize,
+        skip_agents: &[String],
+    ) -> StoreResult<Vec<Delivery>> {
+        super::sql_security::sqlite_claim_fair(
+            &self.writer,
+            now,
+            limit,
+            claim_ms,
+            per_agent,
+            skip_agents,
+        )
+        .await
+    }
+
+    async fn search_agents(
+        &self,
+        prefix: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Agent>> {
+        sql_console::sqlite::search_agents(&self.reader, prefix, limit, cursor).await
+    }
+
+    async fn list_dead_all(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Message>> {
+        sql_console::sqlite::list_dead_all(&self.reader, limit, cursor).await
+    }
+
+    async fn list_failing_deliveries(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Delivery>> {
+        sql_console::sqlite::list_failing_deliveries(&self.reader, limit, cursor).await
+    }
+
+    async fn retry_delivery(
+        &self,
+        delivery_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<Delivery>> {
+        sql_console::sqlite::retry_delivery(&self.writer, delivery_id, now).await
     }
 
     async fn create_group(&self, group: Group, now: Millis) -> StoreResult<()> {

@@ -587,3 +587,52 @@ async fn metrics_count_webhook_outcomes_and_sweeps() {
     .await;
     s.hub.shutdown().await.unwrap();
 }
+
+/// Issue 12 item 5: a receiver that accepts and never answers, with a
+/// backlog, holds at most `WEBHOOK_PER_AGENT_CONCURRENCY` of the worker's
+/// slots; another agent's delivery goes out at once instead of waiting for
+/// the silent receiver's timeouts.
+#[tokio::test]
+async fn a_silent_receiver_cannot_delay_another_agents_webhooks() {
+    let silent = Receiver::start(vec![], Reply::Hang).await;
+    let healthy = Receiver::start(vec![], Reply::Status(204)).await;
+    let config = Config {
+        webhook_concurrency: 4,
+        webhook_per_agent_concurrency: 1,
+        // Far longer than the test may take: before the fix, the silent
+        // receiver's backlog held every slot for this long.
+        webhook_timeout_ms: 60_000,
+        ..config(&[10])
+    };
+    let s = setup(config, &silent.url()).await;
+    for _ in 0..12 {
+        s.send().await;
+    }
+    // The silent receiver gets one request (its share), not four.
+    silent.wait_for(1).await;
+    let carol = AgentClient::register(reqwest::Client::new(), &s.hub.url(), Some("carol"))
+        .await
+        .unwrap();
+    let response = carol
+        .request(
+            Method::POST,
+            &carol.agent_path("webhook"),
+            Some(&json!({"webhook_url": healthy.url(), "webhook_secret": SECRET})),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let envelope = s.alice.envelope("carol", "ping", json!({"n": 2}));
+    assert_eq!(
+        s.alice.send("carol", &envelope).await.unwrap().status(),
+        201
+    );
+    let got = healthy.wait_for(1).await;
+    assert_eq!(got[0].json()["envelope"]["to"], "agent://carol");
+    assert_eq!(
+        silent.received().len(),
+        1,
+        "the silent receiver never holds more than its share"
+    );
+}

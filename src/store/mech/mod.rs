@@ -26,8 +26,10 @@
 
 pub mod breaker;
 pub mod client;
+mod console;
 mod groups;
 pub mod lock;
+pub mod security;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -131,6 +133,8 @@ pub struct MechStore {
     /// come back short while work remains).
     sweeps: tokio::sync::Mutex<()>,
     groups: groups::MechGroups,
+    /// Request nonce digest → expiry (security.rs), rebuilt at open like the rest.
+    nonces: DashMap<String, Millis>,
 }
 
 impl MechStore {
@@ -141,15 +145,23 @@ impl MechStore {
         let client = Arc::new(MechClient::new(settings)?);
         let lock = HubLock::acquire(client.clone()).await?;
         let mut found = client
-            .scan(&[AGENTS, MESSAGES, DELIVERIES, ATTEMPTS, AUDIT])
+            .scan(&[
+                AGENTS,
+                MESSAGES,
+                DELIVERIES,
+                ATTEMPTS,
+                AUDIT,
+                security::NONCES,
+            ])
             .await?;
         let mut take = |collection: &str| found.remove(collection).unwrap_or_default();
-        let (agents, messages, deliveries, attempts, audit) = (
+        let (agents, messages, deliveries, attempts, audit, nonces) = (
             take(AGENTS),
             take(MESSAGES),
             take(DELIVERIES),
             take(ATTEMPTS),
             take(AUDIT),
+            take(security::NONCES),
         );
         let store = MechStore {
             client,
@@ -165,6 +177,7 @@ impl MechStore {
             bulk: Semaphore::new(concurrency),
             sweeps: tokio::sync::Mutex::new(()),
             groups: groups::MechGroups::default(),
+            nonces: security::nonce_index(&nonces),
         };
         let mut next_seq = 0u64;
         for doc in &agents {
@@ -492,7 +505,7 @@ impl Store for MechStore {
             .get(agent_id)
             .map(|a| a.value().clone())
             .ok_or(StoreError::AgentNotFound)?;
-        change.apply(&mut agent);
+        change.apply(&mut agent)?;
         self.client
             .put(AGENTS, agent_id, &to_doc(&agent)?, true)
             .await?;
@@ -1330,5 +1343,71 @@ impl Store for MechStore {
 
     async fn purge_group_history(&self, now: Millis, limit: usize) -> StoreResult<u64> {
         self.groups_purge(now, limit).await
+    }
+
+    async fn search_agents(
+        &self,
+        prefix: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Agent>> {
+        Ok(self.console_search_agents(prefix, limit, cursor))
+    }
+
+    async fn list_dead_all(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Message>> {
+        self.console_dead_all(limit, cursor)
+    }
+
+    async fn list_failing_deliveries(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Delivery>> {
+        self.console_failing(limit, cursor)
+    }
+
+    async fn retry_delivery(
+        &self,
+        delivery_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<Delivery>> {
+        self.console_retry(delivery_id, now).await
+    }
+
+    async fn remember_nonce(
+        &self,
+        key: &str,
+        expires_at: Millis,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        self.remember_nonce_indexed(key, expires_at, now).await
+    }
+
+    async fn purge_nonces(&self, now: Millis, limit: usize) -> StoreResult<u64> {
+        self.purge_nonces_indexed(now, limit).await
+    }
+
+    async fn retire_agent_id(&self, agent_id: &str, now: Millis) -> StoreResult<()> {
+        security::retire_agent_id(&self.client, agent_id, now).await
+    }
+
+    async fn is_agent_id_retired(&self, agent_id: &str) -> StoreResult<bool> {
+        security::is_agent_id_retired(&self.client, agent_id).await
+    }
+
+    async fn claim_due_deliveries_fair(
+        &self,
+        now: Millis,
+        limit: usize,
+        claim_ms: i64,
+        per_agent: usize,
+        skip_agents: &[String],
+    ) -> StoreResult<Vec<Delivery>> {
+        self.claim_fair(now, limit, claim_ms, per_agent, skip_agents)
+            .await
     }
 }
