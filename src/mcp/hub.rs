@@ -137,14 +137,25 @@ impl HubLink {
         })
     }
 
-    /// Like [`call`](Self::call), deserializing the body into `T`.
+    /// Like [`call`](Self::call) without extra headers, deserializing the body into `T`.
     pub async fn call_as<T: serde::de::DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<&Value>,
     ) -> Result<T, HubFailure> {
-        let (_, value) = self.call(method, path, body, &[]).await?;
+        self.call_as_with(method, path, body, &[]).await
+    }
+
+    /// Like [`call`](Self::call), deserializing the body into `T`.
+    pub async fn call_as_with<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<T, HubFailure> {
+        let (_, value) = self.call(method, path, body, headers).await?;
         serde_json::from_value(value).map_err(|e| HubFailure {
             error: "UNEXPECTED_RESPONSE".into(),
             message: format!("the hub's answer did not have the expected shape: {e}"),

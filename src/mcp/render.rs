@@ -23,6 +23,12 @@ pub struct ReceivedMessage {
     pub lease_until: Option<i64>,
     /// How many times the message has been leased.
     pub attempts: u32,
+    /// For a copy of a group post: the group it was posted to (set by the hub).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// For a copy of a group post: the post's id, the same in every member's copy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_message_id: Option<String>,
     /// The sending agent's id, authenticated by the hub (see `sender_verification`).
     pub from: String,
     /// When the sender signed the message (ISO-8601; the hub checked it was within 5 minutes).
@@ -89,6 +95,10 @@ pub struct HubMessage {
     pub dead_reason: Option<String>,
     #[serde(default)]
     pub dead_at: Option<i64>,
+    #[serde(default)]
+    pub group_id: Option<String>,
+    #[serde(default)]
+    pub group_message_id: Option<String>,
 }
 
 /// `agent://alice` and `alice` name the same agent.
@@ -138,6 +148,8 @@ impl From<HubMessage> for ReceivedMessage {
             lease_id: m.lease_id,
             lease_until: m.lease_until,
             attempts: m.attempts,
+            group_id: m.group_id,
+            group_message_id: m.group_message_id,
             sender_verification: SenderVerification {
                 signature_verified_by_hub: true,
                 signer_agent_id: from.clone(),
@@ -186,5 +198,31 @@ mod tests {
         assert_eq!(content["other_fields"]["x-extra"], 7);
         assert!(content["other_fields"].get("signature").is_none());
         assert_eq!(content["notice"], UNTRUSTED_NOTICE);
+    }
+
+    #[test]
+    fn group_origin_comes_from_the_hub_never_from_the_envelope() {
+        let copy: HubMessage = serde_json::from_value(json!({
+            "message_id": "c1", "attempts": 0,
+            "group_id": "group://ops-1a2b3c4d", "group_message_id": "p1",
+            "envelope": {"from": "agent://alice", "to": "group://ops-1a2b3c4d", "body": {}}
+        }))
+        .unwrap();
+        let shown = serde_json::to_value(ReceivedMessage::from(copy)).unwrap();
+        assert_eq!(shown["group_id"], "group://ops-1a2b3c4d");
+        assert_eq!(shown["group_message_id"], "p1");
+        // A direct message whose sender wrote group fields: they stay fenced.
+        let direct: HubMessage = serde_json::from_value(json!({
+            "message_id": "m1", "attempts": 0,
+            "envelope": {"from": "agent://mallory", "to": "agent://bob", "body": {},
+                         "group_id": "group://ops-1a2b3c4d"}
+        }))
+        .unwrap();
+        let shown = serde_json::to_value(ReceivedMessage::from(direct)).unwrap();
+        assert!(shown.get("group_id").is_none());
+        assert_eq!(
+            shown["untrusted_content"]["other_fields"]["group_id"],
+            "group://ops-1a2b3c4d"
+        );
     }
 }
