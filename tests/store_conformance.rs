@@ -246,6 +246,7 @@ macro_rules! conformance {
                 concurrent_audit_appends_keep_one_chain,
                 groups_create_get_update_delete,
                 group_members_add_list_remove_with_refusals,
+                agent_groups_page_by_group_id_after_a_cursor,
                 concurrent_group_joins_admit_exactly_max_members,
                 group_post_fans_out_in_one_step,
                 group_post_idempotency_and_refusals,
@@ -1812,9 +1813,78 @@ mod contract {
                 .items
                 .is_empty()
         );
-        assert!(store.agent_groups("alice", 10).await.unwrap().is_empty());
+        assert!(
+            store
+                .agent_groups("alice", 10, None)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         // The id is free again.
         store.create_group(group(G, "alice", 5), T0).await.unwrap();
+    }
+
+    /// The console pages an agent's groups: `after` is an exclusive lower
+    /// bound on the group id, other agents' groups never show.
+    pub async fn agent_groups_page_by_group_id_after_a_cursor(store: Arc<dyn Store>) {
+        setup_agents(&store, &["alice", "bob"]).await;
+        let ids = [
+            "group://a-00000001",
+            "group://b-00000002",
+            "group://c-00000003",
+            "group://d-00000004",
+        ];
+        for (i, id) in ids.iter().enumerate() {
+            let owner = if i == 1 { "bob" } else { "alice" };
+            store.create_group(group(id, owner, 5), T0).await.unwrap();
+        }
+        for id in [ids[0], ids[3]] {
+            store
+                .add_group_member(id, member("bob", GroupRole::Member, T0 + 1))
+                .await
+                .unwrap();
+        }
+        let page = |limit: usize, after: Option<&'static str>| {
+            let store = store.clone();
+            async move {
+                store
+                    .agent_groups("bob", limit, after)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|(g, r)| (g.id, r))
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            page(2, None).await,
+            [
+                (ids[0].to_string(), GroupRole::Member),
+                (ids[1].to_string(), GroupRole::Owner)
+            ]
+        );
+        assert_eq!(
+            page(2, Some(ids[1])).await,
+            [(ids[3].to_string(), GroupRole::Member)],
+            "after the cursor, skipping a group bob is not in"
+        );
+        assert_eq!(page(2, Some(ids[3])).await, []);
+        assert_eq!(
+            page(10, Some("group://b")).await,
+            [
+                (ids[1].to_string(), GroupRole::Owner),
+                (ids[3].to_string(), GroupRole::Member)
+            ],
+            "a cursor that is no group id still bounds the range"
+        );
+        assert_eq!(
+            store
+                .agent_groups("alice", 10, Some(ids[2]))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     pub async fn group_members_add_list_remove_with_refusals(store: Arc<dyn Store>) {
@@ -1874,7 +1944,7 @@ mod contract {
         );
         assert_eq!(store.group_member(G, "dave").await.unwrap(), None);
         let bobs: Vec<(String, GroupRole, u64)> = store
-            .agent_groups("bob", 10)
+            .agent_groups("bob", 10, None)
             .await
             .unwrap()
             .into_iter()
@@ -1888,7 +1958,7 @@ mod contract {
             ],
             "ordered by group id"
         );
-        assert_eq!(store.agent_groups("bob", 1).await.unwrap().len(), 1);
+        assert_eq!(store.agent_groups("bob", 1, None).await.unwrap().len(), 1);
         assert!(store.remove_group_member(G, "bob").await.unwrap());
         assert!(!store.remove_group_member(G, "bob").await.unwrap());
         assert_eq!(store.get_group(G).await.unwrap().unwrap().member_count, 2);
@@ -2164,7 +2234,7 @@ mod contract {
                 .is_empty()
         );
         let alices: Vec<String> = store
-            .agent_groups("alice", 10)
+            .agent_groups("alice", 10, None)
             .await
             .unwrap()
             .into_iter()

@@ -411,7 +411,10 @@ impl Hub {
 
     /// `GET /api/agents/{id}/groups`.
     pub async fn agent_groups(&self, agent_id: &str) -> HubResult<Vec<(Group, GroupRole)>> {
-        Ok(self.store.agent_groups(agent_id, MAX_AGENT_GROUPS).await?)
+        Ok(self
+            .store
+            .agent_groups(agent_id, MAX_AGENT_GROUPS, None)
+            .await?)
     }
 
     /// `GET /api/groups/{id}/messages`: owner and admins always, members when `history_visible`.

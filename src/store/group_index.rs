@@ -153,12 +153,19 @@ impl GroupIndex {
         removed
     }
 
-    /// An agent's groups with its role, by group id.
-    pub(super) fn agent_groups(&self, agent_id: &str, limit: usize) -> Vec<(Group, GroupRole)> {
+    /// An agent's groups with its role, by group id, after `after`.
+    pub(super) fn agent_groups(
+        &self,
+        agent_id: &str,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Vec<(Group, GroupRole)> {
+        use std::ops::Bound;
         let Some(ids) = self.by_agent.get(agent_id) else {
             return Vec::new();
         };
-        ids.iter()
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        ids.range::<str, _>((from, Bound::Unbounded))
             .filter_map(|id| Some((self.group(id)?, self.member(id, agent_id)?.role)))
             .take(limit)
             .collect()

@@ -334,9 +334,13 @@ impl Store for InstrumentedStore {
         &self,
         agent_id: &str,
         limit: usize,
+        after: Option<&str>,
     ) -> StoreResult<Vec<(Group, GroupRole)>> {
-        self.timed("agent_groups", self.inner.agent_groups(agent_id, limit))
-            .await
+        self.timed(
+            "agent_groups",
+            self.inner.agent_groups(agent_id, limit, after),
+        )
+        .await
     }
 
     async fn post_to_group(&self, post: GroupPost, fan: FanOut) -> StoreResult<Posted> {

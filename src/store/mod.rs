@@ -224,11 +224,14 @@ pub trait Store: Send + Sync + 'static {
     async fn add_group_member(&self, group_id: &str, member: GroupMember) -> StoreResult<()>;
     /// Removes one member; false if it was none.
     async fn remove_group_member(&self, group_id: &str, agent_id: &str) -> StoreResult<bool>;
-    /// The groups an agent belongs to with its role, ordered by group id.
+    /// The groups an agent belongs to with its role, ordered by group id,
+    /// at most `limit` of those after the group id `after` (index range on
+    /// `(agent_id, group_id)`: the console pages with it).
     async fn agent_groups(
         &self,
         agent_id: &str,
         limit: usize,
+        after: Option<&str>,
     ) -> StoreResult<Vec<(Group, GroupRole)>>;
     /// Fans a post out in ONE atomic step: the sender's membership is
     /// checked, the history record and one copy per other member (with its

@@ -1157,11 +1157,13 @@ impl Store for PostgresStore {
         &self,
         agent_id: &str,
         limit: usize,
+        after: Option<&str>,
     ) -> StoreResult<Vec<(Group, GroupRole)>> {
         group_sql::agent_groups(
             &mut *self.pool.acquire().await.map_err(db_error)?,
             agent_id,
             limit,
+            after,
         )
         .await
     }

@@ -310,15 +310,18 @@ macro_rules! group_sql {
                 conn: &mut $conn,
                 agent_id: &str,
                 count: usize,
+                after: Option<&str>,
             ) -> StoreResult<Vec<(Group, GroupRole)>> {
+                // Every group id sorts after "": no cursor is the whole range.
                 let sql = format!(
                     "SELECT {GROUP_COLUMNS}, m.role FROM group_members m \
                      JOIN group_info g ON g.id = m.group_id \
-                     WHERE m.agent_id = $1 ORDER BY g.id LIMIT $2"
+                     WHERE m.agent_id = $1 AND m.group_id > $3 ORDER BY m.group_id LIMIT $2"
                 );
                 sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(agent_id)
                     .bind(limit(count))
+                    .bind(after.unwrap_or(""))
                     .fetch_all(&mut *conn)
                     .await
                     .map_err(db_error)?

@@ -1195,11 +1195,13 @@ impl Store for SqliteStore {
         &self,
         agent_id: &str,
         limit: usize,
+        after: Option<&str>,
     ) -> StoreResult<Vec<(Group, GroupRole)>> {
         group_sql::agent_groups(
             &mut *self.reader.acquire().await.map_err(db_error)?,
             agent_id,
             limit,
+            after,
         )
         .await
     }

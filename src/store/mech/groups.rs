@@ -300,7 +300,7 @@ impl MechStore {
     /// An agent was deleted: its memberships and owned groups go too.
     pub(super) async fn groups_forget_agent(&self, agent_id: &str) -> StoreResult<()> {
         let _writer = self.groups.writer.lock().await;
-        let groups = self.groups_index().agent_groups(agent_id, usize::MAX);
+        let groups = self.groups_index().agent_groups(agent_id, usize::MAX, None);
         for (group, role) in groups {
             if role == GroupRole::Owner {
                 self.delete_group_locked(&group.id).await?;

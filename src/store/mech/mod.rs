@@ -1324,8 +1324,9 @@ impl Store for MechStore {
         &self,
         agent_id: &str,
         limit: usize,
+        after: Option<&str>,
     ) -> StoreResult<Vec<(Group, GroupRole)>> {
-        Ok(self.groups_index().agent_groups(agent_id, limit))
+        Ok(self.groups_index().agent_groups(agent_id, limit, after))
     }
 
     async fn post_to_group(&self, post: GroupPost, fan: FanOut) -> StoreResult<Posted> {
