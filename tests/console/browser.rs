@@ -215,7 +215,30 @@ async fn operator_flow(driver: &Driver, backend: Backend, shots: Option<PathBuf>
     wait_text(&browser, "#inbox-dead", |t| t == "1").await;
     // The failed webhook attempt and its error.
     wait_text(&browser, "#attempts .attempt-error", |t| t.contains("500")).await;
+    // Its group, with its role and member count.
+    wait_text(&browser, "#groups tbody", |t| {
+        t.contains(&hub.group_id)
+            && t.contains("Ops Team")
+            && t.contains("owner")
+            && t.contains("2 / 50")
+    })
+    .await;
     screenshot(&browser, &shots, "agent").await;
+
+    // The group's page: members and the post.
+    click(&browser, "#groups a.group-link").await;
+    wait_text(&browser, "h1", |t| t == format!("Group {}", hub.group_id)).await;
+    wait_text(&browser, "#members tbody", |t| {
+        t.contains("alice") && t.contains("bob")
+    })
+    .await;
+    wait_text(&browser, "#history tbody", |t| {
+        t.contains("Deploy at 10:00")
+    })
+    .await;
+    screenshot(&browser, &shots, "group").await;
+    browser.back().await.unwrap();
+    wait_text(&browser, "h1", |t| t == "Agent bob").await;
 
     // Open the dead letter.
     click(&browser, "#dead a.dead-link").await;

@@ -1,5 +1,6 @@
 //! A hub with the console on, over any backend, holding one dead letter
-//! whose webhook delivery failed against a local receiver answering 500.
+//! whose webhook delivery failed against a local receiver answering 500,
+//! and one group ("Ops Team": bob owns it, alice joined, bob posted once).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -137,6 +138,10 @@ pub struct ConsoleHub {
     pub store: Arc<dyn Store>,
     pub dead_id: String,
     pub queued_id: String,
+    /// The group bob owns.
+    pub group_id: String,
+    /// Alice's client (a member of the group).
+    pub alice: AgentClient,
     _receiver: FailingReceiver,
     _keep: Keep,
 }
@@ -171,6 +176,7 @@ impl ConsoleHub {
             .unwrap();
         assert_eq!(set.status(), 200, "{}", set.text().await.unwrap());
 
+        let group_id = ops_team(&bob, &alice).await;
         let dead_id = send(&alice, "bob", "will die").await;
         let queued_id = send(&alice, "carol", "waits").await;
         let pulled = bob.pull(&json!({})).await.unwrap();
@@ -199,6 +205,8 @@ impl ConsoleHub {
             store,
             dead_id,
             queued_id,
+            group_id,
+            alice,
             _receiver: receiver,
             _keep: keep,
         }
@@ -215,6 +223,24 @@ impl ConsoleHub {
             schema.drop_schema().await;
         }
     }
+}
+
+/// `owner` creates "Ops Team", `member` joins, `owner` posts once (the copy
+/// goes to `member`, who has no webhook). Returns the group id.
+async fn ops_team(owner: &AgentClient, member: &AgentClient) -> String {
+    let created = owner
+        .create_group(&json!({ "name": "Ops Team" }))
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let group: serde_json::Value = created.json().await.unwrap();
+    let group_id = group["id"].as_str().unwrap().to_string();
+    let joined = member.join_group(&group_id, None).await.unwrap();
+    assert_eq!(joined.status(), 200, "{}", joined.text().await.unwrap());
+    let envelope = owner.group_envelope(&group_id, "Deploy at 10:00", json!({}));
+    let posted = owner.post_group(&group_id, &envelope).await.unwrap();
+    assert_eq!(posted.status(), 201, "{}", posted.text().await.unwrap());
+    group_id
 }
 
 async fn send(from: &AgentClient, to: &str, subject: &str) -> String {

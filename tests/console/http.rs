@@ -23,6 +23,8 @@ fn pages(hub: &ConsoleHub) -> Vec<String> {
         "/console/dead".into(),
         "/console/deliveries".into(),
         "/console/audit".into(),
+        format!("/console/groups/{}", urlencoding::encode(&hub.group_id)),
+        "/console/agents/bob?groups_after=group%3A%2F%2Fa".into(),
     ]
 }
 
@@ -354,6 +356,24 @@ async fn oversized_queries_and_unknown_records_are_clear_errors() {
         ),
         ("/console/agents/nobody".to_string(), 404, "AGENT_NOT_FOUND"),
         (
+            format!("/console/agents/bob?groups_after={long}"),
+            400,
+            "INVALID_INPUT",
+        ),
+        (
+            "/console/groups/group%3A%2F%2Fnone-00000000".to_string(),
+            404,
+            "GROUP_NOT_FOUND",
+        ),
+        (
+            format!(
+                "/console/groups/{}?cursor=garbage",
+                urlencoding::encode(&hub.group_id)
+            ),
+            400,
+            "INVALID_INPUT",
+        ),
+        (
             "/console/messages/nothing".to_string(),
             404,
             "MESSAGE_NOT_FOUND",
@@ -428,5 +448,81 @@ async fn retry_now_and_requeue_all_change_the_records_and_are_audited() {
     let all = audit.iter().find(|e| e.kind == "console.requeued").unwrap();
     assert_eq!(all.detail["count"], 1);
     assert_eq!(all.detail["actor"], "console:master");
+    hub.stop().await;
+}
+
+/// An agent's groups are listed a page at a time with a link to the next;
+/// the group page shows members and history, a sender's subject escaped.
+#[tokio::test]
+async fn agent_groups_are_paged_and_the_group_page_escapes_posts() {
+    let hub = memory_hub().await;
+    let (cookie, _) = login(&hub, MASTER_KEY).await;
+    let page = |path: String| {
+        let cookie = cookie.clone();
+        let url = hub.url(&path);
+        async move {
+            let response = reqwest::Client::new()
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            response.text().await.unwrap()
+        }
+    };
+    let groups_shown = admp::api::console::GROUPS_SHOWN;
+    for i in 0..groups_shown {
+        let created = hub
+            .alice
+            .create_group(&serde_json::json!({ "name": format!("Team {i:02}") }))
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+    }
+    // Alice: her 20 own groups plus Ops Team; ids sort "group://ops-…" before "group://team-…".
+    let first = page("/console/agents/alice".into()).await;
+    assert_eq!(first.matches("class=\"group-link\"").count(), groups_shown);
+    assert!(
+        first.contains("Ops Team") && first.contains(">member<"),
+        "{first}"
+    );
+    let next = first
+        .split("id=\"groups-next\" href=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a link to the next page of groups")
+        .to_string();
+    let second = page(next).await;
+    assert_eq!(second.matches("class=\"group-link\"").count(), 1);
+    assert!(second.contains("Team 19") && !second.contains("Ops Team"));
+    assert!(!second.contains("groups-next"));
+    // Bob owns Ops Team; Carol is in none.
+    let bobs = page("/console/agents/bob".into()).await;
+    assert!(bobs.contains(&hub.group_id) && bobs.contains(">owner<"));
+    assert!(
+        page("/console/agents/carol".into())
+            .await
+            .contains("In no group.")
+    );
+
+    let hostile = hub.alice.group_envelope(
+        &hub.group_id,
+        "<script>alert(1)</script>",
+        serde_json::json!({}),
+    );
+    let posted = hub.alice.post_group(&hub.group_id, &hostile).await.unwrap();
+    assert_eq!(posted.status(), 201);
+    let group = page(format!(
+        "/console/groups/{}",
+        urlencoding::encode(&hub.group_id)
+    ))
+    .await;
+    let members = group.split("id=\"members\"").nth(1).unwrap();
+    assert!(members.contains(">alice<") && members.contains(">bob<"));
+    assert!(group.contains("Deploy at 10:00"));
+    assert!(group.contains("&#60;script&#62;alert(1)"), "{group}");
+    assert!(!group.contains("<script"));
+    assert!(group.contains("1 of 1 delivered"));
     hub.stop().await;
 }

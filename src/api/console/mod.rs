@@ -22,6 +22,7 @@ use axum::routing::{get, post};
 
 use super::AppState;
 pub use session::{ConsoleState, Operator};
+pub use views::GROUPS_SHOWN;
 
 /// The Content-Security-Policy of every console response: only this
 /// origin's stylesheet, no script at all, no framing, forms post here only.
@@ -61,6 +62,7 @@ pub fn router(state: &AppState) -> Router {
             "/console/agents/{agent_id}/dead/{message_id}/requeue",
             post(actions::requeue_one),
         )
+        .route("/console/groups/{group_id}", get(views::group))
         .route("/console/messages", get(views::message_lookup))
         .route("/console/messages/{message_id}", get(views::message))
         .route("/console/dead", get(views::dead_letters))

@@ -14,13 +14,18 @@ use serde::Deserialize;
 use super::super::AppState;
 use super::session::{CachedCounts, MAX_FAILED_LOGINS, Operator};
 use super::{PageError, PageResult, render};
-use crate::store::{Agent, Delivery, DeliveryAttempt, Message, StateCounts};
+use crate::store::{
+    Agent, Delivery, DeliveryAttempt, Group, GroupMember, GroupPost, GroupRole, Message,
+    StateCounts,
+};
 use crate::telemetry::wall_ms;
 
 /// Rows per list page.
 pub const PAGE_SIZE: usize = 50;
 /// Webhook attempts shown on an agent's page.
 const ATTEMPTS_SHOWN: usize = 20;
+/// Groups per page on an agent's page.
+pub const GROUPS_SHOWN: usize = 20;
 /// Longest accepted search prefix, cursor or id in a query string.
 const MAX_QUERY_LEN: usize = 255;
 
@@ -84,6 +89,23 @@ pub struct ListQuery {
     pub q: Option<String>,
     pub cursor: Option<String>,
     pub notice: Option<String>,
+    /// An agent's page: the last group id of the previous page of its groups.
+    pub groups_after: Option<String>,
+}
+
+/// The rows the store returned for a page asked with one extra row: the
+/// page, and the cursor of the next one when the extra row came back.
+fn page_of<T>(
+    mut rows: Vec<T>,
+    size: usize,
+    cursor: impl Fn(&T) -> String,
+) -> (Vec<T>, Option<String>) {
+    if rows.len() <= size {
+        return (rows, None);
+    }
+    rows.truncate(size);
+    let next = rows.last().map(cursor);
+    (rows, next)
 }
 
 /// A fixed message a redirect after a change asks the next page to show.
@@ -389,6 +411,29 @@ impl From<&DeliveryAttempt> for AttemptRow {
     }
 }
 
+/// One of an agent's groups.
+pub struct GroupRow {
+    pub id: String,
+    pub name: String,
+    pub role: &'static str,
+    pub member_count: u64,
+    pub max_members: u32,
+    pub access: &'static str,
+}
+
+impl From<(Group, GroupRole)> for GroupRow {
+    fn from((g, role): (Group, GroupRole)) -> Self {
+        GroupRow {
+            role: role.as_str(),
+            member_count: g.member_count,
+            max_members: g.settings.max_members,
+            access: g.access.as_str(),
+            id: g.id,
+            name: g.name,
+        }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "agent.html")]
 pub struct AgentPage {
@@ -407,9 +452,13 @@ pub struct AgentPage {
     pub dead: Vec<DeadRow>,
     pub dead_next: Option<String>,
     pub attempts: Vec<AttemptRow>,
+    pub groups: Vec<GroupRow>,
+    /// `groups_after` of the next page of groups.
+    pub groups_next: Option<String>,
 }
 
-/// `GET /console/agents/{id}?cursor=` (the cursor pages its dead letters).
+/// `GET /console/agents/{id}?cursor=&groups_after=` (the cursor pages its
+/// dead letters, `groups_after` its groups).
 pub async fn agent(
     State(app): State<AppState>,
     operator: Operator,
@@ -418,13 +467,18 @@ pub async fn agent(
 ) -> PageResult {
     let layout = Layout::new(&operator, format!("Agent {agent_id}"));
     let cursor = bounded("cursor", &query.cursor)?;
+    let groups_after = bounded("groups_after", &query.groups_after)?;
     let agent = app.hub.agent(&agent_id).await?;
-    let (counts, dead, attempts) = tokio::join!(
+    let (counts, dead, attempts, groups) = tokio::join!(
         app.hub.store.inbox_stats(&agent_id),
         app.hub.store.list_dead(&agent_id, PAGE_SIZE, cursor),
         app.hub.store.list_attempts(&agent_id, ATTEMPTS_SHOWN),
+        app.hub
+            .store
+            .agent_groups(&agent_id, GROUPS_SHOWN + 1, groups_after),
     );
     let (counts, dead, attempts) = (counts?, dead?, attempts?);
+    let (groups, groups_next) = page_of(groups?, GROUPS_SHOWN, |(g, _)| g.id.clone());
     let now = app.hub.clock.now_ms();
     let keys = agent
         .keys
@@ -462,6 +516,100 @@ pub async fn agent(
         dead: dead.items.iter().map(DeadRow::from).collect(),
         dead_next: dead.next_cursor,
         attempts: attempts.iter().map(AttemptRow::from).collect(),
+        groups: groups.into_iter().map(GroupRow::from).collect(),
+        groups_next,
+    }))
+}
+
+/// One member of a group.
+pub struct MemberRow {
+    pub agent_id: String,
+    pub role: &'static str,
+    pub joined: String,
+}
+
+impl From<GroupMember> for MemberRow {
+    fn from(m: GroupMember) -> Self {
+        MemberRow {
+            role: m.role.as_str(),
+            joined: when(Some(m.joined_at)),
+            agent_id: m.agent_id,
+        }
+    }
+}
+
+/// One post of a group's history.
+pub struct PostRow {
+    pub id: String,
+    pub sender: String,
+    pub at: String,
+    /// As the sender wrote it (escaped by the template).
+    pub subject: String,
+    pub copies: usize,
+    /// Copies stored (the others failed, e.g. a full inbox).
+    pub delivered: usize,
+}
+
+impl From<&GroupPost> for PostRow {
+    fn from(p: &GroupPost) -> Self {
+        let envelope = p.envelope.to_value();
+        PostRow {
+            id: p.id.clone(),
+            sender: p.sender.clone(),
+            at: when(Some(p.created_at)),
+            subject: envelope["subject"].as_str().unwrap_or_default().to_string(),
+            copies: p.deliveries.len(),
+            delivered: p
+                .deliveries
+                .iter()
+                .filter(|d| d.status == crate::store::COPY_DELIVERED)
+                .count(),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "group.html")]
+pub struct GroupPage {
+    pub layout: Layout,
+    pub g: Group,
+    pub access: &'static str,
+    pub created: String,
+    pub members: Vec<MemberRow>,
+    pub posts: Vec<PostRow>,
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /console/groups/{id}?cursor=`: a group read-only, its members
+/// (at most the group's `max_members`, itself at most 1000) and one page of
+/// its history, newest first.
+pub async fn group(
+    State(app): State<AppState>,
+    operator: Operator,
+    Path(group_id): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> PageResult {
+    let layout = Layout::new(&operator, format!("Group {group_id}"));
+    let cursor = bounded("cursor", &query.cursor)?;
+    let g = app
+        .hub
+        .store
+        .get_group(&group_id)
+        .await?
+        .ok_or_else(|| crate::hub::HubError::GroupNotFound(group_id.clone()))?;
+    let (members, history) = tokio::join!(
+        app.hub.store.group_members(&group_id),
+        app.hub.store.group_history(&group_id, PAGE_SIZE, cursor),
+    );
+    let (members, history) = (members?, history?);
+    Ok(render(&GroupPage {
+        layout,
+        access: g.access.as_str(),
+        created: when(Some(g.created_at)),
+        members: members.into_iter().map(MemberRow::from).collect(),
+        posts: history.items.iter().map(PostRow::from).collect(),
+        next_cursor: history.next_cursor,
+        g,
     }))
 }
 
