@@ -1,7 +1,7 @@
 //! `admp bench --scenario console`: render times of the operator console's
 //! pages over a big store. The store is filled in process through the
 //! `Store` trait (agents, messages in every state, failing webhook
-//! deliveries, audit events), then a hub serves it on 127.0.0.1 and each
+//! deliveries, audit events, groups with members and history), then a hub serves it on 127.0.0.1 and each
 //! page is fetched over HTTP with a session, warm-up first, then timed.
 
 use std::sync::Arc;
@@ -17,8 +17,9 @@ use crate::hub::Clock;
 use crate::store::memory::MemoryStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
-    Agent, AgentKey, AttemptOutcome, Delivery, DeliveryAttempt, DeliveryState, Message,
-    MessageState, Metadata, NewAuditEvent, Store, dead_reason,
+    Agent, AgentKey, AttemptOutcome, Delivery, DeliveryAttempt, DeliveryState, FanOut, Group,
+    GroupAccess, GroupMember, GroupPost, GroupRole, GroupSettings, Message, MessageState, Metadata,
+    NewAuditEvent, Store, StoreError, dead_reason,
 };
 
 /// Timed fetches per page (after two warm-ups).
@@ -27,6 +28,13 @@ const SAMPLES: usize = 20;
 const FAILING_DELIVERIES: usize = 2_000;
 /// Audit events appended.
 const AUDIT_EVENTS: u64 = 1_000;
+/// Groups created, each with up to [`GROUP_MEMBERS`] members.
+const GROUPS: usize = 100;
+const GROUP_MEMBERS: usize = 20;
+/// Groups the agent whose page is timed belongs to (more than one page of them).
+const MIDDLE_AGENT_GROUPS: usize = 30;
+/// Posts in the history of the group whose page is timed (more than one page).
+const GROUP_POSTS: usize = 120;
 /// The operator key of the benchmark hub.
 const KEY: &str = "console-bench-master-key-0123456789";
 
@@ -62,6 +70,8 @@ async fn measure(
     let started = Instant::now();
     let bulk = backend == StorageBackend::Sqlite;
     let sample_id = fill(&*store, args.agents, args.messages, args.concurrency, bulk).await?;
+    let middle = format!("agent-{:06}", args.agents / 2);
+    let sample_group = fill_groups(&*store, args.agents, &middle).await?;
     eprintln!(
         "filled {} agents and {} messages in {:.1} s",
         args.agents,
@@ -103,20 +113,20 @@ async fn measure(
         .and_then(|v| v.split(';').next())
         .context("the console login set no cookie")?
         .to_string();
-    let middle = format!("agent-{:06}", args.agents / 2);
     let pages = [
         "/console".to_string(),
         "/console/agents".to_string(),
         format!("/console/agents?q={}", &middle[..10]),
         format!("/console/agents?cursor={middle}"),
         format!("/console/agents/{middle}"),
+        format!("/console/groups/{}", urlencoding::encode(&sample_group)),
         format!("/console/messages/{sample_id}"),
         "/console/dead".to_string(),
         "/console/deliveries".to_string(),
         "/console/audit".to_string(),
     ];
     println!(
-        "{:<44} {:>9} {:>9} {:>9} {:>9}",
+        "{:<52} {:>9} {:>9} {:>9} {:>9}",
         "page", "first ms", "p50 ms", "p95 ms", "max ms"
     );
     for page in &pages {
@@ -142,7 +152,7 @@ async fn measure(
         times.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
-            "{:<44} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            "{:<52} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
             page,
             ms(first),
             ms(times[SAMPLES / 2]),
@@ -295,6 +305,74 @@ async fn fill_webhooks_and_audit(
             .await?;
     }
     Ok("hooked-000000".into())
+}
+
+/// [`GROUPS`] groups of [`GROUP_MEMBERS`] members spread over the agents
+/// (`middle` joins the first [`MIDDLE_AGENT_GROUPS`]), and [`GROUP_POSTS`]
+/// posts fanned out in the first. Returns the first group's id.
+async fn fill_groups(store: &dyn Store, agents: usize, middle: &str) -> anyhow::Result<String> {
+    let now = crate::telemetry::wall_ms();
+    let id = |g: usize| format!("group://bench-team-{g:08x}");
+    for g in 0..GROUPS {
+        let owner = format!("agent-{:06}", (g * 97) % agents);
+        let group = Group {
+            id: id(g),
+            name: format!("Bench Team {g}"),
+            created_by: owner,
+            access: GroupAccess::Open,
+            join_key_hash: None,
+            settings: GroupSettings {
+                history_visible: true,
+                max_members: 50,
+                message_ttl_sec: 86_400,
+            },
+            created_at: now,
+            updated_at: now,
+            member_count: 0,
+        };
+        store.create_group(group, now).await?;
+        let mut members: Vec<String> = (1..GROUP_MEMBERS)
+            .map(|k| format!("agent-{:06}", (g * 97 + k * 491) % agents))
+            .collect();
+        if g < MIDDLE_AGENT_GROUPS {
+            members.push(middle.to_string());
+        }
+        for agent_id in members {
+            let member = GroupMember {
+                agent_id,
+                role: GroupRole::Member,
+                joined_at: now,
+            };
+            match store.add_group_member(&id(g), member).await {
+                Ok(()) | Err(StoreError::AlreadyMember) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    let sender = format!("agent-{:06}", 0);
+    for n in 0..GROUP_POSTS {
+        let post_id = format!("post-{n:06}");
+        let envelope = json!({"version": "1.0", "id": post_id, "from": format!("agent://{sender}"),
+            "to": id(0), "subject": format!("bench post {n}"), "body": {"n": n}});
+        let post = GroupPost {
+            id: post_id.clone(),
+            group_id: id(0),
+            sender: sender.clone(),
+            envelope: envelope.into(),
+            created_at: now + n as i64,
+            expires_at: now + 86_400_000,
+            idempotency_key: None,
+            content_hash: post_id,
+            deliveries: Vec::new(),
+        };
+        let fan = FanOut {
+            quota: u64::MAX,
+            copy_expires_at: now + 86_400_000,
+            now: now + n as i64,
+        };
+        store.post_to_group(post, fan).await?;
+    }
+    Ok(id(0))
 }
 
 /// The same distribution as [`fill`] written straight into the SQLite file
