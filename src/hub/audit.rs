@@ -84,6 +84,13 @@ impl Hub {
         }
     }
 
+    /// The public key (base64) that signs audit checkpoints, when the hub has one.
+    pub fn audit_public_key(&self) -> Option<String> {
+        self.audit_key
+            .as_ref()
+            .map(|k| keys::encode_public_key(&k.verifying_key()))
+    }
+
     /// The first checkpoint among `events` that fails: a signature that is
     /// not the hub's key's, or an anchored hash that differs from the
     /// stored event's (a row rewritten and the chain recomputed).

@@ -526,3 +526,56 @@ async fn agent_groups_are_paged_and_the_group_page_escapes_posts() {
     assert!(group.contains("1 of 1 delivered"));
     hub.stop().await;
 }
+
+/// The audit page says whether checkpoints are signed and whether this
+/// page's verify with the hub's key.
+#[tokio::test]
+async fn the_audit_page_reports_signed_checkpoints() {
+    let hub = memory_hub().await;
+    let (cookie, _) = login(&hub, MASTER_KEY).await;
+    let audit_page = |hub: &ConsoleHub, cookie: &str| {
+        let url = hub.url("/console/audit");
+        let cookie = cookie.to_string();
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    assert!(
+        audit_page(&hub, &cookie)
+            .await
+            .contains("Signed checkpoints: off")
+    );
+    hub.stop().await;
+
+    let key = admp::signing::keys::generate();
+    let public = admp::signing::keys::encode_public_key(&key.verifying_key());
+    let config = admp::config::Config {
+        audit_signing_key: Some(admp::signing::keys::encode_secret_key(&key)),
+        audit_checkpoint_every: 2,
+        ..console_config()
+    };
+    let hub = ConsoleHub::start(Backend::Memory, config, Clock::system()).await;
+    let (cookie, _) = login(&hub, MASTER_KEY).await;
+    let html = audit_page(&hub, &cookie).await;
+    let status = html
+        .split("id=\"checkpoints\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</p>").next())
+        .expect("the checkpoint status");
+    assert!(status.contains("every 2 events"), "{status}");
+    assert!(status.contains(&public), "{status}");
+    assert!(
+        status.contains("verify;") && !status.contains("NOT"),
+        "{status}"
+    );
+    assert!(html.contains("audit.checkpoint"));
+    hub.stop().await;
+}

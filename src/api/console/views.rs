@@ -813,6 +813,20 @@ pub struct AuditRow {
     pub broken: bool,
 }
 
+/// The signed checkpoints as the audit page reports them.
+pub struct CheckpointStatus {
+    /// Public key that signs them (base64).
+    pub public_key: String,
+    /// `AUDIT_CHECKPOINT_EVERY`.
+    pub every: u64,
+    /// Checkpoints on this page.
+    pub on_page: usize,
+    /// The event the page's last checkpoint anchors.
+    pub last_anchor: Option<u64>,
+    /// The first checkpoint on the page that does not verify.
+    pub failed_at: Option<u64>,
+}
+
 #[derive(Template)]
 #[template(path = "audit.html")]
 pub struct AuditPage {
@@ -821,6 +835,8 @@ pub struct AuditPage {
     pub chain_valid: bool,
     pub broken_at: Option<u64>,
     pub next_cursor: Option<String>,
+    /// `None` when the hub signs no checkpoints (no `AUDIT_SIGNING_KEY_FILE`).
+    pub checkpoints: Option<CheckpointStatus>,
 }
 
 /// `GET /console/audit?cursor=`: the log from its start (or `cursor`), the
@@ -833,6 +849,20 @@ pub async fn audit(
     let layout = Layout::new(&operator, "Audit log");
     let cursor = bounded("cursor", &query.cursor)?;
     let page = app.hub.audit_page(Some(PAGE_SIZE), cursor).await?;
+    let checkpoints = app.hub.audit_public_key().map(|public_key| {
+        let on_page: Vec<&crate::store::AuditEvent> = page
+            .events
+            .iter()
+            .filter(|e| e.kind == crate::audit::CHECKPOINT_KIND)
+            .collect();
+        CheckpointStatus {
+            public_key,
+            every: app.hub.config.audit_checkpoint_every,
+            on_page: on_page.len(),
+            last_anchor: on_page.last().and_then(|e| e.detail["seq"].as_u64()),
+            failed_at: page.checkpoint_failed_at,
+        }
+    });
     let rows = page
         .events
         .iter()
@@ -852,5 +882,6 @@ pub async fn audit(
         chain_valid: page.chain_valid,
         broken_at: page.broken_at,
         next_cursor: page.next_cursor,
+        checkpoints,
     }))
 }
