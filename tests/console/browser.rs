@@ -173,7 +173,15 @@ async fn screenshot(browser: &Client, shots: &Option<PathBuf>, name: &str) {
 /// forged change refused, requeue it and see the state change, see the
 /// failed webhook attempt's error, log out; pages need a session throughout.
 async fn operator_flow(driver: &Driver, backend: Backend, shots: Option<PathBuf>) {
-    let hub = ConsoleHub::start(backend, console_config(), Clock::system()).await;
+    // The hub signs an audit checkpoint every 4 events: the audit page says they verify.
+    let config = admp::config::Config {
+        audit_signing_key: Some(admp::signing::keys::encode_secret_key(
+            &admp::signing::keys::generate(),
+        )),
+        audit_checkpoint_every: 4,
+        ..console_config()
+    };
+    let hub = ConsoleHub::start(backend, config, Clock::system()).await;
     let profile = TempDir::new();
     let browser = driver.browser(profile.path()).await;
 
@@ -296,6 +304,10 @@ async fn operator_flow(driver: &Driver, backend: Backend, shots: Option<PathBuf>
     screenshot(&browser, &shots, "deliveries").await;
     click(&browser, "header nav a[href='/console/audit']").await;
     wait_text(&browser, "#chain", |t| t.contains("verified")).await;
+    wait_text(&browser, "#checkpoints", |t| {
+        t.contains("every 4 events") && t.contains("verify") && !t.contains("NOT")
+    })
+    .await;
     wait_text(&browser, "#audit tbody", |t| {
         t.contains("console.requeued") && t.contains("console:master")
     })
