@@ -37,23 +37,62 @@ fn encode(segment: &str) -> String {
     urlencoding::encode(segment).into_owned()
 }
 
-/// The optional sender-chosen envelope fields shared by sends and group posts.
-fn set_sender_fields(
-    env: &mut Map<String, Value>,
-    message_type: Option<String>,
-    correlation_id: Option<String>,
-) {
-    if let Some(t) = message_type {
-        env.insert("type".into(), json!(t));
-    }
-    if let Some(c) = correlation_id {
-        env.insert("correlation_id".into(), json!(c));
-    }
+/// What the agent writes in a message or a group post (flattened into
+/// both tools' arguments).
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct Content {
+    /// One-line subject.
+    pub subject: String,
+    /// Message body: any JSON value (default `{}`).
+    #[serde(default)]
+    pub body: Option<Value>,
+    /// Message type (default `task.request`), e.g. `task.result`, `event`, `notification`.
+    #[serde(rename = "type", default)]
+    pub message_type: Option<String>,
+    /// Ties this message to an earlier one (e.g. the request it answers).
+    #[serde(default)]
+    pub correlation_id: Option<String>,
+    /// Resending with the same key never delivers twice (the hub answers `duplicate: true`).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
-/// The `Idempotency-Key` header, when a key was given.
-fn idempotency_header(key: Option<&str>) -> Vec<(&'static str, &str)> {
-    key.map(|k| ("idempotency-key", k)).into_iter().collect()
+impl Content {
+    /// Posts this content, signed by `link`'s agent and addressed to `to`,
+    /// to the hub route `path`; `edit` sets the remaining envelope fields.
+    async fn post<T: serde::de::DeserializeOwned>(
+        self,
+        link: &HubLink,
+        to: &str,
+        path: &str,
+        edit: impl FnOnce(&mut Map<String, Value>),
+    ) -> Result<Json<T>, CallToolResult> {
+        let (message_type, correlation_id) = (self.message_type, self.correlation_id);
+        let envelope = link.client().envelope_with(
+            to,
+            &self.subject,
+            self.body.unwrap_or_else(|| json!({})),
+            |env| {
+                if let Some(t) = message_type {
+                    env.insert("type".into(), json!(t));
+                }
+                if let Some(c) = correlation_id {
+                    env.insert("correlation_id".into(), json!(c));
+                }
+                edit(env);
+            },
+        );
+        let headers: Vec<(&str, &str)> = self
+            .idempotency_key
+            .as_deref()
+            .map(|k| ("idempotency-key", k))
+            .into_iter()
+            .collect();
+        link.call_as_with(Method::POST, path, Some(&envelope), &headers)
+            .await
+            .map(Json)
+            .map_err(tool_error)
+    }
 }
 
 /// Prefix of every group id (GROUPS.md).
@@ -70,23 +109,11 @@ when mail arrives. my_groups lists your groups; post_to_group reaches every othe
 pub struct SendMessageArgs {
     /// Recipient agent id (`bob` or `agent://bob`).
     pub to: String,
-    /// One-line subject.
-    pub subject: String,
-    /// Message body: any JSON value (default `{}`).
-    #[serde(default)]
-    pub body: Option<Value>,
-    /// Message type (default `task.request`), e.g. `task.result`, `event`, `notification`.
-    #[serde(rename = "type", default)]
-    pub message_type: Option<String>,
-    /// Ties this message to an earlier one (e.g. the request it answers).
-    #[serde(default)]
-    pub correlation_id: Option<String>,
+    #[serde(flatten)]
+    pub content: Content,
     /// Seconds the message may wait unacked before it expires.
     #[serde(default)]
     pub ttl_sec: Option<u64>,
-    /// Resending with the same key never delivers twice (the hub answers `duplicate: true`).
-    #[serde(default)]
-    pub idempotency_key: Option<String>,
 }
 
 /// Result of a send or a reply.
@@ -231,20 +258,8 @@ pub struct DeadLetterPage {
 pub struct PostToGroupArgs {
     /// Group id as my_groups returns it (`group://ops-team-1a2b3c4d`; the `group://` may be left out).
     pub group_id: String,
-    /// One-line subject.
-    pub subject: String,
-    /// Message body: any JSON value (default `{}`).
-    #[serde(default)]
-    pub body: Option<Value>,
-    /// Message type (default `task.request`), e.g. `event`, `notification`.
-    #[serde(rename = "type", default)]
-    pub message_type: Option<String>,
-    /// Ties this post to an earlier message.
-    #[serde(default)]
-    pub correlation_id: Option<String>,
-    /// Posting again with the same key never delivers twice (the hub answers `duplicate: true`).
-    #[serde(default)]
-    pub idempotency_key: Option<String>,
+    #[serde(flatten)]
+    pub content: Content,
 }
 
 /// One member's copy of a group post, as the hub reports it.
@@ -358,28 +373,15 @@ impl InboxServer {
         if to.is_empty() {
             return Err(tool_error(HubFailure::invalid("`to` names no agent")));
         }
-        let envelope = self.link.client().envelope_with(
-            &to,
-            &args.subject,
-            args.body.unwrap_or_else(|| json!({})),
-            |env| {
-                set_sender_fields(env, args.message_type, args.correlation_id);
-                if let Some(ttl) = args.ttl_sec {
+        let path = format!("/api/agents/{}/messages", encode(&to));
+        let ttl_sec = args.ttl_sec;
+        args.content
+            .post(&self.link, &to, &path, |env| {
+                if let Some(ttl) = ttl_sec {
                     env.insert("ttl_sec".into(), json!(ttl));
                 }
-            },
-        );
-        let path = format!("/api/agents/{}/messages", encode(&to));
-        self.link
-            .call_as_with(
-                Method::POST,
-                &path,
-                Some(&envelope),
-                &idempotency_header(args.idempotency_key.as_deref()),
-            )
+            })
             .await
-            .map(Json)
-            .map_err(tool_error)
     }
 
     #[tool(
@@ -592,25 +594,12 @@ impl InboxServer {
         } else {
             format!("{GROUP_PREFIX}{group_id}")
         };
-        let envelope = self.link.client().envelope_with(
-            &group_id,
-            &args.subject,
-            args.body.unwrap_or_else(|| json!({})),
-            |env| {
+        let path = group_path(&group_id, "messages");
+        args.content
+            .post(&self.link, &group_id, &path, |env| {
                 env.insert("to".into(), json!(group_id));
-                set_sender_fields(env, args.message_type, args.correlation_id);
-            },
-        );
-        self.link
-            .call_as_with(
-                Method::POST,
-                &group_path(&group_id, "messages"),
-                Some(&envelope),
-                &idempotency_header(args.idempotency_key.as_deref()),
-            )
+            })
             .await
-            .map(Json)
-            .map_err(tool_error)
     }
 
     #[tool(
