@@ -166,6 +166,17 @@ pub struct Config {
     /// Leases after which an unacked message is dead-lettered.
     #[arg(long, env = "MAX_DELIVERY_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_delivery_attempts: u32,
+    /// Seconds between heartbeat comments on an inbox stream (keeps proxies
+    /// from closing an idle stream; the stream also re-checks its agent then).
+    #[arg(long, env = "STREAM_HEARTBEAT_SEC", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub stream_heartbeat_sec: u64,
+    /// Concurrent inbox streams one agent may hold (429 TOO_MANY_STREAMS beyond).
+    #[arg(long, env = "STREAM_MAX_PER_AGENT", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub stream_max_per_agent: u32,
+    /// Concurrent inbox streams one hub instance holds (429 TOO_MANY_STREAMS
+    /// beyond): each is one open connection, so keep it under the file limit.
+    #[arg(long, env = "STREAM_MAX_TOTAL", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub stream_max_total: u32,
     /// How long acked, expired and dead records are kept.
     #[arg(long, env = "MESSAGE_RETENTION_SEC", default_value_t = 3_600)]
     pub message_retention_sec: u64,
@@ -368,6 +379,9 @@ impl Default for Config {
             max_message_size_kb: 256,
             max_messages_per_agent: 10_000,
             max_delivery_attempts: 10,
+            stream_heartbeat_sec: 15,
+            stream_max_per_agent: 4,
+            stream_max_total: 1_000,
             message_retention_sec: 3_600,
             heartbeat_interval_ms: 60_000,
             heartbeat_timeout_ms: 300_000,

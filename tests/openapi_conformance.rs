@@ -472,7 +472,17 @@ async fn probe_all(config: Config, thorough: bool) -> (Value, Findings) {
                     .await
                     .unwrap();
                 let status = response.status().as_u16();
-                let bytes = response.bytes().await.unwrap();
+                // An event stream never ends by itself: its first frame will do.
+                let event_stream = response
+                    .headers()
+                    .get("content-type")
+                    .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                let bytes = if event_stream {
+                    let mut response = response;
+                    response.chunk().await.unwrap().unwrap_or_default()
+                } else {
+                    response.bytes().await.unwrap()
+                };
                 let probe = format!("{path} {creds:?} body {}", &body[..body.len().min(60)]);
                 findings.check(&doc, &op, responses, &probe, status, &bytes);
             }

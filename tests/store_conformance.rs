@@ -260,6 +260,9 @@ macro_rules! conformance {
                 retired_agent_ids_stay_retired,
                 fair_claims_cap_each_agent_and_skip_busy_ones,
                 refused_agent_changes_leave_the_record_unchanged,
+                stream_leases_carry_their_holder_and_are_counted,
+                release_held_requeues_or_kills_what_a_stream_holds,
+                lease_held_from_takes_over_another_streams_leases,
             );
 
             $(
@@ -2559,6 +2562,204 @@ mod contract {
             .unwrap();
         let ids: Vec<&str> = claimed.iter().map(|d| d.id.as_str()).collect();
         assert_eq!(ids, ["d03"], "the limit applies across agents");
+    }
+
+    async fn lease_held(
+        store: &Arc<dyn Store>,
+        now: Millis,
+        max_messages: usize,
+        max_attempts: u32,
+        holder: &str,
+        from: Option<&str>,
+    ) -> Vec<Message> {
+        let request = LeaseRequest {
+            recipient: "bob".into(),
+            now,
+            visibility_ms: MINUTE,
+            max_messages,
+            max_attempts,
+        };
+        store.lease_held(&request, holder, from).await.unwrap()
+    }
+
+    fn held_by(m: &Message, holder: &str) -> bool {
+        m.lease_id
+            .as_deref()
+            .is_some_and(|l| l.starts_with(&holder_tag(holder)) && l.len() > holder.len() + 8)
+    }
+
+    pub async fn stream_leases_carry_their_holder_and_are_counted(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob", "carol"]).await;
+        for (i, id) in ["m1", "m2", "m3", "m4", "m5"].iter().enumerate() {
+            enqueue(&store, message(id, "bob", T0 + i as i64)).await;
+        }
+        let now = T0 + 10;
+        let s1 = lease_held(&store, now, 2, MAX_ATTEMPTS, "s1", None).await;
+        assert_eq!(ids(&s1), ["m1", "m2"]);
+        for m in &s1 {
+            assert!(held_by(m, "s1"), "{:?}", m.lease_id);
+            assert_eq!((m.state, m.attempts), (MessageState::Leased, 1));
+            assert_eq!(m.lease_until, Some(now + MINUTE));
+            assert_eq!(get(&store, &m.id).await, *m);
+        }
+        assert_ne!(s1[0].lease_id, s1[1].lease_id);
+        let s2 = lease_held(&store, now, 1, MAX_ATTEMPTS, "s2", None).await;
+        assert_eq!(ids(&s2), ["m3"]);
+        assert!(held_by(&s2[0], "s2"));
+        // A plain pull's lease belongs to no stream.
+        assert_eq!(ids(&lease(&store, "bob", now, 1).await), ["m4"]);
+        let count = |holder: &'static str, at: Millis| {
+            let store = store.clone();
+            async move { store.count_held("bob", holder, at).await.unwrap() }
+        };
+        assert_eq!((count("s1", now).await, count("s2", now).await), (2, 1));
+        assert_eq!(
+            count("s", now).await,
+            0,
+            "a prefix of a holder is another holder"
+        );
+        assert_eq!(store.count_held("carol", "s1", now).await.unwrap(), 0);
+        // Settling frees the stream's slots; an ended lease no longer counts.
+        let ack = ack_request("bob", "m1", s1[0].lease_id.as_deref(), now);
+        store.ack(&ack).await.unwrap();
+        assert_eq!(count("s1", now).await, 1);
+        let requeue = NackAction::Requeue { visible_at: now };
+        let nack = nack_request("bob", "m2", s1[1].lease_id.as_deref(), requeue, now);
+        store.nack(&nack).await.unwrap();
+        assert_eq!(count("s1", now).await, 0);
+        assert_eq!(count("s2", now + MINUTE - 1).await, 1);
+        assert_eq!(count("s2", now + MINUTE).await, 0);
+        // The requeued m2 is visible from `now`, after m5 (T0 + 4).
+        let again = lease_held(&store, now, 5, MAX_ATTEMPTS, "s1", None).await;
+        assert_eq!(ids(&again), ["m5", "m2"]);
+        assert_eq!(again[1].attempts, 2);
+    }
+
+    pub async fn release_held_requeues_or_kills_what_a_stream_holds(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob", "carol"]).await;
+        for (i, id) in ["m1", "m2", "m3"].iter().enumerate() {
+            enqueue(&store, message(id, "bob", T0 + i as i64)).await;
+        }
+        let now = T0 + 10;
+        assert_eq!(
+            ids(&lease_held(&store, now, 2, 2, "s1", None).await),
+            ["m1", "m2"]
+        );
+        assert_eq!(
+            ids(&lease_held(&store, now, 2, 2, "s2", None).await),
+            ["m3"]
+        );
+        let none = ReclaimCounts::default();
+        assert_eq!(
+            store.release_held("carol", "s1", now, 2).await.unwrap(),
+            none
+        );
+        let released = store.release_held("bob", "s1", now + 1, 2).await.unwrap();
+        assert_eq!(
+            released,
+            ReclaimCounts {
+                requeued: 2,
+                dead: 0
+            }
+        );
+        for id in ["m1", "m2"] {
+            let m = get(&store, id).await;
+            assert_eq!((m.state, m.attempts), (MessageState::Queued, 1));
+            assert_eq!((m.lease_id, m.lease_until), (None, None));
+            assert_eq!(m.visible_at, now + 1);
+        }
+        assert!(
+            held_by(&get(&store, "m3").await, "s2"),
+            "another stream's lease stays"
+        );
+        // Released at once: the next lease takes them again, the attempt counted.
+        let second = lease_held(&store, now + 1, 2, 2, "s1", None).await;
+        assert_eq!(ids(&second), ["m1", "m2"]);
+        assert_eq!(second[0].attempts, 2);
+        // At the attempt limit a release dead-letters, as an expired lease would.
+        let released = store.release_held("bob", "s1", now + 2, 2).await.unwrap();
+        assert_eq!(
+            released,
+            ReclaimCounts {
+                requeued: 0,
+                dead: 2
+            }
+        );
+        let dead = get(&store, "m1").await;
+        assert_eq!(dead.state, MessageState::Dead);
+        assert_eq!(dead.dead_reason.as_deref(), Some(dead_reason::MAX_ATTEMPTS));
+        assert_eq!(dead.ended_at, Some(now + 2));
+        assert_eq!(
+            store.release_held("bob", "s1", now + 3, 2).await.unwrap(),
+            none
+        );
+        assert_eq!(store.count_held("bob", "s2", now + 3).await.unwrap(), 1);
+    }
+
+    pub async fn lease_held_from_takes_over_another_streams_leases(store: Arc<dyn Store>) {
+        setup_agents(&store, &["bob", "carol"]).await;
+        for (i, id) in ["m1", "m2", "m3", "m4"].iter().enumerate() {
+            enqueue(&store, message(id, "bob", T0 + i as i64)).await;
+        }
+        let old = lease_held(&store, T0 + 10, 3, MAX_ATTEMPTS, "old", None).await;
+        assert_eq!(ids(&old), ["m1", "m2", "m3"]);
+        store
+            .ack(&ack_request(
+                "bob",
+                "m2",
+                old[1].lease_id.as_deref(),
+                T0 + 11,
+            ))
+            .await
+            .unwrap();
+        enqueue(&store, message("m5", "bob", T0 + 12)).await;
+        // Another inbox never yields what "old" holds in bob's.
+        let request = LeaseRequest {
+            recipient: "carol".into(),
+            now: T0 + 20,
+            visibility_ms: MINUTE,
+            max_messages: 10,
+            max_attempts: MAX_ATTEMPTS,
+        };
+        assert!(
+            store
+                .lease_held(&request, "new", Some("old"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Only what "old" holds unsettled, under fresh leases, before the queue.
+        let now = T0 + 20;
+        let taken = lease_held(&store, now, 10, MAX_ATTEMPTS, "new", Some("old")).await;
+        assert_eq!(ids(&taken), ["m1", "m3"]);
+        for (m, was) in taken.iter().zip([&old[0], &old[2]]) {
+            assert!(held_by(m, "new"));
+            assert_eq!(m.attempts, 2);
+            assert_eq!(m.lease_until, Some(now + MINUTE));
+            assert_ne!(m.lease_id, was.lease_id);
+        }
+        assert_eq!(get(&store, "m4").await.state, MessageState::Queued);
+        assert_eq!(store.count_held("bob", "old", now).await.unwrap(), 0);
+        assert_eq!(store.count_held("bob", "new", now).await.unwrap(), 2);
+        let stale = ack_request("bob", "m1", old[0].lease_id.as_deref(), now);
+        assert!(matches!(
+            store.ack(&stale).await,
+            Err(StoreError::LeaseMismatch)
+        ));
+        // At most `max_messages`; the rest stays with its holder.
+        let part = lease_held(&store, now, 1, MAX_ATTEMPTS, "newer", Some("new")).await;
+        assert_eq!(ids(&part), ["m1"]);
+        assert_eq!(store.count_held("bob", "new", now).await.unwrap(), 1);
+        // A message at the attempt limit goes to the dead letters instead.
+        let last = lease_held(&store, now, 10, 3, "last", Some("newer")).await;
+        assert!(last.is_empty());
+        let dead = get(&store, "m1").await;
+        assert_eq!((dead.state, dead.attempts), (MessageState::Dead, 3));
+        assert!(
+            lease_held(&store, now, 10, MAX_ATTEMPTS, "x", Some("gone"))
+                .await
+                .is_empty()
+        );
     }
 
     pub async fn refused_agent_changes_leave_the_record_unchanged(store: Arc<dyn Store>) {

@@ -131,6 +131,7 @@ pub fn status_and_code(e: &HubError) -> (StatusCode, &'static str) {
         NotDead => (S::CONFLICT, "NOT_DEAD"),
         DuplicateMessageId => (S::CONFLICT, "DUPLICATE_MESSAGE_ID"),
         InboxFull { .. } => (S::TOO_MANY_REQUESTS, "INBOX_FULL"),
+        TooManyStreams(_) => (S::TOO_MANY_REQUESTS, "TOO_MANY_STREAMS"),
         Forbidden(_) => (S::FORBIDDEN, "FORBIDDEN"),
         AuthRequired => (S::UNAUTHORIZED, "AUTH_REQUIRED"),
         ApiKeyRequired => (S::UNAUTHORIZED, "API_KEY_REQUIRED"),
@@ -179,6 +180,7 @@ impl From<HubError> for ApiError {
             HubError::InboxFull { retry_after_sec } => {
                 error.retry_after_sec = Some(retry_after_sec)
             }
+            HubError::TooManyStreams(_) => error.retry_after_sec = Some(5),
             HubError::StorageUnavailable(_) => error.retry_after_sec = Some(5),
             HubError::Internal(_) => {
                 error.message = "internal error".into();
@@ -374,6 +376,11 @@ pub const ERROR_CODES: &[(u16, &str, &str)] = &[
     ),
     (
         429,
+        "TOO_MANY_STREAMS",
+        "The agent holds `STREAM_MAX_PER_AGENT` inbox streams, or this hub `STREAM_MAX_TOTAL`; see `Retry-After`.",
+    ),
+    (
+        429,
         "RATE_LIMITED",
         "Too many requests from this agent (or, unauthenticated, this IP); see `Retry-After`.",
     ),
@@ -548,6 +555,7 @@ mod tests {
                 | NotDead
                 | DuplicateMessageId
                 | InboxFull { .. }
+                | TooManyStreams(_)
                 | Forbidden(_)
                 | AuthRequired
                 | ApiKeyRequired
@@ -600,6 +608,7 @@ mod tests {
             NotDead,
             DuplicateMessageId,
             InboxFull { retry_after_sec: 1 },
+            TooManyStreams(s()),
             Forbidden(s()),
             AuthRequired,
             ApiKeyRequired,

@@ -13,6 +13,7 @@ pub mod messages;
 pub mod observe;
 pub mod openapi;
 pub mod ratelimit;
+pub mod stream;
 pub mod system;
 
 use std::sync::Arc;
@@ -113,7 +114,7 @@ impl AppState {
         groups::list_members, groups::add_member, groups::remove_member,
         groups::join_group, groups::leave_group, groups::post_message, groups::history,
         groups::agent_groups,
-        messages::peek,
+        messages::peek, stream::stream,
     ),
     tags((name = "agents"), (name = "messages"), (name = "inbox"), (name = "system"),
         (name = "groups"))
@@ -206,6 +207,7 @@ pub fn router(state: AppState) -> Router {
             get(messages::inbox_stats),
         )
         .route("/api/agents/{agent_id}/inbox/peek", get(messages::peek))
+        .route("/api/agents/{agent_id}/inbox/stream", get(stream::stream))
         .route(
             "/api/agents/{agent_id}/inbox/reclaim",
             post(messages::reclaim),

@@ -52,6 +52,8 @@ pub struct SpawnOptions {
     pub max_messages_per_agent: u64,
     /// Largest envelope the hub accepts, in KiB (at least the body size).
     pub max_message_size_kb: u64,
+    /// `STREAM_MAX_TOTAL`: room for every stream the run opens.
+    pub stream_max_total: u32,
 }
 
 impl Target {
@@ -101,6 +103,8 @@ impl Target {
             .arg(options.max_messages_per_agent.to_string())
             .arg("--max-message-size-kb")
             .arg(options.max_message_size_kb.to_string())
+            .arg("--stream-max-total")
+            .arg(options.stream_max_total.to_string())
             .env("RUST_LOG", "warn,admp::server=info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

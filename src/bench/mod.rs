@@ -7,6 +7,7 @@ mod console;
 mod hub;
 pub mod scenarios;
 pub mod stats;
+mod stream;
 
 use std::time::Duration;
 
@@ -52,6 +53,10 @@ pub enum Scenario {
     Longpoll,
     /// Signed posts to one group of `--members` agents: posts/s, member copies/s, post latency.
     Fanout,
+    /// Inbox streams (SSE) with batch acks: a backlog drained, senders at
+    /// full speed, end-to-end latency at a steady 1000 msg/s, and the hub's
+    /// memory with `--pollers` idle streams open.
+    Stream,
     /// Every scenario, the drain in each auth mode (signature, session, batch).
     All,
     /// Operator console render times over a store filled in process with
@@ -209,6 +214,7 @@ impl BenchArgs {
             max_messages_per_agent: (deepest + self.depth_cycles + 1_000)
                 .max(self.messages + 1_000),
             max_message_size_kb: (self.body_bytes as u64 / 1024 + 64).max(256),
+            stream_max_total: (self.pollers + self.agents + 100) as u32,
         }
     }
 }

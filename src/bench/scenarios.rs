@@ -25,18 +25,18 @@ const WAKE_TIMEOUT: Duration = Duration::from_secs(LONG_POLL_SEC + 5);
 
 /// What one worker did.
 #[derive(Default)]
-struct WorkerOut {
-    ops: u64,
-    errors: u64,
-    latency: Vec<Duration>,
-    ack_latency: Vec<Duration>,
+pub(super) struct WorkerOut {
+    pub(super) ops: u64,
+    pub(super) errors: u64,
+    pub(super) latency: Vec<Duration>,
+    pub(super) ack_latency: Vec<Duration>,
     /// When its last operation completed.
-    last: Option<Instant>,
+    pub(super) last: Option<Instant>,
 }
 
 /// The sum of all workers' results.
-struct Totals {
-    ops: u64,
+pub(super) struct Totals {
+    pub(super) ops: u64,
     errors: u64,
     latency: Vec<Duration>,
     ack_latency: Vec<Duration>,
@@ -44,7 +44,7 @@ struct Totals {
 }
 
 impl Totals {
-    fn merge(outs: Vec<WorkerOut>) -> Self {
+    pub(super) fn merge(outs: Vec<WorkerOut>) -> Self {
         let mut t = Totals {
             ops: 0,
             errors: 0,
@@ -63,7 +63,7 @@ impl Totals {
     }
 
     /// A report row timed from `start` to the last completed operation.
-    fn report(mut self, name: impl Into<String>, start: Instant) -> Report {
+    pub(super) fn report(mut self, name: impl Into<String>, start: Instant) -> Report {
         let elapsed = self.last.map_or(Duration::ZERO, |l| l - start);
         let mut report = Report::new(name, self.ops, self.errors, elapsed, &mut self.latency);
         report.ack_latency = summarize(&mut self.ack_latency);
@@ -110,6 +110,7 @@ pub async fn run_step(
         Scenario::Depth => depth(&http, target, args, step).await?,
         Scenario::Longpoll => vec![longpoll(&http, target, args, step.auth).await?],
         Scenario::Fanout => fanout(&http, target, args, step.auth).await?,
+        Scenario::Stream => super::stream::stream(&http, target, args, step.auth).await?,
         Scenario::All => anyhow::bail!("`all` is expanded into steps before running"),
         Scenario::Console => anyhow::bail!("`console` runs on its own (bench::console)"),
     };
@@ -120,7 +121,7 @@ pub async fn run_step(
     Ok(rows)
 }
 
-fn auth_name(auth: Auth) -> &'static str {
+pub(super) fn auth_name(auth: Auth) -> &'static str {
     match auth {
         Auth::Signature => "signature",
         Auth::Session => "session",
@@ -128,13 +129,13 @@ fn auth_name(auth: Auth) -> &'static str {
 }
 
 /// A message body of about `bytes` bytes.
-fn body_of(bytes: usize) -> Value {
+pub(super) fn body_of(bytes: usize) -> Value {
     json!({ "text": "x".repeat(bytes) })
 }
 
 /// Registers `n` agents with client-held keys, `concurrency` at a time, and
 /// opens a session for each when `auth` asks for one.
-async fn fleet(
+pub(super) async fn fleet(
     http: &reqwest::Client,
     target: &Target,
     n: usize,
@@ -164,7 +165,7 @@ async fn fleet(
 }
 
 /// Copies of `agents` holding session tokens (fast senders for filling inboxes).
-async fn with_sessions(agents: &[AgentClient]) -> anyhow::Result<Arc<Vec<AgentClient>>> {
+pub(super) async fn with_sessions(agents: &[AgentClient]) -> anyhow::Result<Arc<Vec<AgentClient>>> {
     let mut out = Vec::with_capacity(agents.len());
     for agent in agents {
         let mut copy = agent.clone();
@@ -210,7 +211,7 @@ async fn register(
 
 /// Sends `total` signed envelopes from `senders` round-robin to `recipients`,
 /// `workers` at a time, until `deadline`.
-async fn send_phase(
+pub(super) async fn send_phase(
     senders: Arc<Vec<AgentClient>>,
     recipients: Arc<Vec<String>>,
     total: u64,
@@ -252,7 +253,7 @@ async fn send_phase(
     .await
 }
 
-fn ids(agents: &[AgentClient]) -> Arc<Vec<String>> {
+pub(super) fn ids(agents: &[AgentClient]) -> Arc<Vec<String>> {
     Arc::new(agents.iter().map(|a| a.agent_id.clone()).collect())
 }
 

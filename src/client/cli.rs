@@ -111,6 +111,19 @@ enum Command {
         #[arg(long)]
         lease_id: Option<String>,
     },
+    /// Follow the inbox stream: print each message as one JSON line and ack
+    /// it (or run `--exec` per message); reconnects with `Last-Event-ID`.
+    Listen {
+        #[arg(long = "as")]
+        as_agent: String,
+        /// Unsettled messages the stream may hold at once.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100))]
+        max_in_flight: u64,
+        /// Run this shell command per message, the message JSON on stdin
+        /// (`ADMP_MESSAGE_ID` in its environment): exit 0 acks, else nacks.
+        #[arg(long)]
+        exec: Option<String>,
+    },
     /// Show a message's status (as its sender or recipient).
     Status {
         #[arg(long = "as")]
@@ -406,6 +419,17 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
         } => {
             let client = load_agent(&as_agent)?;
             print_response(client.ack(&message_id, lease_id.as_deref()).await?).await?;
+        }
+        Command::Listen {
+            as_agent,
+            max_in_flight,
+            exec,
+        } => {
+            let options = super::listen::ListenOptions {
+                max_in_flight,
+                exec,
+            };
+            super::listen::listen(&load_agent(&as_agent)?, &options).await?;
         }
         Command::Mcp(args) => crate::mcp::run(args).await?,
         Command::Status {

@@ -3,6 +3,8 @@
 
 pub mod cli;
 pub mod groups;
+pub mod listen;
+pub mod sse;
 pub mod transfer;
 
 use std::time::SystemTime;

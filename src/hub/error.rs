@@ -45,6 +45,9 @@ pub enum HubError {
     InboxFull { retry_after_sec: u64 },
     #[error("{0}")]
     Forbidden(String),
+    /// An inbox stream beyond `STREAM_MAX_PER_AGENT` or `STREAM_MAX_TOTAL`.
+    #[error("{0}")]
+    TooManyStreams(String),
 
     #[error("authentication required")]
     AuthRequired,

@@ -150,10 +150,14 @@ impl Hub {
             result,
             now: self.now(),
         };
-        self.store
+        let acked = self
+            .store
             .ack(&request)
             .await
-            .map_err(|e| not_found_as(e.into(), message_id))
+            .map_err(|e| not_found_as(e.into(), message_id))?;
+        self.settled(agent_id, std::slice::from_ref(&request.lease_id))
+            .await;
+        Ok(acked)
     }
 
     /// Acknowledges 1..=`MAX_BATCH` messages in one store step; each entry
@@ -181,6 +185,8 @@ impl Hub {
             })
             .collect();
         let outcomes = self.store.ack_many(&requests).await?;
+        let lease_ids: Vec<Option<String>> = requests.iter().map(|r| r.lease_id.clone()).collect();
+        self.settled(agent_id, &lease_ids).await;
         Ok(outcomes
             .into_iter()
             .zip(&requests)
@@ -238,6 +244,8 @@ impl Hub {
             .nack(&request)
             .await
             .map_err(|e| not_found_as(e.into(), message_id))?;
+        self.settled(agent_id, std::slice::from_ref(&request.lease_id))
+            .await;
         if matches!(action, NackAction::Requeue { visible_at } if visible_at <= now) {
             self.wakers.wake(agent_id);
         }

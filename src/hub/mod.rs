@@ -12,6 +12,7 @@ mod groups;
 pub mod ids;
 mod inbox;
 mod messages;
+pub mod stream;
 mod wakers;
 
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub use groups::{
 };
 pub use inbox::{AckInput, MAX_BATCH, NackInput, PullInput};
 pub use messages::{SendInput, Sent};
+pub use stream::{InboxStream, StreamEvent, StreamInput, StreamRegistry};
 pub use wakers::InboxWakers;
 
 /// The hub: configuration, storage and the shared in-process state the
@@ -54,6 +56,8 @@ pub struct Hub {
     /// Poked when a send schedules a webhook delivery, so the worker attempts
     /// it at once instead of at its next poll.
     pub webhook_wake: Notify,
+    /// Inbox streams open on this instance (the stream limits).
+    pub streams: StreamRegistry,
 }
 
 impl Hub {
@@ -82,6 +86,7 @@ impl Hub {
             audit_key,
             shutdown: CancellationToken::new(),
             webhook_wake: Notify::new(),
+            streams: StreamRegistry::default(),
         }
     }
 

@@ -92,6 +92,53 @@ impl Store for InstrumentedStore {
         Ok(leased)
     }
 
+    async fn lease_held(
+        &self,
+        request: &LeaseRequest,
+        holder: &str,
+        from: Option<&str>,
+    ) -> StoreResult<Vec<Message>> {
+        let leased = self
+            .timed("lease_held", self.inner.lease_held(request, holder, from))
+            .await?;
+        if !leased.is_empty() {
+            self.metrics.messages_leased(leased.len() as u64);
+        }
+        Ok(leased)
+    }
+
+    async fn count_held(&self, recipient: &str, holder: &str, now: Millis) -> StoreResult<u64> {
+        self.timed("count_held", self.inner.count_held(recipient, holder, now))
+            .await
+    }
+
+    async fn release_held(
+        &self,
+        recipient: &str,
+        holder: &str,
+        now: Millis,
+        max_attempts: u32,
+    ) -> StoreResult<ReclaimCounts> {
+        let counts = self
+            .timed(
+                "release_held",
+                self.inner
+                    .release_held(recipient, holder, now, max_attempts),
+            )
+            .await?;
+        if counts.requeued > 0 {
+            self.metrics.leases_reclaimed(counts.requeued);
+        }
+        if counts.dead > 0 {
+            self.metrics.dead_lettered("stream_release", counts.dead);
+        }
+        Ok(counts)
+    }
+
+    async fn announce(&self, recipient: &str) -> StoreResult<()> {
+        self.timed("announce", self.inner.announce(recipient)).await
+    }
+
     async fn ack(&self, request: &AckRequest) -> StoreResult<Message> {
         let acked = self.timed("ack", self.inner.ack(request)).await?;
         self.metrics.message_acked();

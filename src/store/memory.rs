@@ -205,6 +205,88 @@ impl Inbox {
         }
     }
 
+    /// The messages a stream lease takes (`Store::lease_held`) in their new
+    /// state, with their sequence, not yet applied: the memory backend
+    /// applies them at once, the Mech one once Mech stored them.
+    pub(super) fn plan_held_lease(
+        &self,
+        request: &LeaseRequest,
+        holder: &str,
+        from: Option<&str>,
+    ) -> Vec<(u64, Message)> {
+        let now = request.now;
+        let candidates: Box<dyn Iterator<Item = (u64, &Message)> + '_> = match from {
+            None => Box::new(
+                self.ready
+                    .range(..=(now, u64::MAX))
+                    .filter_map(|(_, id)| self.messages.get(id))
+                    .map(|slot| (slot.seq, &slot.message)),
+            ),
+            Some(from) => {
+                let mut held = self.held(&holder_tag(from));
+                held.sort_by_key(|(seq, m)| (m.available_at(), *seq));
+                Box::new(held.into_iter())
+            }
+        };
+        let mut plan = Vec::new();
+        let mut granted = 0;
+        for (seq, m) in candidates {
+            if granted == request.max_messages {
+                break;
+            }
+            let mut m = m.clone();
+            if m.expires_at <= now {
+                m.end(MessageState::Expired, now);
+            } else if m.state == MessageState::Leased && m.attempts >= request.max_attempts {
+                m.kill(dead_reason::MAX_ATTEMPTS, now);
+            } else {
+                m.grant_held_lease(now, request.visibility_ms, holder);
+                granted += 1;
+            }
+            plan.push((seq, m));
+        }
+        plan
+    }
+
+    /// Live messages leased under a lease id starting with `tag`.
+    fn held(&self, tag: &str) -> Vec<(u64, &Message)> {
+        self.ready
+            .values()
+            .filter_map(|id| self.messages.get(id))
+            .filter(|slot| slot.message.held_by(tag))
+            .map(|slot| (slot.seq, &slot.message))
+            .collect()
+    }
+
+    /// How many messages stream `holder` holds under a lease running at `now`
+    /// (those sit in the ready index after `now`, at their lease end).
+    pub(super) fn count_held(&self, holder: &str, now: Millis) -> u64 {
+        let tag = holder_tag(holder);
+        self.ready
+            .range((now.saturating_add(1), 0)..)
+            .filter_map(|(_, id)| self.messages.get(id))
+            .filter(|slot| slot.message.held_by(&tag))
+            .count() as u64
+    }
+
+    /// Every lease stream `holder` holds, ended as an expired lease ends
+    /// (`Store::release_held`), not yet applied.
+    pub(super) fn plan_release_held(
+        &self,
+        holder: &str,
+        now: Millis,
+        max_attempts: u32,
+    ) -> Vec<(u64, Message)> {
+        self.held(&holder_tag(holder))
+            .into_iter()
+            .map(|(seq, m)| {
+                let mut m = m.clone();
+                m.end_lease(max_attempts, now, now);
+                (seq, m)
+            })
+            .collect()
+    }
+
     /// Ends expired leases of this inbox, at most `limit`.
     fn reclaim(&mut self, now: Millis, max_attempts: u32, limit: usize) -> ReclaimCounts {
         let due: Vec<String> = self
@@ -231,6 +313,28 @@ impl Inbox {
             }
         }
         counts
+    }
+}
+
+/// Applies planned new versions of messages to an inbox; returns them.
+fn apply_plan(inbox: &mut Inbox, plan: Vec<(u64, Message)>) -> Vec<Message> {
+    plan.into_iter()
+        .map(|(_, m)| {
+            inbox.replace(m.clone());
+            m
+        })
+        .collect()
+}
+
+/// What a release of stream leases did, from the released messages.
+pub(super) fn released_counts(released: &[Message]) -> ReclaimCounts {
+    let dead = released
+        .iter()
+        .filter(|m| m.state == MessageState::Dead)
+        .count() as u64;
+    ReclaimCounts {
+        requeued: released.len() as u64 - dead,
+        dead,
     }
 }
 
@@ -453,6 +557,44 @@ impl Store for MemoryStore {
             leased.extend(granted.flatten());
         }
         Ok(leased)
+    }
+
+    async fn lease_held(
+        &self,
+        request: &LeaseRequest,
+        holder: &str,
+        from: Option<&str>,
+    ) -> StoreResult<Vec<Message>> {
+        let Some(inbox) = self.inbox(&request.recipient) else {
+            return Ok(Vec::new());
+        };
+        let mut inbox = inbox.lock();
+        let plan = inbox.plan_held_lease(request, holder, from);
+        Ok(apply_plan(&mut inbox, plan)
+            .into_iter()
+            .filter(|m| m.state == MessageState::Leased)
+            .collect())
+    }
+
+    async fn count_held(&self, recipient: &str, holder: &str, now: Millis) -> StoreResult<u64> {
+        Ok(self
+            .inbox(recipient)
+            .map_or(0, |inbox| inbox.lock().count_held(holder, now)))
+    }
+
+    async fn release_held(
+        &self,
+        recipient: &str,
+        holder: &str,
+        now: Millis,
+        max_attempts: u32,
+    ) -> StoreResult<ReclaimCounts> {
+        let Some(inbox) = self.inbox(recipient) else {
+            return Ok(ReclaimCounts::default());
+        };
+        let mut inbox = inbox.lock();
+        let plan = inbox.plan_release_held(holder, now, max_attempts);
+        Ok(released_counts(&apply_plan(&mut inbox, plan)))
     }
 
     async fn next_available_at(&self, recipient: &str) -> StoreResult<Option<Millis>> {

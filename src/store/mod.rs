@@ -20,6 +20,7 @@ mod sql_console;
 mod sql_groups;
 mod sql_peek;
 mod sql_security;
+mod sql_stream;
 pub mod sqlite;
 pub mod transfer;
 
@@ -299,6 +300,43 @@ pub trait Store: Send + Sync + 'static {
         per_agent: usize,
         skip_agents: &[String],
     ) -> StoreResult<Vec<Delivery>>;
+
+    // Streaming delivery (issue 14). A stream's leases carry its id as their
+    // lease-id prefix (`holder_tag`): no new column, and the tag ends with
+    // the lease, since ack, nack and reclaim all clear or replace the id.
+    /// [`Store::lease`] on behalf of stream `holder`: every lease id it
+    /// issues carries the holder's tag. With `from`, it takes instead the
+    /// messages stream `from` holds leased (whatever their lease end), in
+    /// arrival order, up to `max_messages`: a resumed stream taking over
+    /// what an earlier connection left unsettled. Either way a message past
+    /// its TTL expires and one already leased `max_attempts` times goes to
+    /// the dead letters instead of being leased again.
+    async fn lease_held(
+        &self,
+        request: &LeaseRequest,
+        holder: &str,
+        from: Option<&str>,
+    ) -> StoreResult<Vec<Message>>;
+    /// How many messages of `recipient` stream `holder` holds under a lease
+    /// still running at `now` (its unsettled deliveries).
+    async fn count_held(&self, recipient: &str, holder: &str, now: Millis) -> StoreResult<u64>;
+    /// Ends every lease stream `holder` holds in `recipient`'s inbox as an
+    /// expired lease ends (the delivery counted as an attempt): requeued,
+    /// visible at `now`, or dead at `max_attempts`. Wakes the inbox's
+    /// waiters on every instance when something was requeued.
+    async fn release_held(
+        &self,
+        recipient: &str,
+        holder: &str,
+        now: Millis,
+        max_attempts: u32,
+    ) -> StoreResult<ReclaimCounts>;
+    /// Wakes `recipient`'s waiters on every other instance sharing this
+    /// store (PostgreSQL: `NOTIFY`); nothing to do where one hub owns the
+    /// store. Used when a stream's delivery is settled, freeing a slot.
+    async fn announce(&self, _recipient: &str) -> StoreResult<()> {
+        Ok(())
+    }
 }
 
 /// Splits a `<number>.<text>` cursor (dead letters, failing deliveries).

@@ -426,6 +426,20 @@ impl Message {
         self.updated_at = now;
     }
 
+    /// Issues a fresh lease held by stream `holder`: the lease id carries
+    /// the holder's tag ([`holder_tag`]), so any instance can tell which
+    /// stream holds it and the tag ends with the lease (ack, nack, reclaim).
+    pub fn grant_held_lease(&mut self, now: Millis, visibility_ms: i64, holder: &str) {
+        self.grant_lease(now, visibility_ms);
+        self.lease_id = Some(format!("{}{}", holder_tag(holder), uuid::Uuid::new_v4()));
+    }
+
+    /// Whether this message is leased under a lease whose id starts with `tag`.
+    pub fn held_by(&self, tag: &str) -> bool {
+        self.state == MessageState::Leased
+            && self.lease_id.as_deref().is_some_and(|l| l.starts_with(tag))
+    }
+
     /// Applies a nack (the lease is already checked).
     pub fn apply_nack(&mut self, action: NackAction, max_attempts: u32, now: Millis) {
         match action {
@@ -530,6 +544,16 @@ pub struct ReclaimRequest {
     pub limit: usize,
     /// Restricts the sweep to one inbox (the agent's own reclaim route).
     pub recipient: Option<String>,
+}
+
+/// Separates a stream's id from the random part of the lease ids it holds.
+/// Never part of a plain lease id (a UUID), nor of a stream id.
+pub const HOLDER_SEPARATOR: char = '~';
+
+/// The lease-id prefix of the leases stream `holder` holds (`<holder>~`):
+/// the lease-holder tag (STORAGE.md, "Stream leases").
+pub fn holder_tag(holder: &str) -> String {
+    format!("{holder}{HOLDER_SEPARATOR}")
 }
 
 /// What a reclaim sweep did.

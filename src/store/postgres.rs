@@ -21,7 +21,7 @@
 //! named after it, so several hubs can share one database in separate schemas.
 
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,6 +30,7 @@ use sqlx::{PgConnection, PgExecutor, Postgres, Row};
 use tokio::task::JoinHandle;
 
 use super::sql::{self, db_error, limit, to_json, to_json_opt};
+use super::sql_stream::{self, Dialect, StreamSql};
 use super::*;
 use crate::hub::InboxWakers;
 
@@ -424,6 +425,24 @@ FROM due
 WHERE m.seq = due.seq
 RETURNING m.state, m.recipient";
 
+/// The stream-lease statements in PostgreSQL's words (`sql_stream`).
+static PG_STREAM: LazyLock<StreamSql> = LazyLock::new(|| {
+    StreamSql::new(&Dialect {
+        random_id: "gen_random_uuid()::text",
+        lock: " FOR UPDATE SKIP LOCKED",
+        returning: "messages.*",
+    })
+});
+
+sql_stream::stream_ops!(PostgresStore, PG_STREAM, pool);
+
+impl PostgresStore {
+    /// Runs one write statement on the pool (the stream operations' writes).
+    async fn fetch_all(&self, query: PgQuery) -> StoreResult<Vec<PgRow>> {
+        query.fetch_all(&self.pool).await.map_err(db_error)
+    }
+}
+
 super::sql_groups::group_sql!(PgConnection, PgRow, " FOR UPDATE", " FOR SHARE");
 
 #[async_trait]
@@ -628,6 +647,39 @@ impl Store for PostgresStore {
             }
         }
         Ok(leased)
+    }
+
+    async fn lease_held(
+        &self,
+        request: &LeaseRequest,
+        holder: &str,
+        from: Option<&str>,
+    ) -> StoreResult<Vec<Message>> {
+        self.held_lease(request, holder, from).await
+    }
+
+    async fn count_held(&self, recipient: &str, holder: &str, now: Millis) -> StoreResult<u64> {
+        self.held_count(recipient, holder, now).await
+    }
+
+    async fn release_held(
+        &self,
+        recipient: &str,
+        holder: &str,
+        now: Millis,
+        max_attempts: u32,
+    ) -> StoreResult<ReclaimCounts> {
+        let counts = self
+            .held_release(recipient, holder, now, max_attempts)
+            .await?;
+        if counts.requeued > 0 {
+            self.notify(&self.pool, &[recipient.to_string()]).await?;
+        }
+        Ok(counts)
+    }
+
+    async fn announce(&self, recipient: &str) -> StoreResult<()> {
+        self.notify(&self.pool, &[recipient.to_string()]).await
     }
 
     async fn ack(&self, request: &AckRequest) -> StoreResult<Message> {

@@ -20,6 +20,7 @@
 //! serialise on the file lock and never see each other's long-poll wake-ups.
 
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,6 +33,7 @@ use sqlx::{Row, Sqlite, SqliteConnection, SqliteExecutor};
 
 use super::group_commit::GroupWriter;
 use super::sql::{self, db_error, limit, to_json, to_json_opt};
+use super::sql_stream::{self, Dialect, StreamSql};
 use super::*;
 use crate::config::SqliteSynchronous;
 
@@ -320,6 +322,17 @@ FROM (
 ) AS picked
 WHERE messages.seq = picked.picked_seq
 RETURNING *";
+
+/// The stream-lease statements in SQLite's words (`sql_stream`).
+static SQLITE_STREAM: LazyLock<StreamSql> = LazyLock::new(|| {
+    StreamSql::new(&Dialect {
+        random_id: "lower(hex(randomblob(16)))",
+        lock: "",
+        returning: "*",
+    })
+});
+
+sql_stream::stream_ops!(SqliteStore, SQLITE_STREAM, reader);
 
 /// Reclaim of expired leases, all inboxes. Binds: now, max_attempts, limit.
 const RECLAIM_ALL: &str = "\
@@ -745,6 +758,30 @@ impl Store for SqliteStore {
             }
         }
         Ok(leased)
+    }
+
+    async fn lease_held(
+        &self,
+        request: &LeaseRequest,
+        holder: &str,
+        from: Option<&str>,
+    ) -> StoreResult<Vec<Message>> {
+        self.held_lease(request, holder, from).await
+    }
+
+    async fn count_held(&self, recipient: &str, holder: &str, now: Millis) -> StoreResult<u64> {
+        self.held_count(recipient, holder, now).await
+    }
+
+    async fn release_held(
+        &self,
+        recipient: &str,
+        holder: &str,
+        now: Millis,
+        max_attempts: u32,
+    ) -> StoreResult<ReclaimCounts> {
+        self.held_release(recipient, holder, now, max_attempts)
+            .await
     }
 
     async fn ack(&self, request: &AckRequest) -> StoreResult<Message> {

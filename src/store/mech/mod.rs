@@ -712,6 +712,58 @@ impl Store for MechStore {
         }
     }
 
+    async fn lease_held(
+        &self,
+        request: &LeaseRequest,
+        holder: &str,
+        from: Option<&str>,
+    ) -> StoreResult<Vec<Message>> {
+        let Some(cell) = self.cell(&request.recipient) else {
+            return Ok(Vec::new());
+        };
+        let _writer = cell.writer.lock().await;
+        let plan = cell.state.lock().plan_held_lease(request, holder, from);
+        let (applied, error) = self.apply_writes(&cell, plan).await;
+        let leased: Vec<Message> = applied
+            .into_iter()
+            .filter(|m| m.state == MessageState::Leased)
+            .collect();
+        match error {
+            // As `lease`: confirmed leases are handed out, the rest stay as they were.
+            Some(e) if leased.is_empty() => Err(e),
+            _ => Ok(leased),
+        }
+    }
+
+    async fn count_held(&self, recipient: &str, holder: &str, now: Millis) -> StoreResult<u64> {
+        Ok(self
+            .cell(recipient)
+            .map_or(0, |cell| cell.state.lock().count_held(holder, now)))
+    }
+
+    async fn release_held(
+        &self,
+        recipient: &str,
+        holder: &str,
+        now: Millis,
+        max_attempts: u32,
+    ) -> StoreResult<ReclaimCounts> {
+        let Some(cell) = self.cell(recipient) else {
+            return Ok(ReclaimCounts::default());
+        };
+        let _writer = cell.writer.lock().await;
+        let plan = cell
+            .state
+            .lock()
+            .plan_release_held(holder, now, max_attempts);
+        let (applied, error) = self.apply_writes(&cell, plan).await;
+        match error {
+            // A lease Mech did not release stays held and ends at its lease end.
+            Some(e) if applied.is_empty() => Err(e),
+            _ => Ok(super::memory::released_counts(&applied)),
+        }
+    }
+
     async fn ack(&self, request: &AckRequest) -> StoreResult<Message> {
         self.change_message(
             &request.recipient,
