@@ -204,6 +204,24 @@ async fn max_in_flight_holds_and_acks_free_slots() {
 }
 
 #[tokio::test]
+async fn an_ack_without_a_lease_id_frees_the_slot_at_once() {
+    // Default heartbeat (15 s, past DEADLINE): only the ack's wake-up can
+    // let the stream move on in time.
+    let hub = hub_with(|_| {}).await;
+    let (alice, bob) = (hub.agent("alice").await, hub.agent("bob").await);
+    for i in 0..2 {
+        send(&alice, "bob", json!({ "n": i })).await;
+    }
+    let (mut events, _) = open(&bob, "max_in_flight=1", None).await;
+    let first = next_message(&mut events).await.1;
+    bob.ack(first["message_id"].as_str().unwrap(), None)
+        .await
+        .unwrap();
+    let second = next_message(&mut events).await.1;
+    assert_eq!(second["envelope"]["body"]["n"], 1);
+}
+
+#[tokio::test]
 async fn a_closed_connection_releases_its_leases_at_once_with_the_attempt_counted() {
     let hub = hub_with(|_| {}).await;
     let (alice, bob) = (hub.agent("alice").await, hub.agent("bob").await);
@@ -316,6 +334,25 @@ async fn a_poison_message_reaches_the_dead_letters_through_repeated_drops() {
     assert_eq!(status, 200);
     assert_eq!(dead["messages"][0]["message_id"], json!(poison), "{dead}");
     assert_eq!(dead["messages"][0]["attempts"], 3);
+
+    // The last release dead-lettered it: the audit log says so.
+    until("the stream's dead-lettering is audited", || async {
+        let (status, page) = read(
+            hub.master(Method::GET, "/api/audit?limit=100")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        page["events"].as_array().unwrap().iter().any(|e| {
+            e["kind"] == "message.dead_lettered"
+                && e["agent_id"] == "bob"
+                && e["detail"]["source"] == "stream"
+                && e["detail"]["count"] == 1
+        })
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -442,6 +479,8 @@ async fn a_deleted_agent_or_a_revoked_session_ends_the_stream() {
         (event.as_str(), data["reason"].as_str()),
         ("end", Some("AGENT_NOT_FOUND"))
     );
+    // The ended stream leaves no inbox notifier behind for the deleted agent.
+    assert!(hub.running.hub.wakers.peek("bob").is_none());
 
     let mut carol = hub.agent("carol").await;
     carol.open_session().await.unwrap();

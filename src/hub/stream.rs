@@ -18,9 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use serde_json::json;
 use tokio::sync::Notify;
 
 use super::{Caller, Hub, HubError, HubResult};
+use crate::audit::AuditKind;
 use crate::hub::auth::AgentProof;
 use crate::hub::inbox::{DEFAULT_VISIBILITY_SEC, MAX_VISIBILITY_SEC};
 use crate::store::{HOLDER_SEPARATOR, LeaseRequest, Message, Millis};
@@ -225,6 +227,12 @@ impl Hub {
         if counts.requeued > 0 {
             self.wakers.wake(agent_id);
         }
+        if counts.dead > 0 {
+            let detail =
+                json!({ "source": "stream", "stream_id": stream_id, "count": counts.dead });
+            self.audit(AuditKind::DeadLettered, Some(agent_id), detail)
+                .await;
+        }
         Ok(())
     }
 
@@ -232,11 +240,12 @@ impl Hub {
     /// id carries a holder tag): wakes the inbox's streams here and on every
     /// other instance, since a slot is free.
     pub(super) async fn settled(&self, agent_id: &str, lease_ids: &[Option<String>]) {
-        let held = lease_ids
+        // An ack without a lease id may have settled a stream's delivery
+        // too: only a lease id without a holder tag proves it did not.
+        let maybe_held = lease_ids
             .iter()
-            .flatten()
-            .any(|l| l.contains(HOLDER_SEPARATOR));
-        if !held {
+            .any(|l| l.as_ref().is_none_or(|l| l.contains(HOLDER_SEPARATOR)));
+        if !maybe_held {
             return;
         }
         self.wakers.wake(agent_id);
@@ -380,16 +389,21 @@ impl InboxStream {
                 _ = tokio::time::sleep_until(wake_at) => {}
                 _ = hub.shutdown.cancelled() => continue,
             }
-            // Deleting an agent here replaces its notifier: check at once.
-            let current = hub.wakers.get(&self.agent_id);
-            let replaced = !Arc::ptr_eq(&current, &self.notify);
-            self.notify = current;
+            // Deleting an agent removes its notifier: check at once (and do
+            // not create a new one for an agent that may be gone).
+            let replaced = hub
+                .wakers
+                .peek(&self.agent_id)
+                .is_none_or(|current| !Arc::ptr_eq(&current, &self.notify));
             let beat = tokio::time::Instant::now() >= self.next_heartbeat;
             if (replaced || beat)
                 && let Some(reason) = self.fallen().await?
             {
                 self.finish().await;
                 return Ok(StreamEvent::End { reason });
+            }
+            if replaced {
+                self.notify = hub.wakers.get(&self.agent_id);
             }
             if beat {
                 self.next_heartbeat = tokio::time::Instant::now() + hub.stream_heartbeat();

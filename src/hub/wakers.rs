@@ -23,6 +23,12 @@ impl InboxWakers {
             .clone()
     }
 
+    /// The notifier of `agent_id` if one exists: lets a waiter notice that
+    /// its agent was deleted without creating a notifier for it again.
+    pub fn peek(&self, agent_id: &str) -> Option<Arc<Notify>> {
+        self.inboxes.get(agent_id).map(|n| n.clone())
+    }
+
     /// Wakes every long-poll waiting on `agent_id` (cheap when nobody waits).
     pub fn wake(&self, agent_id: &str) {
         if let Some(n) = self.inboxes.get(agent_id) {
