@@ -75,6 +75,20 @@ pub enum AuditKind {
     RateLimited,
     /// Messages moved to the dead letters.
     DeadLettered,
+    /// A group was created (its creator owns it).
+    GroupCreated,
+    /// A group's name or settings changed.
+    GroupUpdated,
+    /// A group was deleted with its members and history.
+    GroupDeleted,
+    /// An owner or admin added a member: who may post to whom changed.
+    GroupMemberAdded,
+    /// An owner or admin removed a member.
+    GroupMemberRemoved,
+    /// An agent joined a group itself (open or key-protected).
+    GroupJoined,
+    /// An agent left a group.
+    GroupLeft,
     /// An operator opened a console session.
     ConsoleLogin,
     /// A console login with a wrong key (or refused by its rate limit).
@@ -103,6 +117,13 @@ impl AuditKind {
             AuditKind::AuthFailed => "auth.failed",
             AuditKind::RateLimited => "rate_limit.exceeded",
             AuditKind::DeadLettered => "message.dead_lettered",
+            AuditKind::GroupCreated => "group.created",
+            AuditKind::GroupUpdated => "group.updated",
+            AuditKind::GroupDeleted => "group.deleted",
+            AuditKind::GroupMemberAdded => "group.member_added",
+            AuditKind::GroupMemberRemoved => "group.member_removed",
+            AuditKind::GroupJoined => "group.joined",
+            AuditKind::GroupLeft => "group.left",
             AuditKind::ConsoleLogin => "console.login",
             AuditKind::ConsoleLoginFailed => "console.login_failed",
             AuditKind::ConsoleLogout => "console.logout",

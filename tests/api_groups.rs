@@ -995,3 +995,103 @@ async fn openapi_describes_every_group_route() {
         );
     }
 }
+
+#[tokio::test]
+async fn membership_changes_are_audited() {
+    let hub = TestHub::default().await;
+    let (alice, bob, carol) = (
+        hub.agent("alice").await,
+        hub.agent("bob").await,
+        hub.agent("carol").await,
+    );
+    let group = create(
+        &alice,
+        json!({"name": "audited", "access": {"type": "key-protected", "join_key": "k"}}),
+    )
+    .await;
+    add(&alice, &group, "bob", "admin").await;
+    let response = carol
+        .request(
+            Method::POST,
+            &group_path(&group, "join"),
+            Some(&json!({"key": "k"})),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = alice
+        .request(
+            Method::PUT,
+            &group_path(&group, ""),
+            Some(&json!({"settings": {"max_members": 7}})),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = bob
+        .request(Method::DELETE, &group_path(&group, "members/carol"), None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = bob
+        .request(Method::POST, &group_path(&group, "leave"), None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = alice
+        .request(Method::DELETE, &group_path(&group, ""), None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+
+    let (status, page) = read(
+        hub.master(Method::GET, "/api/audit?limit=100")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let group_events: Vec<(String, String, Value)> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"].as_str().unwrap().starts_with("group."))
+        .map(|e| {
+            assert_eq!(e["detail"]["group_id"], json!(group), "{e}");
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["agent_id"].as_str().unwrap().to_string(),
+                e["detail"].clone(),
+            )
+        })
+        .collect();
+    let who: Vec<(&str, &str)> = group_events
+        .iter()
+        .map(|(k, a, _)| (k.as_str(), a.as_str()))
+        .collect();
+    assert_eq!(
+        who,
+        [
+            ("group.created", "alice"),
+            ("group.member_added", "alice"),
+            ("group.joined", "carol"),
+            ("group.updated", "alice"),
+            ("group.member_removed", "bob"),
+            ("group.left", "bob"),
+            ("group.deleted", "alice"),
+        ]
+    );
+    assert_eq!(group_events[1].2["member"], "bob");
+    assert_eq!(group_events[1].2["role"], "admin");
+    assert_eq!(group_events[2].2["with_key"], true);
+    assert_eq!(group_events[3].2["changed"], json!(["max_members"]));
+    assert_eq!(group_events[4].2["member"], "carol");
+    // The join key never reaches the log.
+    assert!(!page.to_string().contains("\"k\""), "{page}");
+}

@@ -4,13 +4,14 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::ApiResult;
 use super::extract::{ApiPath, ApiQuery, Authed};
 use super::openapi::{AGENT_SCOPE, AUTHED, ENVELOPE, JSON_BODY, PARAMS};
+use crate::audit::AuditKind;
 use crate::hub::{GroupPosted, GroupUpdate, GroupView, NewGroup, PostInput};
 use crate::route_errors;
 use crate::store::{CopyOutcome, Envelope, Group, GroupMember, GroupPost, GroupRole};
@@ -227,6 +228,9 @@ pub async fn create_group(
         message_ttl_sec: settings.message_ttl_sec,
     };
     let group = app.hub.create_group(&actor, input).await?;
+    let detail = json!({ "group_id": group.id, "access": group.access.as_str() });
+    app.audit(&req, AuditKind::GroupCreated, &actor, detail)
+        .await;
     let view = app.hub.group_view(&actor, &group.id).await?;
     Ok((StatusCode::CREATED, Json(view_json(view))))
 }
@@ -260,6 +264,15 @@ pub async fn update_group(
     let actor = actor(&app, &headers, &req).await?;
     let body: UpdateGroupRequest = req.json()?;
     let settings = body.settings.unwrap_or_default();
+    let changed: Vec<&str> = [
+        ("name", body.name.is_some()),
+        ("history_visible", settings.history_visible.is_some()),
+        ("max_members", settings.max_members.is_some()),
+        ("message_ttl_sec", settings.message_ttl_sec.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(field, given)| given.then_some(field))
+    .collect();
     let update = GroupUpdate {
         name: body.name,
         history_visible: settings.history_visible,
@@ -267,6 +280,9 @@ pub async fn update_group(
         message_ttl_sec: settings.message_ttl_sec,
     };
     let view = app.hub.update_group(&actor, &group_id, update).await?;
+    let detail = json!({ "group_id": group_id, "changed": changed });
+    app.audit(&req, AuditKind::GroupUpdated, &actor, detail)
+        .await;
     Ok(Json(view_json(view)))
 }
 
@@ -282,6 +298,9 @@ pub async fn delete_group(
 ) -> ApiResult<StatusCode> {
     let actor = actor(&app, &headers, &req).await?;
     app.hub.delete_group(&actor, &group_id).await?;
+    let detail = json!({ "group_id": group_id });
+    app.audit(&req, AuditKind::GroupDeleted, &actor, detail)
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -329,6 +348,9 @@ pub async fn add_member(
             body.role.as_deref(),
         )
         .await?;
+    let detail = json!({ "group_id": group_id, "member": body.agent_id, "role": body.role });
+    app.audit(&req, AuditKind::GroupMemberAdded, &actor, detail)
+        .await;
     Ok(Json(view_json(view)))
 }
 
@@ -347,6 +369,9 @@ pub async fn remove_member(
         .hub
         .remove_group_member(&actor, &group_id, &agent_id)
         .await?;
+    let detail = json!({ "group_id": group_id, "member": agent_id });
+    app.audit(&req, AuditKind::GroupMemberRemoved, &actor, detail)
+        .await;
     Ok(Json(view_json(view)))
 }
 
@@ -366,6 +391,9 @@ pub async fn join_group(
         .hub
         .join_group(&actor, &group_id, body.key.as_deref())
         .await?;
+    let detail = json!({ "group_id": group_id, "with_key": body.key.is_some() });
+    app.audit(&req, AuditKind::GroupJoined, &actor, detail)
+        .await;
     Ok(Json(view_json(view)))
 }
 
@@ -388,6 +416,8 @@ pub async fn leave_group(
 ) -> ApiResult<Json<LeaveResponse>> {
     let actor = actor(&app, &headers, &req).await?;
     app.hub.leave_group(&actor, &group_id).await?;
+    let detail = json!({ "group_id": group_id });
+    app.audit(&req, AuditKind::GroupLeft, &actor, detail).await;
     Ok(Json(LeaveResponse {
         message: "Left group",
         group_id,
