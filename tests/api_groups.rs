@@ -465,7 +465,8 @@ async fn join_modes_and_leave() {
     assert_eq!(status, 200);
     assert_eq!(
         list,
-        json!({"groups": [{"id": keyed, "name": "keyed", "role": "member", "member_count": 2}]})
+        json!({"groups": [{"id": keyed, "name": "keyed", "role": "member", "member_count": 2}],
+            "next_cursor": null})
     );
     expect_error(
         get(&carol, &bob.agent_path("groups")).await,
@@ -1094,4 +1095,46 @@ async fn membership_changes_are_audited() {
     assert_eq!(group_events[4].2["member"], "carol");
     // The join key never reaches the log.
     assert!(!page.to_string().contains("\"k\""), "{page}");
+}
+
+#[tokio::test]
+async fn an_agents_groups_come_in_pages() {
+    let hub = TestHub::default().await;
+    let alice = hub.agent("alice").await;
+    let mut ids = Vec::new();
+    for name in ["one", "two", "three"] {
+        ids.push(create(&alice, json!({ "name": name })).await);
+    }
+    ids.sort();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            None => alice.agent_path("groups?limit=2"),
+            Some(c) => {
+                alice.agent_path(&format!("groups?limit=2&cursor={}", urlencoding::encode(c)))
+            }
+        };
+        let (status, page) = read(get(&alice, &path).await).await;
+        assert_eq!(status, 200, "{page}");
+        let groups = page["groups"].as_array().unwrap();
+        assert!(groups.len() <= 2, "{page}");
+        seen.extend(groups.iter().map(|g| g["id"].as_str().unwrap().to_string()));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+    for bad in ["groups?limit=0", "groups?limit=1001", "groups?limit=x"] {
+        let (status, body) = read(get(&alice, &alice.agent_path(bad)).await).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let long = "g".repeat(300);
+    expect_error(
+        get(&alice, &alice.agent_path(&format!("groups?cursor={long}"))).await,
+        400,
+        "INVALID_INPUT",
+    )
+    .await;
 }

@@ -592,21 +592,39 @@ pub struct AgentGroupView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AgentGroupsResponse {
     pub groups: Vec<AgentGroupView>,
+    /// `cursor` of the next page; null on the last.
+    pub next_cursor: Option<String>,
 }
 
-/// The groups an agent belongs to (the agent itself or the operator).
+/// `GET /api/agents/{agent_id}/groups` query.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AgentGroupsQuery {
+    /// 1..1000 (default 1000).
+    pub limit: Option<u64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// The groups an agent belongs to (the agent itself or the operator), in
+/// group id order.
 #[utoipa::path(get, path = "/api/agents/{agent_id}/groups", tag = "groups",
-    params(("agent_id" = String, Path)),
+    params(("agent_id" = String, Path), AgentGroupsQuery),
     responses((status = 200, body = AgentGroupsResponse), AgentGroupsErrors))]
 pub async fn agent_groups(
     State(app): State<AppState>,
     ApiPath(agent_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<AgentGroupsQuery>,
     req: Authed,
 ) -> ApiResult<Json<AgentGroupsResponse>> {
     app.hub.scope(&req.caller, &agent_id).await?;
-    let groups = app.hub.agent_groups(&agent_id).await?;
+    let page = app
+        .hub
+        .agent_groups(&agent_id, query.limit, query.cursor.as_deref())
+        .await?;
     Ok(Json(AgentGroupsResponse {
-        groups: groups
+        next_cursor: page.next_cursor,
+        groups: page
+            .items
             .into_iter()
             .map(|(g, role): (Group, GroupRole)| AgentGroupView {
                 id: g.id,

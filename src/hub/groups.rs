@@ -50,6 +50,9 @@ pub const MAX_HISTORY_PAGE: usize = 100;
 pub const DEFAULT_HISTORY_PAGE: usize = 50;
 /// Most groups listed for one agent.
 pub const MAX_AGENT_GROUPS: usize = 1000;
+/// Longest cursor of an agent's groups (a group id is at most
+/// `group://` + a 100-character slug + `-` + 8 hex digits).
+const MAX_GROUP_CURSOR: usize = 256;
 /// Attempts at a fresh random id before giving up.
 const ID_ATTEMPTS: usize = 5;
 
@@ -410,11 +413,33 @@ impl Hub {
     }
 
     /// `GET /api/agents/{id}/groups`.
-    pub async fn agent_groups(&self, agent_id: &str) -> HubResult<Vec<(Group, GroupRole)>> {
-        Ok(self
-            .store
-            .agent_groups(agent_id, MAX_AGENT_GROUPS, None)
-            .await?)
+    /// `GET /api/agents/{id}/groups`: a page of the agent's groups in group
+    /// id order. Without `limit` a page holds `MAX_AGENT_GROUPS`, so a client
+    /// that never pages sees every group of any agent with fewer.
+    pub async fn agent_groups(
+        &self,
+        agent_id: &str,
+        limit: Option<u64>,
+        after: Option<&str>,
+    ) -> HubResult<Page<(Group, GroupRole)>> {
+        let limit = match limit {
+            None => MAX_AGENT_GROUPS,
+            Some(n) if (1..=MAX_AGENT_GROUPS as u64).contains(&n) => n as usize,
+            Some(_) => {
+                return Err(HubError::invalid(
+                    "limit",
+                    format!("must be between 1 and {MAX_AGENT_GROUPS}"),
+                ));
+            }
+        };
+        if after.is_some_and(|c| c.len() > MAX_GROUP_CURSOR) {
+            return Err(HubError::invalid(
+                "cursor",
+                "must be the next_cursor of the previous page",
+            ));
+        }
+        let rows = self.store.agent_groups(agent_id, limit + 1, after).await?;
+        Ok(Page::from_overfetch(rows, limit, |(g, _)| g.id.clone()))
     }
 
     /// `GET /api/groups/{id}/messages`: owner and admins always, members when `history_visible`.

@@ -570,6 +570,26 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// Cuts `rows`, read with one row more than `size`, into a page: the
+    /// extra row only tells that another page exists, and the cursor is the
+    /// last row kept.
+    pub fn from_overfetch(mut rows: Vec<T>, size: usize, cursor: impl Fn(&T) -> String) -> Self {
+        if rows.len() <= size {
+            return Page {
+                items: rows,
+                next_cursor: None,
+            };
+        }
+        rows.truncate(size);
+        let next_cursor = rows.last().map(cursor);
+        Page {
+            items: rows,
+            next_cursor,
+        }
+    }
+}
+
 /// Message counts by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct StateCounts {

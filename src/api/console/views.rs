@@ -15,7 +15,7 @@ use super::super::AppState;
 use super::session::{CachedCounts, MAX_FAILED_LOGINS, Operator};
 use super::{PageError, PageResult, render};
 use crate::store::{
-    Agent, Delivery, DeliveryAttempt, Group, GroupMember, GroupPost, GroupRole, Message,
+    Agent, Delivery, DeliveryAttempt, Group, GroupMember, GroupPost, GroupRole, Message, Page,
     StateCounts,
 };
 use crate::telemetry::wall_ms;
@@ -91,21 +91,6 @@ pub struct ListQuery {
     pub notice: Option<String>,
     /// An agent's page: the last group id of the previous page of its groups.
     pub groups_after: Option<String>,
-}
-
-/// The rows the store returned for a page asked with one extra row: the
-/// page, and the cursor of the next one when the extra row came back.
-fn page_of<T>(
-    mut rows: Vec<T>,
-    size: usize,
-    cursor: impl Fn(&T) -> String,
-) -> (Vec<T>, Option<String>) {
-    if rows.len() <= size {
-        return (rows, None);
-    }
-    rows.truncate(size);
-    let next = rows.last().map(cursor);
-    (rows, next)
 }
 
 /// A fixed message a redirect after a change asks the next page to show.
@@ -478,7 +463,10 @@ pub async fn agent(
             .agent_groups(&agent_id, GROUPS_SHOWN + 1, groups_after),
     );
     let (counts, dead, attempts) = (counts?, dead?, attempts?);
-    let (groups, groups_next) = page_of(groups?, GROUPS_SHOWN, |(g, _)| g.id.clone());
+    let Page {
+        items: groups,
+        next_cursor: groups_next,
+    } = Page::from_overfetch(groups?, GROUPS_SHOWN, |(g, _)| g.id.clone());
     let now = app.hub.clock.now_ms();
     let keys = agent
         .keys
