@@ -80,6 +80,10 @@ async fn status_is_private_to_sender_recipient_and_operator() {
     expect_error(response, 403, "FORBIDDEN").await;
     let response = hub.http.get(hub.url(&path)).send().await.unwrap();
     expect_error(response, 401, "AUTH_REQUIRED").await;
+    // Without credentials a missing message answers the same: no probing.
+    let missing = "/api/messages/00000000-0000-4000-8000-000000000000/status";
+    let response = hub.http.get(hub.url(missing)).send().await.unwrap();
+    expect_error(response, 401, "AUTH_REQUIRED").await;
     let response = hub.master(Method::GET, &path).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let response = bob.request(Method::GET, "/api/messages/nope/status", None);

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::{Caller, Hub, HubError, HubResult};
+use crate::config::AgentAuth;
 use crate::store::{
     AckRequest, LeaseRequest, Message, NackAction, NackRequest, Page, ReclaimCounts,
     ReclaimRequest, StateCounts,
@@ -254,6 +255,11 @@ impl Hub {
 
     /// Message status, visible to its sender, its recipient and the operator.
     pub async fn message_status(&self, caller: &Caller, message_id: &str) -> HubResult<Message> {
+        // Refuse a caller without credentials before the lookup, so that the
+        // answer (401 or 404) does not tell whether the message exists.
+        if *caller == Caller::Anonymous && self.config.agent_auth != AgentAuth::Legacy {
+            return Err(HubError::AuthRequired);
+        }
         let message = self
             .store
             .get_message(message_id)
