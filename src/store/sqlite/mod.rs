@@ -188,11 +188,11 @@ impl Store for SqliteStore {
     }
 
     async fn lease(&self, request: &LeaseRequest) -> StoreResult<Vec<Message>> {
-        // Rounds (messages expired or dead-lettered on the way do not count
-        // against `max_messages`) each change only what they return: a
-        // savepoint keeps them one step.
+        // Every round (messages expired or dead-lettered on the way do not
+        // count against `max_messages`) is one statement, atomic by itself,
+        // as when each round was an operation of its own: no savepoint.
         let request = request.clone();
-        self.write_all(move |c| ops::lease(c, &request)).await
+        self.write(move |c| ops::lease(c, &request)).await
     }
 
     async fn lease_held(
@@ -203,7 +203,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<Message>> {
         let (request, holder) = (request.clone(), holder.to_string());
         let from = from.map(str::to_string);
-        self.write_all(move |c| ops::lease_held(c, &request, &holder, from.as_deref()))
+        self.write(move |c| ops::lease_held(c, &request, &holder, from.as_deref()))
             .await
     }
 
