@@ -69,13 +69,14 @@ async fn sqlite_tampering_is_detected() {
         .await
         .expect("opening SQLite");
     let store = Arc::new(store);
-    let url = dir.sqlite_url();
+    let file = dir.path().join("admp.db");
     tampering_is_detected(store.clone(), |sql| {
-        let url = url.clone();
+        let file = file.clone();
         async move {
-            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-            sqlx::query(sql).execute(&mut conn).await.unwrap();
-            conn.close().await.unwrap();
+            let conn = rusqlite::Connection::open(&file).unwrap();
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .unwrap();
+            conn.execute_batch(sql).unwrap();
         }
     })
     .await;

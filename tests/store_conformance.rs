@@ -297,7 +297,7 @@ mod contract {
     const MAX_ATTEMPTS: u32 = 10;
     const QUOTA: u64 = 10_000;
 
-    fn agent(id: &str) -> Agent {
+    pub(super) fn agent(id: &str) -> Agent {
         Agent {
             agent_id: id.to_string(),
             agent_type: "generic".into(),
@@ -2855,5 +2855,65 @@ mod sql_group_commit {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres_failing_op_in_a_group_changes_nothing() {
         run::<PostgresBackend, _, _>(contract::failing_op_in_a_group_changes_nothing).await;
+    }
+}
+
+/// SQLite's migrations moved from sqlx's migrator to the backend's own
+/// runner: databases made by either open with the other.
+mod sqlite_migrations {
+    use super::*;
+
+    /// `(version, description, checksum)` rows of a database's ledger.
+    fn ledger(path: &std::path::Path) -> Vec<(i64, String, Vec<u8>)> {
+        let conn = rusqlite::Connection::open(path).expect("opening the file");
+        let mut statement = conn
+            .prepare("SELECT version, description, checksum FROM _sqlx_migrations ORDER BY version")
+            .expect("the ledger exists");
+        statement
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("reading the ledger")
+            .collect::<Result<_, _>>()
+            .expect("reading the ledger")
+    }
+
+    #[tokio::test]
+    async fn a_database_made_by_sqlx_opens_and_keeps_working() {
+        let dir = TempDir::new();
+        let file = dir.path().join("admp.db");
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/sqlite-made-by-sqlx.db"
+        );
+        std::fs::copy(fixture, &file).expect("copying the fixture");
+        let before = ledger(&file);
+        assert_eq!(
+            before.len(),
+            6,
+            "the fixture holds every migration sqlx applied"
+        );
+
+        let store = SqliteBackend::open(&dir).await;
+        let agent = contract::agent("sqlx-made");
+        store.create_agent(agent.clone()).await.unwrap();
+        assert_eq!(store.get_agent("sqlx-made").await.unwrap(), Some(agent));
+        store.close().await;
+
+        assert_eq!(
+            ledger(&file),
+            before,
+            "nothing applied twice, nothing rewritten"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fresh_database_records_what_sqlx_recorded() {
+        let dir = TempDir::new();
+        let store = SqliteBackend::open(&dir).await;
+        store.close().await;
+        let fixture = std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/sqlite-made-by-sqlx.db"
+        ));
+        assert_eq!(ledger(&dir.path().join("admp.db")), ledger(fixture));
     }
 }

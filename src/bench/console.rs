@@ -380,12 +380,10 @@ async fn fill_groups(store: &dyn Store, agents: usize, middle: &str) -> anyhow::
 /// single-row transactions would take the benchmark longer than the
 /// measurement). The store opened first applied the schema.
 async fn bulk_fill_sqlite(url: &str, agents: usize, messages: u64) -> anyhow::Result<()> {
-    use std::str::FromStr;
-    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?
-        .synchronous(sqlx::sqlite::SqliteSynchronous::Off);
-    let pool = sqlx::SqlitePool::connect_with(options).await?;
+    let conn = rusqlite::Connection::open(crate::store::sqlite::path_from_url(url)?)?;
+    conn.pragma_update(None, "synchronous", "off")?;
     let now = crate::telemetry::wall_ms();
-    sqlx::query(
+    conn.execute(
         "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < $1) \
          INSERT INTO agents (agent_id, agent_type, metadata, keys, webhook_url, webhook_secret, \
              trusted_agents, last_heartbeat, online, heartbeat_interval_ms, heartbeat_timeout_ms, \
@@ -395,12 +393,9 @@ async fn bulk_fill_sqlite(url: &str, agents: usize, messages: u64) -> anyhow::Re
              CASE WHEN i % 10 = 0 THEN 'https://hooks.example.com/admp' END, \
              CASE WHEN i % 10 = 0 THEN 'whsec_bench' END, \
              '[]', $2, i % 3 != 0, 60000, 300000, $2, $2 FROM n",
-    )
-    .bind(agents as i64)
-    .bind(now)
-    .execute(&pool)
-    .await?;
-    sqlx::query(
+        rusqlite::named_params! {"$1": agents as i64, "$2": now},
+    )?;
+    conn.execute(
         "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < $1), \
          m(i, at, state) AS (SELECT i, $3 - ($1 - i), CASE i % 20 WHEN 0 THEN 'dead' \
              WHEN 1 THEN 'expired' WHEN 2 THEN 'queued' WHEN 3 THEN 'queued' WHEN 4 THEN 'queued' \
@@ -415,12 +410,7 @@ async fn bulk_fill_sqlite(url: &str, agents: usize, messages: u64) -> anyhow::Re
              CASE state WHEN 'acked' THEN at END, \
              CASE WHEN state != 'queued' THEN at END, \
              CASE state WHEN 'dead' THEN 'max_attempts' END, 'bench' FROM m",
-    )
-    .bind(messages as i64)
-    .bind(agents as i64)
-    .bind(now)
-    .execute(&pool)
-    .await?;
-    pool.close().await;
+        rusqlite::named_params! {"$1": messages as i64, "$2": agents as i64, "$3": now},
+    )?;
     Ok(())
 }

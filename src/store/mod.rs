@@ -5,7 +5,6 @@
 //! operation here is a complete state transition that the backend makes atomic,
 //! so correctness never depends on the caller.
 
-mod group_commit;
 mod group_index;
 mod groups;
 mod inproc_console;

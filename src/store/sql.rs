@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sqlx::{ColumnIndex, Decode, Row, Type};
+use sqlx::Row;
 
 use super::*;
 
@@ -65,26 +65,55 @@ pub(super) fn to_json_opt<T: Serialize>(value: Option<&T>) -> StoreResult<Option
     value.map(to_json).transpose()
 }
 
-/// Reads one column, mapping decode failures to `Internal`.
-fn get<'r, R, T>(row: &'r R, column: &'static str) -> StoreResult<T>
-where
-    R: Row,
-    &'static str: ColumnIndex<R>,
-    T: Decode<'r, R::Database> + Type<R::Database>,
-{
-    row.try_get(column).map_err(|e| corrupt(column, e))
+/// Reads columns by name from a row of either driver (sqlx's PostgreSQL
+/// rows, rusqlite's SQLite rows), so one set of row readers serves both.
+pub(super) trait Columns {
+    /// A TEXT column that may be NULL.
+    fn text_opt(&self, column: &'static str) -> StoreResult<Option<String>>;
+    /// An INTEGER / BIGINT column that may be NULL.
+    fn int_opt(&self, column: &'static str) -> StoreResult<Option<i64>>;
+    /// A BOOLEAN column.
+    fn flag(&self, column: &'static str) -> StoreResult<bool>;
+
+    /// A TEXT column.
+    fn text(&self, column: &'static str) -> StoreResult<String> {
+        self.text_opt(column)?
+            .ok_or_else(|| corrupt(column, "unexpected NULL"))
+    }
+    /// An INTEGER / BIGINT column.
+    fn int(&self, column: &'static str) -> StoreResult<i64> {
+        self.int_opt(column)?
+            .ok_or_else(|| corrupt(column, "unexpected NULL"))
+    }
+    /// A non-negative integer column read into a narrower unsigned type.
+    fn unsigned<T: TryFrom<i64>>(&self, column: &'static str) -> StoreResult<T> {
+        let n = self.int(column)?;
+        T::try_from(n).map_err(|_| corrupt(column, n))
+    }
 }
 
-/// Reads a non-negative integer column into a narrower unsigned type.
-fn get_unsigned<'r, R, T>(row: &'r R, column: &'static str) -> StoreResult<T>
-where
-    R: Row,
-    &'static str: ColumnIndex<R>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-    T: TryFrom<i64>,
-{
-    let n: i64 = get(row, column)?;
-    T::try_from(n).map_err(|_| corrupt(column, n))
+impl Columns for sqlx::postgres::PgRow {
+    fn text_opt(&self, column: &'static str) -> StoreResult<Option<String>> {
+        self.try_get(column).map_err(|e| corrupt(column, e))
+    }
+    fn int_opt(&self, column: &'static str) -> StoreResult<Option<i64>> {
+        self.try_get(column).map_err(|e| corrupt(column, e))
+    }
+    fn flag(&self, column: &'static str) -> StoreResult<bool> {
+        self.try_get(column).map_err(|e| corrupt(column, e))
+    }
+}
+
+impl Columns for rusqlite::Row<'_> {
+    fn text_opt(&self, column: &'static str) -> StoreResult<Option<String>> {
+        self.get(column).map_err(|e| corrupt(column, e))
+    }
+    fn int_opt(&self, column: &'static str) -> StoreResult<Option<i64>> {
+        self.get(column).map_err(|e| corrupt(column, e))
+    }
+    fn flag(&self, column: &'static str) -> StoreResult<bool> {
+        self.get(column).map_err(|e| corrupt(column, e))
+    }
 }
 
 /// The earliest `available_at` of an inbox's live messages (served by the
@@ -93,132 +122,102 @@ pub(super) const NEXT_AVAILABLE_AT: &str = "SELECT MIN(available_at) FROM messag
      WHERE recipient = $1 AND state IN ('queued', 'leased')";
 
 /// Decodes an `agents` row.
-pub(super) fn agent_from_row<'r, R>(row: &'r R) -> StoreResult<Agent>
-where
-    R: Row,
-    &'static str: ColumnIndex<R>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-    bool: Decode<'r, R::Database> + Type<R::Database>,
-{
+pub(super) fn agent_from_row(row: &impl Columns) -> StoreResult<Agent> {
     Ok(Agent {
-        agent_id: get(row, "agent_id")?,
-        agent_type: get(row, "agent_type")?,
-        metadata: from_json("metadata", &get::<_, String>(row, "metadata")?)?,
-        keys: from_json("keys", &get::<_, String>(row, "keys")?)?,
-        webhook_url: get(row, "webhook_url")?,
-        webhook_secret: get(row, "webhook_secret")?,
-        previous_webhook_secret: get::<_, Option<String>>(row, "previous_webhook_secret")?
+        agent_id: row.text("agent_id")?,
+        agent_type: row.text("agent_type")?,
+        metadata: from_json("metadata", &row.text("metadata")?)?,
+        keys: from_json("keys", &row.text("keys")?)?,
+        webhook_url: row.text_opt("webhook_url")?,
+        webhook_secret: row.text_opt("webhook_secret")?,
+        previous_webhook_secret: row
+            .text_opt("previous_webhook_secret")?
             .map(|text| from_json("previous_webhook_secret", &text))
             .transpose()?,
-        trusted_agents: from_json("trusted_agents", &get::<_, String>(row, "trusted_agents")?)?,
-        last_heartbeat: get(row, "last_heartbeat")?,
-        online: get(row, "online")?,
-        heartbeat_interval_ms: get_unsigned(row, "heartbeat_interval_ms")?,
-        heartbeat_timeout_ms: get_unsigned(row, "heartbeat_timeout_ms")?,
-        created_at: get(row, "created_at")?,
-        updated_at: get(row, "updated_at")?,
+        trusted_agents: from_json("trusted_agents", &row.text("trusted_agents")?)?,
+        last_heartbeat: row.int("last_heartbeat")?,
+        online: row.flag("online")?,
+        heartbeat_interval_ms: row.unsigned("heartbeat_interval_ms")?,
+        heartbeat_timeout_ms: row.unsigned("heartbeat_timeout_ms")?,
+        created_at: row.int("created_at")?,
+        updated_at: row.int("updated_at")?,
     })
 }
 
 /// Decodes a `messages` row together with its arrival sequence number.
-pub(super) fn message_from_row<'r, R>(row: &'r R) -> StoreResult<(i64, Message)>
-where
-    R: Row,
-    &'static str: ColumnIndex<R>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-{
-    let state: String = get(row, "state")?;
-    let result: Option<String> = get(row, "result")?;
+pub(super) fn message_from_row(row: &impl Columns) -> StoreResult<(i64, Message)> {
+    let state: String = row.text("state")?;
+    let result: Option<String> = row.text_opt("result")?;
     let message = Message {
-        id: get(row, "id")?,
-        recipient: get(row, "recipient")?,
-        sender: get(row, "sender")?,
-        envelope: Envelope::from_json_text(get(row, "envelope")?)
+        id: row.text("id")?,
+        recipient: row.text("recipient")?,
+        sender: row.text("sender")?,
+        envelope: Envelope::from_json_text(row.text("envelope")?)
             .map_err(|e| corrupt("envelope", e))?,
         state: MessageState::parse(&state).ok_or_else(|| corrupt("message state", &state))?,
-        attempts: get_unsigned(row, "attempts")?,
-        lease_id: get(row, "lease_id")?,
-        lease_until: get(row, "lease_until")?,
-        visible_at: get(row, "visible_at")?,
-        expires_at: get(row, "expires_at")?,
-        created_at: get(row, "created_at")?,
-        updated_at: get(row, "updated_at")?,
-        acked_at: get(row, "acked_at")?,
-        ended_at: get(row, "ended_at")?,
-        dead_reason: get(row, "dead_reason")?,
+        attempts: row.unsigned("attempts")?,
+        lease_id: row.text_opt("lease_id")?,
+        lease_until: row.int_opt("lease_until")?,
+        visible_at: row.int("visible_at")?,
+        expires_at: row.int("expires_at")?,
+        created_at: row.int("created_at")?,
+        updated_at: row.int("updated_at")?,
+        acked_at: row.int_opt("acked_at")?,
+        ended_at: row.int_opt("ended_at")?,
+        dead_reason: row.text_opt("dead_reason")?,
         result: result.map(|r| from_json("result", &r)).transpose()?,
-        idempotency_key: get(row, "idempotency_key")?,
-        content_hash: get(row, "content_hash")?,
+        idempotency_key: row.text_opt("idempotency_key")?,
+        content_hash: row.text("content_hash")?,
     };
-    Ok((get(row, "seq")?, message))
+    Ok((row.int("seq")?, message))
 }
 
 /// Decodes a `deliveries` row.
-pub(super) fn delivery_from_row<'r, R>(row: &'r R) -> StoreResult<Delivery>
-where
-    R: Row,
-    &'static str: ColumnIndex<R>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-{
-    let state: String = get(row, "state")?;
-    let last_status: Option<i64> = get(row, "last_status")?;
+pub(super) fn delivery_from_row(row: &impl Columns) -> StoreResult<Delivery> {
+    let state: String = row.text("state")?;
+    let last_status: Option<i64> = row.int_opt("last_status")?;
     Ok(Delivery {
-        id: get(row, "id")?,
-        message_id: get(row, "message_id")?,
-        agent_id: get(row, "agent_id")?,
+        id: row.text("id")?,
+        message_id: row.text("message_id")?,
+        agent_id: row.text("agent_id")?,
         state: DeliveryState::parse(&state).ok_or_else(|| corrupt("delivery state", &state))?,
-        attempts: get_unsigned(row, "attempts")?,
-        next_attempt_at: get(row, "next_attempt_at")?,
-        created_at: get(row, "created_at")?,
-        updated_at: get(row, "updated_at")?,
+        attempts: row.unsigned("attempts")?,
+        next_attempt_at: row.int("next_attempt_at")?,
+        created_at: row.int("created_at")?,
+        updated_at: row.int("updated_at")?,
         last_status: last_status
             .map(|s| u16::try_from(s).map_err(|_| corrupt("last_status", s)))
             .transpose()?,
-        last_error: get(row, "last_error")?,
+        last_error: row.text_opt("last_error")?,
     })
 }
 
 /// Decodes a `delivery_attempts` row.
-pub(super) fn attempt_from_row<'r, R>(row: &'r R) -> StoreResult<DeliveryAttempt>
-where
-    R: Row,
-    &'static str: ColumnIndex<R>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-{
-    let status_code: Option<i64> = get(row, "status_code")?;
+pub(super) fn attempt_from_row(row: &impl Columns) -> StoreResult<DeliveryAttempt> {
+    let status_code: Option<i64> = row.int_opt("status_code")?;
     Ok(DeliveryAttempt {
-        delivery_id: get(row, "delivery_id")?,
-        message_id: get(row, "message_id")?,
-        agent_id: get(row, "agent_id")?,
-        attempt: get_unsigned(row, "attempt")?,
-        at: get(row, "at")?,
+        delivery_id: row.text("delivery_id")?,
+        message_id: row.text("message_id")?,
+        agent_id: row.text("agent_id")?,
+        attempt: row.unsigned("attempt")?,
+        at: row.int("at")?,
         status_code: status_code
             .map(|s| u16::try_from(s).map_err(|_| corrupt("status_code", s)))
             .transpose()?,
-        latency_ms: get_unsigned(row, "latency_ms")?,
-        error: get(row, "error")?,
+        latency_ms: row.unsigned("latency_ms")?,
+        error: row.text_opt("error")?,
     })
 }
 
 /// Decodes an `audit_events` row.
-pub(super) fn audit_from_row<'r, R>(row: &'r R) -> StoreResult<AuditEvent>
-where
-    R: Row,
-    &'static str: ColumnIndex<R>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-{
+pub(super) fn audit_from_row(row: &impl Columns) -> StoreResult<AuditEvent> {
     Ok(AuditEvent {
-        seq: get_unsigned(row, "seq")?,
-        at: get(row, "at")?,
-        kind: get(row, "kind")?,
-        agent_id: get(row, "agent_id")?,
-        detail: from_json("detail", &get::<_, String>(row, "detail")?)?,
-        hash: get(row, "hash")?,
+        seq: row.unsigned("seq")?,
+        at: row.int("at")?,
+        kind: row.text("kind")?,
+        agent_id: row.text_opt("agent_id")?,
+        detail: from_json("detail", &row.text("detail")?)?,
+        hash: row.text("hash")?,
     })
 }
 
@@ -289,33 +288,28 @@ pub(super) fn limit(n: usize) -> i64 {
 }
 
 /// Counts `(state, n)` rows (a `GROUP BY state`) into [`StateCounts`].
-pub(super) fn count_states<'r, R>(rows: &'r [R]) -> StoreResult<StateCounts>
-where
-    R: Row,
-    &'static str: ColumnIndex<R>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-{
+pub(super) fn count_states<R: Columns>(rows: &[R]) -> StoreResult<StateCounts> {
     let mut counts = StateCounts::default();
     for row in rows {
-        let state: String = get(row, "state")?;
-        let n: u64 = get_unsigned(row, "n")?;
-        let state = MessageState::parse(&state).ok_or_else(|| corrupt("message state", &state))?;
+        let (state, n) = state_count(row)?;
         counts.add(state, n);
     }
     Ok(counts)
 }
 
+/// One `(state, n)` row of a `GROUP BY state`.
+pub(super) fn state_count(row: &impl Columns) -> StoreResult<(MessageState, u64)> {
+    let state: String = row.text("state")?;
+    let n: u64 = row.unsigned("n")?;
+    let state = MessageState::parse(&state).ok_or_else(|| corrupt("message state", &state))?;
+    Ok((state, n))
+}
+
 /// Tallies the `state` column returned by a reclaim statement.
-pub(super) fn reclaim_counts<'r, R>(rows: &'r [R]) -> StoreResult<ReclaimCounts>
-where
-    R: Row,
-    &'static str: ColumnIndex<R>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-{
+pub(super) fn reclaim_counts<R: Columns>(rows: &[R]) -> StoreResult<ReclaimCounts> {
     let mut counts = ReclaimCounts::default();
     for row in rows {
-        let state: String = get(row, "state")?;
+        let state: String = row.text("state")?;
         if state == MessageState::Dead.as_str() {
             counts.dead += 1;
         } else {

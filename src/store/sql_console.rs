@@ -8,29 +8,33 @@ use super::sql::{self, db_error, limit};
 use super::*;
 
 /// Binds: prefix (lower bound), upper bound, cursor (exclusive), limit.
-const SEARCH_AGENTS: &str = "SELECT * FROM agents \
+pub(super) const SEARCH_AGENTS: &str = "SELECT * FROM agents \
      WHERE agent_id >= $1 AND agent_id < $2 AND agent_id > $3 \
      ORDER BY agent_id LIMIT $4";
 
 /// Binds: cursor ended_at, cursor seq, limit.
-const DEAD_ALL: &str = "SELECT * FROM messages \
+pub(super) const DEAD_ALL: &str = "SELECT * FROM messages \
      WHERE state = 'dead' AND (ended_at, seq) > ($1, $2) \
      ORDER BY ended_at, seq LIMIT $3";
 
 /// Binds: cursor updated_at, cursor id, limit. The WHERE clause is the
 /// partial index's predicate, word for word, so the planners use it.
-const FAILING: &str = "SELECT * FROM deliveries \
+pub(super) const FAILING: &str = "SELECT * FROM deliveries \
      WHERE (state = 'failed' OR (state = 'pending' AND attempts > 0)) \
      AND (updated_at, id) < ($1, $2) \
      ORDER BY updated_at DESC, id DESC LIMIT $3";
 
 /// Binds: now, id. Only a pending or failed delivery changes.
-const RETRY: &str = "UPDATE deliveries \
+pub(super) const RETRY: &str = "UPDATE deliveries \
      SET state = 'pending', next_attempt_at = $1, updated_at = $1 \
      WHERE id = $2 AND state IN ('pending', 'failed')";
 
 /// Cuts `rows` (fetched with `limit + 1`) to a page, the cursor from its last item.
-fn paged<T>(mut rows: Vec<T>, page_size: usize, cursor: impl Fn(&T) -> String) -> Page<T> {
+pub(super) fn paged<T>(
+    mut rows: Vec<T>,
+    page_size: usize,
+    cursor: impl Fn(&T) -> String,
+) -> Page<T> {
     let next_cursor = if rows.len() > page_size {
         rows.truncate(page_size);
         rows.last().map(cursor)
@@ -145,12 +149,6 @@ macro_rules! console_sql {
                 .transpose()
         }
     };
-}
-
-/// SQLite.
-pub(super) mod sqlite {
-    use super::*;
-    console_sql!(sqlx::SqlitePool);
 }
 
 /// PostgreSQL.

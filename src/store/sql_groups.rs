@@ -11,84 +11,132 @@
 //! Every function takes a connection: the caller opens the transaction (one
 //! per operation; a whole fan-out is one transaction) and commits it.
 
+use std::sync::LazyLock;
+
+use super::sql::Columns;
+use super::*;
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(format!("corrupt {what} in storage: {detail}"))
+}
+
+/// Decodes a group row selected with [`GROUP_COLUMNS`].
+pub(super) fn group_from_row(row: &impl Columns) -> StoreResult<Group> {
+    let access: String = row.text("access")?;
+    Ok(Group {
+        id: row.text("id")?,
+        name: row.text("name")?,
+        created_by: row.text("created_by")?,
+        access: GroupAccess::parse(&access).ok_or_else(|| corrupt("group access", &access))?,
+        join_key_hash: row.text_opt("join_key_hash")?,
+        settings: GroupSettings {
+            history_visible: row.flag("history_visible")?,
+            max_members: row.unsigned("max_members")?,
+            message_ttl_sec: row.unsigned("message_ttl_sec")?,
+        },
+        created_at: row.int("created_at")?,
+        updated_at: row.int("updated_at")?,
+        member_count: row.unsigned("member_count")?,
+    })
+}
+
+/// Decodes the `role` column.
+pub(super) fn role_from_row(row: &impl Columns) -> StoreResult<GroupRole> {
+    let role: String = row.text("role")?;
+    GroupRole::parse(&role).ok_or_else(|| corrupt("group role", &role))
+}
+
+/// Decodes a `group_members` row.
+pub(super) fn member_from_row(row: &impl Columns) -> StoreResult<GroupMember> {
+    Ok(GroupMember {
+        agent_id: row.text("agent_id")?,
+        role: role_from_row(row)?,
+        joined_at: row.int("joined_at")?,
+    })
+}
+
+/// Decodes a `group_posts` row.
+pub(super) fn post_from_row(row: &impl Columns) -> StoreResult<GroupPost> {
+    let deliveries: String = row.text("deliveries")?;
+    Ok(GroupPost {
+        id: row.text("id")?,
+        group_id: row.text("group_id")?,
+        sender: row.text("sender")?,
+        envelope: Envelope::from_json_text(row.text("envelope")?)
+            .map_err(|e| corrupt("envelope", e))?,
+        created_at: row.int("created_at")?,
+        expires_at: row.int("expires_at")?,
+        idempotency_key: row.text_opt("idempotency_key")?,
+        content_hash: row.text("content_hash")?,
+        deliveries: serde_json::from_str(&deliveries).map_err(|e| corrupt("deliveries", e))?,
+    })
+}
+
+/// Selects groups with their member count.
+const GROUP_COLUMNS: &str = "g.id, g.name, g.created_by, g.access, g.join_key_hash, \
+     g.history_visible, g.max_members, g.message_ttl_sec, g.created_at, g.updated_at, \
+     (SELECT count(*) FROM group_members c WHERE c.group_id = g.id) AS member_count";
+/// One group. Binds: id.
+pub(super) static GET_GROUP: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {GROUP_COLUMNS} FROM group_info g WHERE g.id = $1"));
+/// An agent's groups with its role, a page by group id (every group id
+/// sorts after "": no cursor is the whole range). Binds: agent, limit, after.
+pub(super) static AGENT_GROUPS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {GROUP_COLUMNS}, m.role FROM group_members m \
+         JOIN group_info g ON g.id = m.group_id \
+         WHERE m.agent_id = $1 AND m.group_id > $3 ORDER BY m.group_id LIMIT $2"
+    )
+});
+/// Binds: the group's columns in table order; a taken id inserts nothing.
+pub(super) const INSERT_GROUP: &str = "INSERT INTO group_info (id, name, created_by, access, \
+     join_key_hash, history_visible, max_members, message_ttl_sec, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING";
+/// Binds: group, agent, role, joined_at.
+pub(super) const INSERT_MEMBER: &str = "INSERT INTO group_members (group_id, agent_id, role, \
+     joined_at) VALUES ($1, $2, $3, $4)";
+/// Binds: id, name, history_visible, max_members, message_ttl_sec, now (NULL keeps a field).
+pub(super) const UPDATE_GROUP: &str = "UPDATE group_info SET name = COALESCE($2, name), \
+     history_visible = COALESCE($3, history_visible), \
+     max_members = COALESCE($4, max_members), \
+     message_ttl_sec = COALESCE($5, message_ttl_sec), updated_at = $6 \
+     WHERE id = $1";
+/// Binds: id.
+pub(super) const DELETE_GROUP: &str = "DELETE FROM group_info WHERE id = $1";
+/// Binds: group, agent.
+pub(super) const MEMBER: &str = "SELECT agent_id, role, joined_at FROM group_members \
+     WHERE group_id = $1 AND agent_id = $2";
+/// Binds: group.
+pub(super) const MEMBERS: &str = "SELECT agent_id, role, joined_at FROM group_members \
+     WHERE group_id = $1 ORDER BY agent_id";
+/// Binds: group.
+pub(super) const COUNT_MEMBERS: &str = "SELECT count(*) FROM group_members WHERE group_id = $1";
+/// Binds: group, agent.
+pub(super) const REMOVE_MEMBER: &str =
+    "DELETE FROM group_members WHERE group_id = $1 AND agent_id = $2";
+/// Binds: group, idempotency key.
+pub(super) const POST_BY_KEY: &str =
+    "SELECT * FROM group_posts WHERE group_id = $1 AND idempotency_key = $2";
+/// Binds: the post's columns in table order; a taken id inserts nothing.
+pub(super) const INSERT_POST: &str = "INSERT INTO group_posts (id, group_id, sender, envelope, \
+     created_at, expires_at, idempotency_key, content_hash, deliveries) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING";
+/// Newest first before a cursor. Binds: group, cursor created_at, cursor id, limit.
+pub(super) const HISTORY: &str = "SELECT * FROM group_posts WHERE group_id = $1 \
+     AND ($2 IS NULL OR created_at < $2 OR (created_at = $2 AND id < $3)) \
+     ORDER BY created_at DESC, id DESC LIMIT $4";
+/// Binds: now, limit.
+pub(super) const PURGE_HISTORY: &str = "DELETE FROM group_posts WHERE id IN (SELECT id \
+     FROM group_posts WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2)";
+
 /// Expands to a module `group_sql` of group operations for one driver:
 /// `group_sql!(Connection type, Row type, "lock for update", "lock for share")`.
 macro_rules! group_sql {
     ($conn:ty, $row:ty, $for_update:literal, $for_share:literal) => {
         mod group_sql {
-            use sqlx::Row;
-
             use super::*;
-            use crate::store::sql::{db_error, limit, to_json};
-
-            fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
-                StoreError::Internal(format!("corrupt {what} in storage: {detail}"))
-            }
-
-            fn get<'r, T>(row: &'r $row, column: &str) -> StoreResult<T>
-            where
-                T: sqlx::Decode<'r, <$row as Row>::Database> + sqlx::Type<<$row as Row>::Database>,
-            {
-                row.try_get(column).map_err(|e| corrupt(column, e))
-            }
-
-            fn group_from_row(row: &$row) -> StoreResult<Group> {
-                let access: String = get(row, "access")?;
-                Ok(Group {
-                    id: get(row, "id")?,
-                    name: get(row, "name")?,
-                    created_by: get(row, "created_by")?,
-                    access: GroupAccess::parse(&access)
-                        .ok_or_else(|| corrupt("group access", &access))?,
-                    join_key_hash: get(row, "join_key_hash")?,
-                    settings: GroupSettings {
-                        history_visible: get(row, "history_visible")?,
-                        max_members: u32::try_from(get::<i64>(row, "max_members")?)
-                            .map_err(|e| corrupt("max_members", e))?,
-                        message_ttl_sec: u64::try_from(get::<i64>(row, "message_ttl_sec")?)
-                            .map_err(|e| corrupt("message_ttl_sec", e))?,
-                    },
-                    created_at: get(row, "created_at")?,
-                    updated_at: get(row, "updated_at")?,
-                    member_count: u64::try_from(get::<i64>(row, "member_count")?)
-                        .map_err(|e| corrupt("member_count", e))?,
-                })
-            }
-
-            fn role_from_row(row: &$row) -> StoreResult<GroupRole> {
-                let role: String = get(row, "role")?;
-                GroupRole::parse(&role).ok_or_else(|| corrupt("group role", &role))
-            }
-
-            fn member_from_row(row: &$row) -> StoreResult<GroupMember> {
-                Ok(GroupMember {
-                    agent_id: get(row, "agent_id")?,
-                    role: role_from_row(row)?,
-                    joined_at: get(row, "joined_at")?,
-                })
-            }
-
-            fn post_from_row(row: &$row) -> StoreResult<GroupPost> {
-                let deliveries: String = get(row, "deliveries")?;
-                Ok(GroupPost {
-                    id: get(row, "id")?,
-                    group_id: get(row, "group_id")?,
-                    sender: get(row, "sender")?,
-                    envelope: Envelope::from_json_text(get(row, "envelope")?)
-                        .map_err(|e| corrupt("envelope", e))?,
-                    created_at: get(row, "created_at")?,
-                    expires_at: get(row, "expires_at")?,
-                    idempotency_key: get(row, "idempotency_key")?,
-                    content_hash: get(row, "content_hash")?,
-                    deliveries: serde_json::from_str(&deliveries)
-                        .map_err(|e| corrupt("deliveries", e))?,
-                })
-            }
-
-            /// Selects groups with their member count.
-            const GROUP_COLUMNS: &str = "g.id, g.name, g.created_by, g.access, g.join_key_hash, \
-                 g.history_visible, g.max_members, g.message_ttl_sec, g.created_at, g.updated_at, \
-                 (SELECT count(*) FROM group_members c WHERE c.group_id = g.id) AS member_count";
+            use crate::store::sql::{Columns, db_error, limit, to_json};
+            use crate::store::sql_groups::*;
 
             async fn agent_exists(conn: &mut $conn, agent_id: &str) -> StoreResult<bool> {
                 let sql = format!("SELECT 1 FROM agents WHERE agent_id = $1{}", $for_share);
@@ -108,11 +156,7 @@ macro_rules! group_sql {
                 if !agent_exists(conn, &group.created_by).await? {
                     return Err(StoreError::AgentNotFound);
                 }
-                let inserted = sqlx::query(
-                    "INSERT INTO group_info (id, name, created_by, access, join_key_hash, \
-                     history_visible, max_members, message_ttl_sec, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
-                )
+                let inserted = sqlx::query(INSERT_GROUP)
                 .bind(&group.id)
                 .bind(&group.name)
                 .bind(&group.created_by)
@@ -146,10 +190,7 @@ macro_rules! group_sql {
                 group_id: &str,
                 member: &GroupMember,
             ) -> StoreResult<()> {
-                sqlx::query(
-                    "INSERT INTO group_members (group_id, agent_id, role, joined_at) \
-                     VALUES ($1, $2, $3, $4)",
-                )
+                sqlx::query(INSERT_MEMBER)
                 .bind(group_id)
                 .bind(&member.agent_id)
                 .bind(member.role.as_str())
@@ -164,8 +205,7 @@ macro_rules! group_sql {
                 conn: &mut $conn,
                 group_id: &str,
             ) -> StoreResult<Option<Group>> {
-                let sql = format!("SELECT {GROUP_COLUMNS} FROM group_info g WHERE g.id = $1");
-                sqlx::query(sqlx::AssertSqlSafe(sql))
+                sqlx::query(GET_GROUP.as_str())
                     .bind(group_id)
                     .fetch_optional(&mut *conn)
                     .await
@@ -180,13 +220,7 @@ macro_rules! group_sql {
                 group_id: &str,
                 change: &GroupChange,
             ) -> StoreResult<Group> {
-                let updated = sqlx::query(
-                    "UPDATE group_info SET name = COALESCE($2, name), \
-                     history_visible = COALESCE($3, history_visible), \
-                     max_members = COALESCE($4, max_members), \
-                     message_ttl_sec = COALESCE($5, message_ttl_sec), updated_at = $6 \
-                     WHERE id = $1",
-                )
+                let updated = sqlx::query(UPDATE_GROUP)
                 .bind(group_id)
                 .bind(&change.name)
                 .bind(change.history_visible)
@@ -212,7 +246,7 @@ macro_rules! group_sql {
                 conn: &mut $conn,
                 group_id: &str,
             ) -> StoreResult<bool> {
-                let done = sqlx::query("DELETE FROM group_info WHERE id = $1")
+                let done = sqlx::query(DELETE_GROUP)
                     .bind(group_id)
                     .execute(&mut *conn)
                     .await
@@ -225,10 +259,7 @@ macro_rules! group_sql {
                 group_id: &str,
                 agent_id: &str,
             ) -> StoreResult<Option<GroupMember>> {
-                sqlx::query(
-                    "SELECT agent_id, role, joined_at FROM group_members \
-                     WHERE group_id = $1 AND agent_id = $2",
-                )
+                sqlx::query(MEMBER)
                 .bind(group_id)
                 .bind(agent_id)
                 .fetch_optional(&mut *conn)
@@ -243,10 +274,7 @@ macro_rules! group_sql {
                 conn: &mut $conn,
                 group_id: &str,
             ) -> StoreResult<Vec<GroupMember>> {
-                sqlx::query(
-                    "SELECT agent_id, role, joined_at FROM group_members \
-                     WHERE group_id = $1 ORDER BY agent_id",
-                )
+                sqlx::query(MEMBERS)
                 .bind(group_id)
                 .fetch_all(&mut *conn)
                 .await
@@ -276,8 +304,7 @@ macro_rules! group_sql {
                 if self::member(conn, group_id, &member.agent_id).await?.is_some() {
                     return Err(StoreError::AlreadyMember);
                 }
-                let count: i64 =
-                    sqlx::query_scalar("SELECT count(*) FROM group_members WHERE group_id = $1")
+                let count: i64 = sqlx::query_scalar(COUNT_MEMBERS)
                         .bind(group_id)
                         .fetch_one(&mut *conn)
                         .await
@@ -296,8 +323,7 @@ macro_rules! group_sql {
                 group_id: &str,
                 agent_id: &str,
             ) -> StoreResult<bool> {
-                let done =
-                    sqlx::query("DELETE FROM group_members WHERE group_id = $1 AND agent_id = $2")
+                let done = sqlx::query(REMOVE_MEMBER)
                         .bind(group_id)
                         .bind(agent_id)
                         .execute(&mut *conn)
@@ -312,13 +338,7 @@ macro_rules! group_sql {
                 count: usize,
                 after: Option<&str>,
             ) -> StoreResult<Vec<(Group, GroupRole)>> {
-                // Every group id sorts after "": no cursor is the whole range.
-                let sql = format!(
-                    "SELECT {GROUP_COLUMNS}, m.role FROM group_members m \
-                     JOIN group_info g ON g.id = m.group_id \
-                     WHERE m.agent_id = $1 AND m.group_id > $3 ORDER BY m.group_id LIMIT $2"
-                );
-                sqlx::query(sqlx::AssertSqlSafe(sql))
+                sqlx::query(AGENT_GROUPS.as_str())
                     .bind(agent_id)
                     .bind(limit(count))
                     .bind(after.unwrap_or(""))
@@ -348,9 +368,7 @@ macro_rules! group_sql {
                     return Err(StoreError::NotMember);
                 }
                 if let Some(key) = &post.idempotency_key {
-                    let existing = sqlx::query(
-                        "SELECT * FROM group_posts WHERE group_id = $1 AND idempotency_key = $2",
-                    )
+                    let existing = sqlx::query(POST_BY_KEY)
                     .bind(&post.group_id)
                     .bind(key)
                     .fetch_optional(&mut *conn)
@@ -381,7 +399,7 @@ macro_rules! group_sql {
                     .map_err(db_error)?;
                 let full: std::collections::HashSet<String> = if fan.quota == 0 {
                     rows.iter()
-                        .map(|r| get(r, "agent_id"))
+                        .map(|r| r.text("agent_id"))
                         .collect::<StoreResult<_>>()?
                 } else {
                     sqlx::query_scalar(
@@ -401,8 +419,8 @@ macro_rules! group_sql {
                 };
                 let mut recipients = Vec::with_capacity(rows.len());
                 for row in &rows {
-                    let agent_id: String = get(row, "agent_id")?;
-                    let webhook: Option<String> = get(row, "webhook_url")?;
+                    let agent_id: String = row.text("agent_id")?;
+                    let webhook: Option<String> = row.text_opt("webhook_url")?;
                     recipients.push(Recipient {
                         full: full.contains(&agent_id),
                         push: webhook.is_some(),
@@ -410,11 +428,7 @@ macro_rules! group_sql {
                     });
                 }
                 let plan = plan_fan_out(&mut post, fan, recipients);
-                let inserted = sqlx::query(
-                    "INSERT INTO group_posts (id, group_id, sender, envelope, created_at, \
-                     expires_at, idempotency_key, content_hash, deliveries) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
-                )
+                let inserted = sqlx::query(INSERT_POST)
                 .bind(&post.id)
                 .bind(&post.group_id)
                 .bind(&post.sender)
@@ -463,11 +477,7 @@ macro_rules! group_sql {
                     }
                     None => (None, None),
                 };
-                let rows = sqlx::query(
-                    "SELECT * FROM group_posts WHERE group_id = $1 \
-                     AND ($2 IS NULL OR created_at < $2 OR (created_at = $2 AND id < $3)) \
-                     ORDER BY created_at DESC, id DESC LIMIT $4",
-                )
+                let rows = sqlx::query(HISTORY)
                 .bind(group_id)
                 .bind(before_at)
                 .bind(before_id)
@@ -491,10 +501,7 @@ macro_rules! group_sql {
                 now: Millis,
                 count: usize,
             ) -> StoreResult<u64> {
-                let done = sqlx::query(
-                    "DELETE FROM group_posts WHERE id IN (SELECT id FROM group_posts \
-                     WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2)",
-                )
+                let done = sqlx::query(PURGE_HISTORY)
                 .bind(now)
                 .bind(limit(count))
                 .execute(&mut *conn)

@@ -1,30 +1,31 @@
 //! The SQL of the security hardening (issue 12), shared by the SQLite and
 //! PostgreSQL backends: request nonces (replay protection across restarts
 //! and instances) and retired agent ids (tombstones). Both dialects take the
-//! same statements; each backend delegates to the function for its driver.
+//! same statements; PostgreSQL runs them here, SQLite on its writer thread
+//! (`sqlite/ops.rs`).
 
-use sqlx::{PgPool, SqlitePool};
+use sqlx::PgPool;
 
 use super::sql::db_error;
-use super::{Delivery, Millis, StoreError, StoreResult};
+use super::{Delivery, Millis, StoreResult};
 
 /// Inserts the nonce, or takes over an expired entry; a live entry is left
 /// alone and the statement touches no row (a replay).
-const REMEMBER_NONCE: &str = "INSERT INTO request_nonces (nonce_key, expires_at) VALUES ($1, $2) \
+pub(super) const REMEMBER_NONCE: &str = "INSERT INTO request_nonces (nonce_key, expires_at) VALUES ($1, $2) \
      ON CONFLICT (nonce_key) DO UPDATE SET expires_at = excluded.expires_at \
      WHERE request_nonces.expires_at <= $3";
 /// Deletes up to `$2` nonces expired at `$1`.
-const PURGE_NONCES: &str = "DELETE FROM request_nonces WHERE nonce_key IN ( \
+pub(super) const PURGE_NONCES: &str = "DELETE FROM request_nonces WHERE nonce_key IN ( \
      SELECT nonce_key FROM request_nonces WHERE expires_at <= $1 LIMIT $2)";
 /// Records a tombstone once.
-const RETIRE_AGENT_ID: &str = "INSERT INTO retired_agents (agent_id, retired_at) VALUES ($1, $2) \
+pub(super) const RETIRE_AGENT_ID: &str = "INSERT INTO retired_agents (agent_id, retired_at) VALUES ($1, $2) \
      ON CONFLICT (agent_id) DO NOTHING";
 /// Whether a tombstone exists.
-const IS_RETIRED: &str = "SELECT 1 AS one FROM retired_agents WHERE agent_id = $1";
+pub(super) const IS_RETIRED: &str = "SELECT 1 AS one FROM retired_agents WHERE agent_id = $1";
 
 /// Fair claim on SQLite (one writer, so no row locks): due deliveries ranked
 /// per agent, the first `$4` of each agent not in the JSON array `$5`.
-const CLAIM_FAIR_SQLITE: &str = "UPDATE deliveries SET next_attempt_at = $1 + $3 \
+pub(super) const CLAIM_FAIR_SQLITE: &str = "UPDATE deliveries SET next_attempt_at = $1 + $3 \
      WHERE id IN (SELECT id FROM ( \
          SELECT id, next_attempt_at, ROW_NUMBER() OVER ( \
              PARTITION BY agent_id ORDER BY next_attempt_at, id) AS rank \
@@ -49,29 +50,6 @@ const CLAIM_FAIR_POSTGRES: &str = "WITH locked AS ( \
 /// Due deliveries PostgreSQL looks at per fair claim: enough that one
 /// agent's backlog ahead of the others does not hide them.
 const FAIR_SCAN: i64 = 5_000;
-
-/// See `Store::claim_due_deliveries_fair`.
-pub(super) async fn sqlite_claim_fair(
-    pool: &SqlitePool,
-    now: Millis,
-    batch: usize,
-    claim_ms: i64,
-    per_agent: usize,
-    skip_agents: &[String],
-) -> StoreResult<Vec<Delivery>> {
-    let skip =
-        serde_json::to_string(skip_agents).map_err(|e| StoreError::Internal(e.to_string()))?;
-    let rows = sqlx::query(CLAIM_FAIR_SQLITE)
-        .bind(now)
-        .bind(limit(batch))
-        .bind(claim_ms)
-        .bind(limit(per_agent))
-        .bind(skip)
-        .fetch_all(pool)
-        .await
-        .map_err(db_error)?;
-    rows.iter().map(super::sql::delivery_from_row).collect()
-}
 
 /// See `Store::claim_due_deliveries_fair`.
 pub(super) async fn postgres_claim_fair(
@@ -168,5 +146,4 @@ macro_rules! sql_security_ops {
     };
 }
 
-sql_security_ops!(sqlite, SqlitePool);
 sql_security_ops!(postgres, PgPool);

@@ -1,0 +1,214 @@
+//! Running statements on one rusqlite connection, the pool of read
+//! connections, and SQLite errors as [`StoreError`]s.
+//!
+//! The statements are shared with PostgreSQL (`$1`-style placeholders, which
+//! SQLite takes as named parameters): [`bind`] resolves each placeholder by
+//! its number, so a statement may use `$2` before `$1` or `$1` twice.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rusqlite::types::ToSql;
+use rusqlite::{Connection, ErrorCode, OpenFlags, Row, Statement};
+
+use super::super::{StoreError, StoreResult};
+use crate::config::SqliteSynchronous;
+
+/// How long a statement waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Prepared statements kept per connection: every statement the backend
+/// runs fits, so none is prepared twice.
+const STATEMENT_CACHE: usize = 128;
+
+/// Bind values of one statement, `$1` first.
+pub(super) type Args<'a> = &'a [&'a dyn ToSql];
+
+/// Maps a SQLite error: the environment (busy, locked, I/O, disk full,
+/// cannot open) is `Unavailable`, anything else `Internal`.
+pub(super) fn db_error(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::DiskFull
+            | ErrorCode::CannotOpen,
+        ) => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Internal(e.to_string()),
+    }
+}
+
+/// The database file a `sqlite:` URL names (`sqlite://admp.db?mode=rwc`,
+/// `sqlite:///abs/path.db`, `sqlite:admp.db`); the query string is ignored
+/// (the file is always created when missing).
+pub fn path_from_url(url: &str) -> StoreResult<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| StoreError::Internal(format!("DATABASE_URL: not a sqlite URL: {url}")))?;
+    let path = rest.split_once('?').map_or(rest, |(path, _)| path);
+    if path.is_empty() || path == ":memory:" {
+        return Err(StoreError::Internal(
+            "DATABASE_URL must name a file: an in-memory SQLite database is not shared \
+             between connections (use STORAGE_BACKEND=memory instead)"
+                .into(),
+        ));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Opens one connection with the hub's settings: WAL, the chosen
+/// `synchronous`, the busy timeout, a statement cache for every statement.
+pub(super) fn open(path: &Path, synchronous: SqliteSynchronous) -> StoreResult<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(db_error)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(db_error)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.pragma_update(None, "journal_mode", "wal")
+        .map_err(db_error)?;
+    let synchronous = match synchronous {
+        SqliteSynchronous::Full => "full",
+        SqliteSynchronous::Normal => "normal",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(db_error)?;
+    Ok(conn)
+}
+
+/// Binds `args` to a statement written with `$n` placeholders.
+fn bind(statement: &mut Statement<'_>, args: Args<'_>) -> StoreResult<()> {
+    for index in 1..=statement.parameter_count() {
+        let n = statement
+            .parameter_name(index)
+            .and_then(|name| name.strip_prefix('$'))
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| (1..=args.len()).contains(n))
+            .ok_or_else(|| {
+                StoreError::Internal(format!("statement placeholder {index} unbound"))
+            })?;
+        statement
+            .raw_bind_parameter(index, args[n - 1])
+            .map_err(db_error)?;
+    }
+    Ok(())
+}
+
+/// Runs a statement that returns no rows; rows changed.
+pub(super) fn exec(conn: &Connection, sql: &str, args: Args<'_>) -> StoreResult<u64> {
+    let mut statement = conn.prepare_cached(sql).map_err(db_error)?;
+    bind(&mut statement, args)?;
+    statement.raw_execute().map(|n| n as u64).map_err(db_error)
+}
+
+/// Runs a statement to its end, turning every row it returns into a `T`.
+pub(super) fn rows<T>(
+    conn: &Connection,
+    sql: &str,
+    args: Args<'_>,
+    mut read: impl FnMut(&Row<'_>) -> StoreResult<T>,
+) -> StoreResult<Vec<T>> {
+    let mut statement = conn.prepare_cached(sql).map_err(db_error)?;
+    bind(&mut statement, args)?;
+    let mut rows = statement.raw_query();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(db_error)? {
+        out.push(read(row)?);
+    }
+    Ok(out)
+}
+
+/// The first row a statement returns, if any (the statement still runs to
+/// its end, so a writing statement completes).
+pub(super) fn row<T>(
+    conn: &Connection,
+    sql: &str,
+    args: Args<'_>,
+    read: impl FnMut(&Row<'_>) -> StoreResult<T>,
+) -> StoreResult<Option<T>> {
+    Ok(rows(conn, sql, args, read)?.into_iter().next())
+}
+
+/// Read connections beside the writer: a call takes one (opening one when
+/// none is idle) and puts it back, keeping at most `max_idle` idle.
+pub(super) struct Readers {
+    path: PathBuf,
+    synchronous: SqliteSynchronous,
+    idle: Mutex<Vec<Connection>>,
+    max_idle: usize,
+}
+
+impl Readers {
+    /// A pool of connections to `path`; opens none yet.
+    pub(super) fn new(path: PathBuf, synchronous: SqliteSynchronous, max_idle: usize) -> Self {
+        Readers {
+            path,
+            synchronous,
+            idle: Mutex::new(Vec::new()),
+            max_idle: max_idle.max(1),
+        }
+    }
+
+    /// Runs `read` on a read connection.
+    pub(super) fn with<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let taken = self.idle.lock().pop();
+        let conn = match taken {
+            Some(conn) => conn,
+            None => open(&self.path, self.synchronous)?,
+        };
+        let result = read(&conn);
+        let mut idle = self.idle.lock();
+        if idle.len() < self.max_idle {
+            idle.push(conn);
+        }
+        result
+    }
+
+    /// Closes the idle connections.
+    pub(super) fn close(&self) {
+        self.idle.lock().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_their_file() {
+        assert_eq!(
+            path_from_url("sqlite://admp.db?mode=rwc").unwrap(),
+            PathBuf::from("admp.db")
+        );
+        assert_eq!(
+            path_from_url("sqlite:///tmp/x/admp.db").unwrap(),
+            PathBuf::from("/tmp/x/admp.db")
+        );
+        assert_eq!(path_from_url("sqlite:a.db").unwrap(), PathBuf::from("a.db"));
+        assert!(path_from_url("sqlite::memory:").is_err());
+        assert!(path_from_url("postgres://x").is_err());
+    }
+
+    #[test]
+    fn placeholders_bind_by_number() {
+        let conn = Connection::open_in_memory().unwrap();
+        let got = row(
+            &conn,
+            "SELECT $2 - $1 AS d, $2 AS again",
+            &[&1_i64, &10_i64],
+            |r| {
+                Ok((
+                    r.get::<_, i64>("d").unwrap(),
+                    r.get::<_, i64>("again").unwrap(),
+                ))
+            },
+        )
+        .unwrap();
+        assert_eq!(got, Some((9, 10)));
+    }
+}

@@ -1,0 +1,735 @@
+//! SQLite backend: the embedded default, one file on one machine.
+//!
+//! - **WAL** journal: readers never block the writer and a crash never
+//!   leaves a half-written transaction behind.
+//! - **Durability** is the `synchronous` pragma, chosen by `SQLITE_SYNCHRONOUS`:
+//!   `full` (default) syncs the WAL on every commit, so an answered request
+//!   survives a power loss; `normal` syncs only at checkpoints, which survives
+//!   a process crash (SIGKILL, panic, OOM kill) but may lose the last
+//!   commits on power loss or kernel crash. See docs/STORAGE.md.
+//! - **One writer thread** ([`writer`]) owns the only connection that
+//!   writes and commits concurrent operations in groups: one commit per
+//!   group, one thread hand-off per operation. The driver is rusqlite,
+//!   synchronous: an operation's statements run back to back on that thread
+//!   (the async driver this replaced handed every statement to its own
+//!   worker thread and back; docs/PERFORMANCE.md has the measurements).
+//!   Transactions open with `BEGIN IMMEDIATE`, so another process on the
+//!   same file (an operator's `sqlite3` shell) waits on the busy timeout
+//!   instead of failing a transaction halfway.
+//! - **Read connections** (`DATABASE_MAX_CONNECTIONS` kept idle) answer
+//!   lookups inline on the calling task (an indexed point read costs
+//!   microseconds, less than a hand-off); scans (stats, exports, listings)
+//!   run on tokio's blocking pool.
+//! - Leasing is one `UPDATE … FROM (SELECT … ORDER BY … LIMIT) RETURNING`.
+//!
+//! Use it from one hub process: several hubs on one file would work but
+//! serialise on the file lock and never see each other's long-poll wake-ups.
+
+mod conn;
+mod migrate;
+mod ops;
+mod writer;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rusqlite::Connection;
+
+use self::conn::{Readers, exec, row, rows};
+use self::writer::Writer;
+use super::sql::{self, Columns, limit};
+use super::*;
+use crate::config::SqliteSynchronous;
+
+pub use self::conn::path_from_url;
+
+/// A SQLite database file holding the whole hub.
+pub struct SqliteStore {
+    /// The writer thread's queue.
+    writer: Writer,
+    /// Read connections beside the writer.
+    readers: Arc<Readers>,
+}
+
+impl SqliteStore {
+    /// Opens (creating it when missing) the database at `url`, e.g.
+    /// `sqlite://admp.db?mode=rwc`, and applies pending migrations.
+    pub async fn open(
+        url: &str,
+        max_connections: u32,
+        synchronous: SqliteSynchronous,
+    ) -> StoreResult<Self> {
+        let path = path_from_url(url)?;
+        let opened = path.clone();
+        let conn = tokio::task::spawn_blocking(move || {
+            let mut conn = conn::open(&opened, synchronous)?;
+            migrate::run(&mut conn)?;
+            Ok::<_, StoreError>(conn)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("opening the SQLite database: {e}")))??;
+        Ok(SqliteStore {
+            writer: Writer::start(conn)?,
+            readers: Arc::new(Readers::new(path, synchronous, max_connections as usize)),
+        })
+    }
+
+    /// Finishes queued writes and closes every connection (the WAL is
+    /// checkpointed when the last one closes).
+    pub async fn close(&self) {
+        self.readers.close();
+        self.writer.stop().await;
+    }
+
+    /// Runs a write of at most one writing statement in the next commit group.
+    async fn write<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.writer.write(false, op).await
+    }
+
+    /// Runs a write of several statements in the next commit group, inside a
+    /// savepoint of its own.
+    async fn write_all<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.writer.write(true, op).await
+    }
+
+    /// A point read, inline.
+    fn read<T>(&self, op: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+        self.readers.with(op)
+    }
+
+    /// A read that may scan many rows, on the blocking pool.
+    async fn scan<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.with(op))
+            .await
+            .map_err(|e| StoreError::Internal(format!("SQLite read task: {e}")))?
+    }
+}
+
+/// Converts a driver error in a row reader.
+fn column<T: rusqlite::types::FromSql>(r: &rusqlite::Row<'_>, index: usize) -> StoreResult<T> {
+    r.get(index).map_err(conn::db_error)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|c| row(c, "SELECT 1", &[], |_| Ok(())).map(drop))
+    }
+
+    async fn create_agent(&self, agent: Agent) -> StoreResult<()> {
+        if self.write(move |c| ops::insert_agent(c, &agent)).await? == 0 {
+            return Err(StoreError::AgentExists);
+        }
+        Ok(())
+    }
+
+    async fn get_agent(&self, agent_id: &str) -> StoreResult<Option<Agent>> {
+        self.read(|c| {
+            row(
+                c,
+                "SELECT * FROM agents WHERE agent_id = $1",
+                &[&agent_id],
+                |r| sql::agent_from_row(r),
+            )
+        })
+    }
+
+    async fn update_agent(&self, agent_id: &str, change: &AgentChange) -> StoreResult<Agent> {
+        let (agent_id, change) = (agent_id.to_string(), change.clone());
+        self.write(move |c| ops::update_agent(c, &agent_id, &change))
+            .await
+    }
+
+    async fn delete_agent(&self, agent_id: &str, now: Millis) -> StoreResult<bool> {
+        let agent_id = agent_id.to_string();
+        self.write_all(move |c| ops::delete_agent(c, &agent_id, now))
+            .await
+    }
+
+    async fn mark_offline(&self, now: Millis, batch: usize) -> StoreResult<u64> {
+        self.write(move |c| {
+            exec(
+                c,
+                "UPDATE agents SET online = FALSE WHERE agent_id IN ( \
+                     SELECT agent_id FROM agents WHERE online AND offline_at <= $1 \
+                     ORDER BY offline_at LIMIT $2)",
+                &[&now, &limit(batch)],
+            )
+        })
+        .await
+    }
+
+    async fn enqueue(
+        &self,
+        message: Message,
+        quota: u64,
+        delivery: Option<Delivery>,
+    ) -> StoreResult<Enqueued> {
+        // Without a delivery the only write is the message's INSERT: atomic
+        // by itself, no savepoint needed.
+        self.writer
+            .write(delivery.is_some(), move |c| {
+                ops::enqueue(c, message, quota, delivery)
+            })
+            .await
+    }
+
+    async fn lease(&self, request: &LeaseRequest) -> StoreResult<Vec<Message>> {
+        // Every round (messages expired or dead-lettered on the way do not
+        // count against `max_messages`) is one statement, atomic by itself,
+        // as when each round was an operation of its own: no savepoint.
+        let request = request.clone();
+        self.write(move |c| ops::lease(c, &request)).await
+    }
+
+    async fn lease_held(
+        &self,
+        request: &LeaseRequest,
+        holder: &str,
+        from: Option<&str>,
+    ) -> StoreResult<Vec<Message>> {
+        let (request, holder) = (request.clone(), holder.to_string());
+        let from = from.map(str::to_string);
+        self.write(move |c| ops::lease_held(c, &request, &holder, from.as_deref()))
+            .await
+    }
+
+    async fn count_held(&self, recipient: &str, holder: &str, now: Millis) -> StoreResult<u64> {
+        self.read(|c| ops::count_held(c, recipient, holder, now))
+    }
+
+    async fn release_held(
+        &self,
+        recipient: &str,
+        holder: &str,
+        now: Millis,
+        max_attempts: u32,
+    ) -> StoreResult<ReclaimCounts> {
+        let (recipient, holder) = (recipient.to_string(), holder.to_string());
+        self.write(move |c| ops::release_held(c, &recipient, &holder, now, max_attempts))
+            .await
+    }
+
+    async fn ack(&self, request: &AckRequest) -> StoreResult<Message> {
+        let request = request.clone();
+        self.write(move |c| ops::ack(c, &request)).await
+    }
+
+    async fn ack_many(&self, requests: &[AckRequest]) -> StoreResult<Vec<StoreResult<Message>>> {
+        // Each ack is one statement, atomic on its own: no savepoints needed.
+        let requests = requests.to_vec();
+        self.write(move |c| {
+            let mut outcomes = Vec::with_capacity(requests.len());
+            for request in &requests {
+                let outcome = ops::ack(c, request);
+                if let Err(StoreError::Unavailable(e)) = &outcome {
+                    return Err(StoreError::Unavailable(e.clone()));
+                }
+                outcomes.push(outcome);
+            }
+            Ok(outcomes)
+        })
+        .await
+    }
+
+    async fn nack(&self, request: &NackRequest) -> StoreResult<Message> {
+        let request = request.clone();
+        self.write(move |c| ops::nack(c, &request)).await
+    }
+
+    async fn requeue_dead(
+        &self,
+        recipient: &str,
+        message_id: &str,
+        now: Millis,
+    ) -> StoreResult<Message> {
+        let (recipient, message_id) = (recipient.to_string(), message_id.to_string());
+        self.write(move |c| ops::requeue_dead(c, &recipient, &message_id, now))
+            .await
+    }
+
+    async fn get_message(&self, message_id: &str) -> StoreResult<Option<Message>> {
+        self.read(|c| {
+            row(
+                c,
+                "SELECT * FROM messages WHERE id = $1",
+                &[&message_id],
+                ops::message,
+            )
+        })
+    }
+
+    async fn list_dead(
+        &self,
+        recipient: &str,
+        page_size: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Message>> {
+        let (after_at, after_seq) = match cursor {
+            Some(c) => sql::parse_dead_cursor(c)?,
+            None => (Millis::MIN, i64::MIN),
+        };
+        let recipient = recipient.to_string();
+        let found = self
+            .scan(move |c| {
+                rows(
+                    c,
+                    "SELECT * FROM messages \
+                     WHERE recipient = $1 AND state = 'dead' AND (ended_at, seq) > ($2, $3) \
+                     ORDER BY ended_at, seq LIMIT $4",
+                    &[
+                        &recipient,
+                        &after_at,
+                        &after_seq,
+                        &limit(page_size.saturating_add(1)),
+                    ],
+                    ops::message_seq,
+                )
+            })
+            .await?;
+        Ok(dead_page(found, page_size))
+    }
+
+    async fn next_available_at(&self, recipient: &str) -> StoreResult<Option<Millis>> {
+        self.read(|c| {
+            row(c, sql::NEXT_AVAILABLE_AT, &[&recipient], |r| column(r, 0)).map(Option::flatten)
+        })
+    }
+
+    async fn peek_queued(
+        &self,
+        recipient: &str,
+        now: Millis,
+        page: usize,
+    ) -> StoreResult<Vec<Message>> {
+        self.read(|c| {
+            rows(
+                c,
+                super::sql_peek::PEEK_QUEUED,
+                &[&recipient, &now, &limit(page)],
+                ops::message,
+            )
+        })
+    }
+
+    async fn inbox_stats(&self, recipient: &str) -> StoreResult<StateCounts> {
+        let recipient = recipient.to_string();
+        self.scan(move |c| {
+            count_states(
+                c,
+                "SELECT state, count(*) AS n FROM messages WHERE recipient = $1 GROUP BY state",
+                &[&recipient],
+            )
+        })
+        .await
+    }
+
+    async fn stats(&self) -> StoreResult<HubStats> {
+        self.scan(|c| {
+            let messages = count_states(
+                c,
+                "SELECT state, count(*) AS n FROM messages GROUP BY state",
+                &[],
+            )?;
+            let (total, online) = row(
+                c,
+                "SELECT count(*) AS total, count(*) FILTER (WHERE online) AS online FROM agents",
+                &[],
+                |r| Ok((r.unsigned::<u64>("total")?, r.unsigned::<u64>("online")?)),
+            )?
+            .unwrap_or_default();
+            Ok(HubStats {
+                agents_total: total,
+                agents_online: online,
+                messages,
+            })
+        })
+        .await
+    }
+
+    async fn reclaim_expired_leases(&self, request: &ReclaimRequest) -> StoreResult<ReclaimCounts> {
+        let request = request.clone();
+        self.write(move |c| ops::reclaim(c, &request)).await
+    }
+
+    async fn expire_messages(&self, now: Millis, batch: usize) -> StoreResult<u64> {
+        self.write(move |c| {
+            exec(
+                c,
+                "UPDATE messages SET state = 'expired', lease_id = NULL, lease_until = NULL, \
+                 ended_at = $1, updated_at = $1 \
+                 WHERE seq IN (SELECT seq FROM messages \
+                     WHERE state IN ('queued', 'leased') AND expires_at <= $1 \
+                     ORDER BY expires_at LIMIT $2)",
+                &[&now, &limit(batch)],
+            )
+        })
+        .await
+    }
+
+    async fn purge_retained(&self, ended_before: Millis, batch: usize) -> StoreResult<u64> {
+        self.write(move |c| {
+            exec(
+                c,
+                "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages \
+                     WHERE state IN ('acked', 'expired', 'dead') AND ended_at < $1 \
+                     ORDER BY ended_at LIMIT $2)",
+                &[&ended_before, &limit(batch)],
+            )
+        })
+        .await
+    }
+
+    async fn claim_due_deliveries(
+        &self,
+        now: Millis,
+        batch: usize,
+        claim_ms: i64,
+    ) -> StoreResult<Vec<Delivery>> {
+        self.write(move |c| ops::claim_due(c, now, batch, claim_ms))
+            .await
+    }
+
+    async fn record_attempt(
+        &self,
+        attempt: &DeliveryAttempt,
+        outcome: AttemptOutcome,
+    ) -> StoreResult<()> {
+        let attempt = attempt.clone();
+        self.write_all(move |c| ops::record_attempt(c, &attempt, outcome))
+            .await
+    }
+
+    async fn cancel_deliveries(&self, agent_id: &str, now: Millis) -> StoreResult<u64> {
+        let agent_id = agent_id.to_string();
+        self.write(move |c| ops::cancel_deliveries(c, &agent_id, now))
+            .await
+    }
+
+    async fn get_delivery(&self, delivery_id: &str) -> StoreResult<Option<Delivery>> {
+        self.read(|c| ops::get_delivery(c, delivery_id))
+    }
+
+    async fn list_attempts(
+        &self,
+        agent_id: &str,
+        count: usize,
+    ) -> StoreResult<Vec<DeliveryAttempt>> {
+        let agent_id = agent_id.to_string();
+        self.scan(move |c| {
+            rows(
+                c,
+                "SELECT * FROM delivery_attempts WHERE agent_id = $1 ORDER BY seq DESC LIMIT $2",
+                &[&agent_id, &limit(count)],
+                |r| sql::attempt_from_row(r),
+            )
+        })
+        .await
+    }
+
+    async fn append_audit(&self, event: NewAuditEvent) -> StoreResult<AuditEvent> {
+        self.write_all(move |c| ops::append_audit(c, event)).await
+    }
+
+    async fn list_audit(&self, after: Option<u64>, count: usize) -> StoreResult<Vec<AuditEvent>> {
+        let after = after.map_or(0, |a| i64::try_from(a).unwrap_or(i64::MAX));
+        self.scan(move |c| {
+            rows(
+                c,
+                "SELECT * FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&after, &limit(count)],
+                |r| sql::audit_from_row(r),
+            )
+        })
+        .await
+    }
+
+    async fn export_agents(&self, after: Option<&str>, count: usize) -> StoreResult<Vec<Agent>> {
+        let after = after.unwrap_or_default().to_string();
+        self.scan(move |c| {
+            rows(
+                c,
+                "SELECT * FROM agents WHERE agent_id > $1 ORDER BY agent_id LIMIT $2",
+                &[&after, &limit(count)],
+                |r| sql::agent_from_row(r),
+            )
+        })
+        .await
+    }
+
+    async fn export_messages(
+        &self,
+        after: Option<&str>,
+        count: usize,
+    ) -> StoreResult<Vec<Message>> {
+        let after = after.unwrap_or_default().to_string();
+        self.scan(move |c| {
+            rows(
+                c,
+                "SELECT * FROM messages WHERE id > $1 ORDER BY id LIMIT $2",
+                &[&after, &limit(count)],
+                ops::message,
+            )
+        })
+        .await
+    }
+
+    async fn import_agent(&self, agent: Agent) -> StoreResult<bool> {
+        Ok(self.write(move |c| ops::insert_agent(c, &agent)).await? == 1)
+    }
+
+    async fn import_message(&self, message: Message) -> StoreResult<bool> {
+        let inserted = self
+            .write(move |c| ops::insert_messages(c, std::slice::from_ref(&message)))
+            .await?;
+        Ok(inserted == 1)
+    }
+
+    async fn remember_nonce(
+        &self,
+        key: &str,
+        expires_at: Millis,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let key = key.to_string();
+        let changed = self
+            .write(move |c| {
+                exec(
+                    c,
+                    super::sql_security::REMEMBER_NONCE,
+                    &[&key, &expires_at, &now],
+                )
+            })
+            .await?;
+        Ok(changed == 1)
+    }
+
+    async fn purge_nonces(&self, now: Millis, batch: usize) -> StoreResult<u64> {
+        self.write(move |c| exec(c, super::sql_security::PURGE_NONCES, &[&now, &limit(batch)]))
+            .await
+    }
+
+    async fn retire_agent_id(&self, agent_id: &str, now: Millis) -> StoreResult<()> {
+        let agent_id = agent_id.to_string();
+        self.write(move |c| exec(c, super::sql_security::RETIRE_AGENT_ID, &[&agent_id, &now]))
+            .await
+            .map(drop)
+    }
+
+    async fn is_agent_id_retired(&self, agent_id: &str) -> StoreResult<bool> {
+        self.read(|c| {
+            row(c, super::sql_security::IS_RETIRED, &[&agent_id], |_| Ok(()))
+                .map(|found| found.is_some())
+        })
+    }
+
+    async fn claim_due_deliveries_fair(
+        &self,
+        now: Millis,
+        batch: usize,
+        claim_ms: i64,
+        per_agent: usize,
+        skip_agents: &[String],
+    ) -> StoreResult<Vec<Delivery>> {
+        let skip_agents = skip_agents.to_vec();
+        self.write(move |c| ops::claim_fair(c, now, batch, claim_ms, per_agent, &skip_agents))
+            .await
+    }
+
+    async fn search_agents(
+        &self,
+        prefix: &str,
+        page_size: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Agent>> {
+        let (prefix, cursor) = (prefix.to_string(), cursor.unwrap_or("").to_string());
+        let agents = self
+            .scan(move |c| {
+                rows(
+                    c,
+                    super::sql_console::SEARCH_AGENTS,
+                    &[
+                        &prefix,
+                        &prefix_upper_bound(&prefix),
+                        &cursor,
+                        &limit(page_size.saturating_add(1)),
+                    ],
+                    |r| sql::agent_from_row(r),
+                )
+            })
+            .await?;
+        Ok(super::sql_console::paged(agents, page_size, |a| {
+            a.agent_id.clone()
+        }))
+    }
+
+    async fn list_dead_all(
+        &self,
+        page_size: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Message>> {
+        let (after_at, after_seq) = match cursor {
+            Some(c) => sql::parse_dead_cursor(c)?,
+            None => (Millis::MIN, i64::MIN),
+        };
+        let found = self
+            .scan(move |c| {
+                rows(
+                    c,
+                    super::sql_console::DEAD_ALL,
+                    &[&after_at, &after_seq, &limit(page_size.saturating_add(1))],
+                    ops::message_seq,
+                )
+            })
+            .await?;
+        Ok(dead_page(found, page_size))
+    }
+
+    async fn list_failing_deliveries(
+        &self,
+        page_size: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<Delivery>> {
+        let (before_at, before_id) = match cursor {
+            Some(c) => parse_pair_cursor(c)?,
+            // Above every stored id ('~' follows every uuid character).
+            None => (Millis::MAX, "~"),
+        };
+        let before_id = before_id.to_string();
+        let deliveries = self
+            .scan(move |c| {
+                rows(
+                    c,
+                    super::sql_console::FAILING,
+                    &[&before_at, &before_id, &limit(page_size.saturating_add(1))],
+                    |r| sql::delivery_from_row(r),
+                )
+            })
+            .await?;
+        Ok(super::sql_console::paged(deliveries, page_size, |d| {
+            format!("{}.{}", d.updated_at, d.id)
+        }))
+    }
+
+    async fn retry_delivery(
+        &self,
+        delivery_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<Delivery>> {
+        let delivery_id = delivery_id.to_string();
+        self.write(move |c| ops::retry_delivery(c, &delivery_id, now))
+            .await
+    }
+
+    async fn create_group(&self, group: Group, now: Millis) -> StoreResult<()> {
+        self.write_all(move |c| ops::create_group(c, &group, now))
+            .await
+    }
+
+    async fn get_group(&self, group_id: &str) -> StoreResult<Option<Group>> {
+        self.read(|c| ops::get_group(c, group_id))
+    }
+
+    async fn update_group(&self, group_id: &str, change: &GroupChange) -> StoreResult<Group> {
+        let (group_id, change) = (group_id.to_string(), change.clone());
+        self.write(move |c| ops::update_group(c, &group_id, &change))
+            .await
+    }
+
+    async fn delete_group(&self, group_id: &str) -> StoreResult<bool> {
+        // The delete's trigger removes members and history: several writes.
+        let group_id = group_id.to_string();
+        self.write_all(move |c| ops::delete_group(c, &group_id))
+            .await
+    }
+
+    async fn group_member(
+        &self,
+        group_id: &str,
+        agent_id: &str,
+    ) -> StoreResult<Option<GroupMember>> {
+        self.read(|c| ops::group_member(c, group_id, agent_id))
+    }
+
+    async fn group_members(&self, group_id: &str) -> StoreResult<Vec<GroupMember>> {
+        let group_id = group_id.to_string();
+        self.scan(move |c| ops::group_members(c, &group_id)).await
+    }
+
+    async fn add_group_member(&self, group_id: &str, member: GroupMember) -> StoreResult<()> {
+        let group_id = group_id.to_string();
+        self.write(move |c| ops::add_group_member(c, &group_id, &member))
+            .await
+    }
+
+    async fn remove_group_member(&self, group_id: &str, agent_id: &str) -> StoreResult<bool> {
+        let (group_id, agent_id) = (group_id.to_string(), agent_id.to_string());
+        self.write(move |c| ops::remove_group_member(c, &group_id, &agent_id))
+            .await
+    }
+
+    async fn agent_groups(
+        &self,
+        agent_id: &str,
+        count: usize,
+        after: Option<&str>,
+    ) -> StoreResult<Vec<(Group, GroupRole)>> {
+        let (agent_id, after) = (agent_id.to_string(), after.map(str::to_string));
+        self.scan(move |c| ops::agent_groups(c, &agent_id, count, after.as_deref()))
+            .await
+    }
+
+    async fn post_to_group(&self, post: GroupPost, fan: FanOut) -> StoreResult<Posted> {
+        self.write_all(move |c| ops::post_to_group(c, post, &fan))
+            .await
+    }
+
+    async fn group_history(
+        &self,
+        group_id: &str,
+        count: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<GroupPost>> {
+        let (group_id, cursor) = (group_id.to_string(), cursor.map(str::to_string));
+        self.scan(move |c| ops::group_history(c, &group_id, count, cursor.as_deref()))
+            .await
+    }
+
+    async fn purge_group_history(&self, now: Millis, count: usize) -> StoreResult<u64> {
+        self.write(move |c| ops::purge_group_history(c, now, count))
+            .await
+    }
+}
+
+/// Counts one `GROUP BY state` statement's rows.
+fn count_states(c: &Connection, statement: &str, args: conn::Args<'_>) -> StoreResult<StateCounts> {
+    let mut counts = StateCounts::default();
+    for (state, n) in rows(c, statement, args, |r| sql::state_count(r))? {
+        counts.add(state, n);
+    }
+    Ok(counts)
+}
+
+/// A dead-letter page from `limit + 1` rows with their `seq`.
+fn dead_page(found: Vec<(i64, Message)>, page_size: usize) -> Page<Message> {
+    let page = super::sql_console::paged(found, page_size, |(seq, m)| {
+        sql::dead_cursor(m.ended_at.unwrap_or(m.updated_at), *seq)
+    });
+    Page {
+        items: page.items.into_iter().map(|(_, m)| m).collect(),
+        next_cursor: page.next_cursor,
+    }
+}

@@ -1,0 +1,1030 @@
+//! The SQLite backend's operations as synchronous functions of one
+//! connection: the writer thread runs the writing ones inside its commit
+//! group, a read connection runs the others. Statements shared with
+//! PostgreSQL come from the `sql_*` modules; the rest are SQLite's own.
+
+use std::sync::LazyLock;
+
+use rusqlite::Connection;
+
+use super::conn::{exec, row, rows};
+use crate::store::sql::{self, Columns, limit, to_json, to_json_opt};
+use crate::store::sql_groups::{
+    self, group_from_row, member_from_row, post_from_row, role_from_row,
+};
+use crate::store::sql_stream::{self, Dialect, StreamSql};
+use crate::store::*;
+
+/// Columns of a whole message row, in the order of [`message_args`].
+const MESSAGE_COLUMNS: &str = "id, recipient, sender, envelope, state, attempts, lease_id, \
+     lease_until, visible_at, expires_at, created_at, updated_at, acked_at, ended_at, \
+     dead_reason, result, idempotency_key, content_hash";
+/// Values per message row.
+const MESSAGE_ARITY: usize = 18;
+/// Rows of one multi-row message insert (a fan-out writes its copies in
+/// inserts of this many, the remainder one by one): 576 bind values, far
+/// under SQLite's limit, and one cached statement.
+const FAN_CHUNK: usize = 32;
+
+/// `INSERT` of `rows` whole messages; conflicts (id or idempotency key)
+/// insert nothing.
+fn insert_messages_sql(rows: usize) -> String {
+    let mut sql = format!("INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ");
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..MESSAGE_ARITY {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", r * MESSAGE_ARITY + c + 1));
+        }
+        sql.push(')');
+    }
+    sql.push_str(" ON CONFLICT DO NOTHING");
+    sql
+}
+
+static INSERT_MESSAGE: LazyLock<String> = LazyLock::new(|| insert_messages_sql(1));
+static INSERT_MESSAGES: LazyLock<String> = LazyLock::new(|| insert_messages_sql(FAN_CHUNK));
+
+/// A message's bind values; `result` is its JSON text, encoded by the caller.
+fn message_args<'a>(m: &'a Message, result: &'a Option<String>) -> [&'a dyn rusqlite::ToSql; 18] {
+    [
+        &m.id,
+        &m.recipient,
+        &m.sender,
+        &m.envelope,
+        &m.state,
+        &m.attempts,
+        &m.lease_id,
+        &m.lease_until,
+        &m.visible_at,
+        &m.expires_at,
+        &m.created_at,
+        &m.updated_at,
+        &m.acked_at,
+        &m.ended_at,
+        &m.dead_reason,
+        result,
+        &m.idempotency_key,
+        &m.content_hash,
+    ]
+}
+
+impl rusqlite::ToSql for Envelope {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(
+            rusqlite::types::ValueRef::Text(self.as_str().as_bytes()),
+        ))
+    }
+}
+
+impl rusqlite::ToSql for MessageState {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(
+            rusqlite::types::ValueRef::Text(self.as_str().as_bytes()),
+        ))
+    }
+}
+
+/// Inserts messages, many per statement; how many were new.
+pub(super) fn insert_messages(conn: &Connection, messages: &[Message]) -> StoreResult<u64> {
+    let results = messages
+        .iter()
+        .map(|m| to_json_opt(m.result.as_ref()))
+        .collect::<StoreResult<Vec<_>>>()?;
+    let mut inserted = 0;
+    let mut chunks = messages.chunks_exact(FAN_CHUNK);
+    let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(FAN_CHUNK * MESSAGE_ARITY);
+    let mut offset = 0;
+    for chunk in chunks.by_ref() {
+        args.clear();
+        for (m, result) in chunk.iter().zip(&results[offset..]) {
+            args.extend(message_args(m, result));
+        }
+        inserted += exec(conn, &INSERT_MESSAGES, &args)?;
+        offset += FAN_CHUNK;
+    }
+    for (m, result) in chunks.remainder().iter().zip(&results[offset..]) {
+        inserted += exec(conn, &INSERT_MESSAGE, &message_args(m, result))?;
+    }
+    Ok(inserted)
+}
+
+/// `INSERT` of a whole agent; a taken id inserts nothing. Rows inserted.
+pub(super) fn insert_agent(conn: &Connection, a: &Agent) -> StoreResult<u64> {
+    exec(
+        conn,
+        "INSERT INTO agents (agent_id, agent_type, metadata, keys, webhook_url, webhook_secret, \
+         trusted_agents, last_heartbeat, online, heartbeat_interval_ms, heartbeat_timeout_ms, \
+         created_at, updated_at, previous_webhook_secret) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+         ON CONFLICT DO NOTHING",
+        &[
+            &a.agent_id,
+            &a.agent_type,
+            &to_json(&a.metadata)?,
+            &to_json(&a.keys)?,
+            &a.webhook_url,
+            &a.webhook_secret,
+            &to_json(&a.trusted_agents)?,
+            &a.last_heartbeat,
+            &a.online,
+            &(a.heartbeat_interval_ms as i64),
+            &(a.heartbeat_timeout_ms as i64),
+            &a.created_at,
+            &a.updated_at,
+            &to_json_opt(a.previous_webhook_secret.as_ref())?,
+        ],
+    )
+}
+
+fn insert_delivery(conn: &Connection, d: &Delivery) -> StoreResult<()> {
+    exec(
+        conn,
+        "INSERT INTO deliveries (id, message_id, agent_id, state, attempts, next_attempt_at, \
+         created_at, updated_at, last_status, last_error) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            &d.id,
+            &d.message_id,
+            &d.agent_id,
+            &d.state.as_str(),
+            &d.attempts,
+            &d.next_attempt_at,
+            &d.created_at,
+            &d.updated_at,
+            &d.last_status,
+            &d.last_error,
+        ],
+    )
+    .map(drop)
+}
+
+/// A whole message row.
+pub(super) fn message(row: &rusqlite::Row<'_>) -> StoreResult<Message> {
+    sql::message_from_row(row).map(|(_, m)| m)
+}
+
+/// A whole message row with its `seq`.
+pub(super) fn message_seq(row: &rusqlite::Row<'_>) -> StoreResult<(i64, Message)> {
+    sql::message_from_row(row)
+}
+
+/// The `state` column.
+fn state(row: &rusqlite::Row<'_>) -> StoreResult<String> {
+    row.text("state")
+}
+
+/// Message state and lease id as seen by a fresh read, to explain a refused ack/nack.
+fn lease_state(
+    conn: &Connection,
+    recipient: &str,
+    message_id: &str,
+) -> StoreResult<Option<(String, Option<String>)>> {
+    row(
+        conn,
+        "SELECT state, lease_id FROM messages WHERE id = $1 AND recipient = $2",
+        &[&message_id, &recipient],
+        |r| Ok((r.text("state")?, r.text_opt("lease_id")?)),
+    )
+}
+
+/// Reads, changes and writes one agent (a single write, so no savepoint).
+pub(super) fn update_agent(
+    conn: &Connection,
+    agent_id: &str,
+    change: &AgentChange,
+) -> StoreResult<Agent> {
+    let mut agent = row(
+        conn,
+        "SELECT * FROM agents WHERE agent_id = $1",
+        &[&agent_id],
+        |r| sql::agent_from_row(r),
+    )?
+    .ok_or(StoreError::AgentNotFound)?;
+    change.apply(&mut agent)?;
+    exec(
+        conn,
+        "UPDATE agents SET agent_type = $2, metadata = $3, keys = $4, webhook_url = $5, \
+         webhook_secret = $6, trusted_agents = $7, last_heartbeat = $8, online = $9, \
+         heartbeat_interval_ms = $10, heartbeat_timeout_ms = $11, updated_at = $12, \
+         previous_webhook_secret = $13 \
+         WHERE agent_id = $1",
+        &[
+            &agent_id,
+            &agent.agent_type,
+            &to_json(&agent.metadata)?,
+            &to_json(&agent.keys)?,
+            &agent.webhook_url,
+            &agent.webhook_secret,
+            &to_json(&agent.trusted_agents)?,
+            &agent.last_heartbeat,
+            &agent.online,
+            &(agent.heartbeat_interval_ms as i64),
+            &(agent.heartbeat_timeout_ms as i64),
+            &agent.updated_at,
+            &to_json_opt(agent.previous_webhook_secret.as_ref())?,
+        ],
+    )?;
+    Ok(agent)
+}
+
+/// Cancels an agent's pending deliveries. Binds: agent, now.
+const CANCEL_DELIVERIES: &str = "UPDATE deliveries SET state = 'cancelled', updated_at = $2 \
+     WHERE agent_id = $1 AND state = 'pending'";
+
+/// Cancels an agent's pending deliveries; how many.
+pub(super) fn cancel_deliveries(
+    conn: &Connection,
+    agent_id: &str,
+    now: Millis,
+) -> StoreResult<u64> {
+    exec(conn, CANCEL_DELIVERIES, &[&agent_id, &now])
+}
+
+/// Deletes an agent, dead-letters its live inbox and cancels its deliveries.
+pub(super) fn delete_agent(conn: &Connection, agent_id: &str, now: Millis) -> StoreResult<bool> {
+    if exec(conn, "DELETE FROM agents WHERE agent_id = $1", &[&agent_id])? == 0 {
+        return Ok(false);
+    }
+    exec(
+        conn,
+        "UPDATE messages SET state = 'dead', dead_reason = $3, lease_id = NULL, \
+         lease_until = NULL, ended_at = $2, updated_at = $2 \
+         WHERE recipient = $1 AND state IN ('queued', 'leased')",
+        &[&agent_id, &now, &dead_reason::RECIPIENT_DELETED],
+    )?;
+    cancel_deliveries(conn, agent_id, now)?;
+    Ok(true)
+}
+
+/// Enqueue: recipient and quota (one read of the maintained `inbox_live`
+/// count), idempotency, then the message and its delivery.
+pub(super) fn enqueue(
+    conn: &Connection,
+    message: Message,
+    quota: u64,
+    delivery: Option<Delivery>,
+) -> StoreResult<Enqueued> {
+    let live = row(
+        conn,
+        "SELECT (SELECT live FROM inbox_live WHERE recipient = $1) AS live \
+         FROM agents WHERE agent_id = $1",
+        &[&message.recipient],
+        |r| r.int_opt("live"),
+    )?
+    .ok_or(StoreError::AgentNotFound)?;
+    if let Some(key) = &message.idempotency_key {
+        let existing = row(
+            conn,
+            "SELECT * FROM messages WHERE recipient = $1 AND idempotency_key = $2",
+            &[&message.recipient, key],
+            message_row,
+        )?;
+        if let Some(existing) = existing {
+            return if existing.content_hash == message.content_hash {
+                Ok(Enqueued::Duplicate(existing))
+            } else {
+                Err(StoreError::IdempotencyConflict)
+            };
+        }
+    }
+    if u64::try_from(live.unwrap_or(0)).unwrap_or(0) >= quota {
+        return Err(StoreError::InboxFull);
+    }
+    if insert_messages(conn, std::slice::from_ref(&message))? == 0 {
+        return Err(StoreError::MessageIdTaken);
+    }
+    if let Some(delivery) = &delivery {
+        insert_delivery(conn, delivery)?;
+    }
+    Ok(Enqueued::Created(message))
+}
+
+fn message_row(row: &rusqlite::Row<'_>) -> StoreResult<Message> {
+    message(row)
+}
+
+/// Lease statement: classifies the oldest available messages of one inbox and
+/// moves each to `leased` (with a fresh UUID v4 lease id), `expired` (past
+/// TTL) or `dead` (an expired lease at the attempt limit), in one statement.
+/// Binds: recipient, now, visibility_ms, max_attempts, limit.
+const LEASE: &str = "\
+UPDATE messages SET
+    state = picked.next_state,
+    attempts = CASE WHEN picked.next_state = 'leased' THEN attempts + 1 ELSE attempts END,
+    lease_id = CASE WHEN picked.next_state = 'leased' THEN
+        lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' ||
+        substr(lower(hex(randomblob(2))), 2) || '-' || substr('89ab', 1 + (random() & 3), 1) ||
+        substr(lower(hex(randomblob(2))), 2) || '-' || lower(hex(randomblob(6))) END,
+    lease_until = CASE WHEN picked.next_state = 'leased' THEN $2 + $3 END,
+    visible_at = picked.was_available_at,
+    ended_at = CASE WHEN picked.next_state = 'leased' THEN ended_at ELSE $2 END,
+    dead_reason = CASE WHEN picked.next_state = 'dead' THEN 'max_attempts' ELSE dead_reason END,
+    updated_at = $2
+FROM (
+    SELECT seq AS picked_seq,
+           available_at AS was_available_at,
+           CASE WHEN expires_at <= $2 THEN 'expired'
+                WHEN state = 'leased' AND attempts >= $4 THEN 'dead'
+                ELSE 'leased' END AS next_state
+    FROM messages
+    WHERE recipient = $1 AND state IN ('queued', 'leased') AND available_at <= $2
+    ORDER BY available_at, seq
+    LIMIT $5
+) AS picked
+WHERE messages.seq = picked.picked_seq
+RETURNING *";
+
+/// The stream-lease statements in SQLite's words (`sql_stream`).
+static STREAM: LazyLock<StreamSql> = LazyLock::new(|| {
+    StreamSql::new(&Dialect {
+        random_id: "lower(hex(randomblob(16)))",
+        lock: "",
+        returning: "*",
+    })
+});
+
+/// Lease rounds (see `sql_stream::lease_rounds`) inside one writer operation.
+fn lease_rounds(
+    max: usize,
+    mut round: impl FnMut(usize) -> StoreResult<Vec<(i64, Message)>>,
+) -> StoreResult<Vec<Message>> {
+    let mut leased = Vec::new();
+    while leased.len() < max {
+        let wanted = max - leased.len();
+        let rows = round(wanted)?;
+        let touched = rows.len();
+        leased.extend(sql::granted_in_order(rows));
+        if touched < wanted {
+            break;
+        }
+    }
+    Ok(leased)
+}
+
+/// `Store::lease`: every round in this one operation.
+pub(super) fn lease(conn: &Connection, r: &LeaseRequest) -> StoreResult<Vec<Message>> {
+    let max_attempts = i64::from(r.max_attempts);
+    lease_rounds(r.max_messages, |wanted| {
+        rows(
+            conn,
+            LEASE,
+            &[
+                &r.recipient,
+                &r.now,
+                &r.visibility_ms,
+                &max_attempts,
+                &limit(wanted),
+            ],
+            message_seq,
+        )
+    })
+}
+
+/// `Store::lease_held`.
+pub(super) fn lease_held(
+    conn: &Connection,
+    r: &LeaseRequest,
+    holder: &str,
+    from: Option<&str>,
+) -> StoreResult<Vec<Message>> {
+    let max_attempts = i64::from(r.max_attempts);
+    let tag = holder_tag(holder);
+    let from_tag = from.map(holder_tag);
+    let sql = match from {
+        None => STREAM.lease_available.as_str(),
+        Some(_) => STREAM.lease_from.as_str(),
+    };
+    lease_rounds(r.max_messages, |wanted| {
+        let wanted = limit(wanted);
+        let mut args: Vec<&dyn rusqlite::ToSql> = vec![
+            &r.recipient,
+            &r.now,
+            &r.visibility_ms,
+            &max_attempts,
+            &wanted,
+            &tag,
+        ];
+        if let Some(from_tag) = &from_tag {
+            args.push(from_tag);
+        }
+        rows(conn, sql, &args, message_seq)
+    })
+}
+
+/// `Store::count_held`.
+pub(super) fn count_held(
+    conn: &Connection,
+    recipient: &str,
+    holder: &str,
+    now: Millis,
+) -> StoreResult<u64> {
+    let n = row(
+        conn,
+        sql_stream::COUNT_HELD.as_str(),
+        &[&recipient, &holder_tag(holder), &now],
+        |r| r.get::<_, i64>(0).map_err(super::conn::db_error),
+    )?;
+    Ok(n.unwrap_or(0) as u64)
+}
+
+/// `Store::release_held`.
+pub(super) fn release_held(
+    conn: &Connection,
+    recipient: &str,
+    holder: &str,
+    now: Millis,
+    max_attempts: u32,
+) -> StoreResult<ReclaimCounts> {
+    let states = rows(
+        conn,
+        sql_stream::RELEASE_HELD.as_str(),
+        &[
+            &recipient,
+            &holder_tag(holder),
+            &now,
+            &i64::from(max_attempts),
+        ],
+        state,
+    )?;
+    Ok(sql_stream::released(&states))
+}
+
+/// Acks one message.
+pub(super) fn ack(conn: &Connection, r: &AckRequest) -> StoreResult<Message> {
+    let found = row(
+        conn,
+        "UPDATE messages SET state = 'acked', lease_id = NULL, lease_until = NULL, \
+         acked_at = $4, ended_at = $4, updated_at = $4, result = $5 \
+         WHERE id = $1 AND recipient = $2 AND state = 'leased' \
+           AND ($3 IS NULL OR lease_id = $3) \
+         RETURNING *",
+        &[
+            &r.message_id,
+            &r.recipient,
+            &r.lease_id,
+            &r.now,
+            &to_json_opt(r.result.as_ref())?,
+        ],
+        message_row,
+    )?;
+    match found {
+        Some(m) => Ok(m),
+        None => Err(sql::lease_refusal(
+            lease_state(conn, &r.recipient, &r.message_id)?,
+            r.lease_id.as_deref(),
+        )),
+    }
+}
+
+/// Extends or ends one lease.
+pub(super) fn nack(conn: &Connection, r: &NackRequest) -> StoreResult<Message> {
+    let found = match r.action {
+        NackAction::Extend {
+            extend_ms,
+            max_lease_until,
+        } => row(
+            conn,
+            "UPDATE messages SET \
+                 lease_until = min(max(coalesce(lease_until, $4), $4) + $5, $6), \
+                 updated_at = $4 \
+             WHERE id = $1 AND recipient = $2 AND state = 'leased' \
+               AND ($3 IS NULL OR lease_id = $3) \
+             RETURNING *",
+            &[
+                &r.message_id,
+                &r.recipient,
+                &r.lease_id,
+                &r.now,
+                &extend_ms,
+                &max_lease_until,
+            ],
+            message_row,
+        )?,
+        NackAction::Requeue { visible_at } => row(
+            conn,
+            "UPDATE messages SET \
+                 state = CASE WHEN attempts >= $5 THEN 'dead' ELSE 'queued' END, \
+                 lease_id = NULL, \
+                 lease_until = NULL, \
+                 visible_at = CASE WHEN attempts >= $5 THEN visible_at ELSE $6 END, \
+                 ended_at = CASE WHEN attempts >= $5 THEN $4 ELSE ended_at END, \
+                 dead_reason = CASE WHEN attempts >= $5 THEN 'max_attempts' ELSE dead_reason END, \
+                 updated_at = $4 \
+             WHERE id = $1 AND recipient = $2 AND state = 'leased' \
+               AND ($3 IS NULL OR lease_id = $3) \
+             RETURNING *",
+            &[
+                &r.message_id,
+                &r.recipient,
+                &r.lease_id,
+                &r.now,
+                &i64::from(r.max_attempts),
+                &visible_at,
+            ],
+            message_row,
+        )?,
+    };
+    match found {
+        Some(m) => Ok(m),
+        None => Err(sql::lease_refusal(
+            lease_state(conn, &r.recipient, &r.message_id)?,
+            r.lease_id.as_deref(),
+        )),
+    }
+}
+
+/// Puts one dead letter back in its inbox.
+pub(super) fn requeue_dead(
+    conn: &Connection,
+    recipient: &str,
+    message_id: &str,
+    now: Millis,
+) -> StoreResult<Message> {
+    let found = row(
+        conn,
+        "UPDATE messages SET state = 'queued', attempts = 0, lease_id = NULL, \
+         lease_until = NULL, visible_at = $3, ended_at = NULL, dead_reason = NULL, \
+         updated_at = $3 \
+         WHERE id = $1 AND recipient = $2 AND state = 'dead' \
+         RETURNING *",
+        &[&message_id, &recipient, &now],
+        message_row,
+    )?;
+    match found {
+        Some(m) => Ok(m),
+        None => match lease_state(conn, recipient, message_id)? {
+            Some(_) => Err(StoreError::NotDead),
+            None => Err(StoreError::MessageNotFound),
+        },
+    }
+}
+
+/// Ends expired leases (all inboxes, or one). Returns each row's new state.
+pub(super) fn reclaim(conn: &Connection, r: &ReclaimRequest) -> StoreResult<ReclaimCounts> {
+    let inbox = if r.recipient.is_some() {
+        "recipient = $4 AND "
+    } else {
+        ""
+    };
+    let sql = format!(
+        "UPDATE messages SET
+    state = CASE WHEN attempts >= $2 THEN 'dead' ELSE 'queued' END,
+    lease_id = NULL,
+    lease_until = NULL,
+    visible_at = CASE WHEN attempts >= $2 THEN visible_at ELSE $1 END,
+    ended_at = CASE WHEN attempts >= $2 THEN $1 ELSE ended_at END,
+    dead_reason = CASE WHEN attempts >= $2 THEN 'max_attempts' ELSE dead_reason END,
+    updated_at = $1
+WHERE seq IN (
+    SELECT seq FROM messages
+    WHERE {inbox}state = 'leased' AND lease_until <= $1
+    ORDER BY lease_until
+    LIMIT $3
+)
+RETURNING state"
+    );
+    let max_attempts = i64::from(r.max_attempts);
+    let batch = limit(r.limit);
+    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&r.now, &max_attempts, &batch];
+    if let Some(recipient) = &r.recipient {
+        args.push(recipient);
+    }
+    let states = rows(conn, &sql, &args, state)?;
+    Ok(sql_stream::released(&states))
+}
+
+/// Records one webhook attempt, moves its delivery on and trims the agent's history.
+pub(super) fn record_attempt(
+    conn: &Connection,
+    attempt: &DeliveryAttempt,
+    outcome: AttemptOutcome,
+) -> StoreResult<()> {
+    let (next_state, retry_at) = sql::attempt_transition(outcome);
+    exec(
+        conn,
+        "UPDATE deliveries SET \
+             attempts = max(attempts, $2), last_status = $3, last_error = $4, updated_at = $5, \
+             state = CASE WHEN state = 'pending' THEN $6 ELSE state END, \
+             next_attempt_at = CASE WHEN state = 'pending' \
+                 THEN coalesce($7, next_attempt_at) ELSE next_attempt_at END \
+         WHERE id = $1",
+        &[
+            &attempt.delivery_id,
+            &attempt.attempt,
+            &attempt.status_code,
+            &attempt.error,
+            &attempt.at,
+            &next_state.as_str(),
+            &retry_at,
+        ],
+    )?;
+    exec(
+        conn,
+        "INSERT INTO delivery_attempts (delivery_id, message_id, agent_id, attempt, at, \
+         status_code, latency_ms, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &attempt.delivery_id,
+            &attempt.message_id,
+            &attempt.agent_id,
+            &attempt.attempt,
+            &attempt.at,
+            &attempt.status_code,
+            &i64::try_from(attempt.latency_ms).unwrap_or(i64::MAX),
+            &attempt.error,
+        ],
+    )?;
+    exec(
+        conn,
+        "DELETE FROM delivery_attempts WHERE agent_id = $1 AND seq <= ( \
+             SELECT seq FROM delivery_attempts WHERE agent_id = $1 \
+             ORDER BY seq DESC LIMIT 1 OFFSET $2)",
+        &[&attempt.agent_id, &sql::ATTEMPTS_KEPT_PER_AGENT],
+    )?;
+    Ok(())
+}
+
+/// Appends one link to the audit chain.
+pub(super) fn append_audit(conn: &Connection, event: NewAuditEvent) -> StoreResult<AuditEvent> {
+    let (prev_seq, prev_hash) = row(
+        conn,
+        "SELECT seq, hash FROM audit_head WHERE id = 1",
+        &[],
+        |r| Ok((r.int("seq")?, r.text("hash")?)),
+    )?
+    .ok_or_else(|| StoreError::Internal("audit_head row missing".into()))?;
+    let stored = sql::chain(prev_seq, &prev_hash, event);
+    let seq = stored.seq as i64;
+    exec(
+        conn,
+        "INSERT INTO audit_events (seq, at, kind, agent_id, detail, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            &seq,
+            &stored.at,
+            &stored.kind,
+            &stored.agent_id,
+            &to_json(&stored.detail)?,
+            &stored.hash,
+        ],
+    )?;
+    exec(
+        conn,
+        "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1",
+        &[&seq, &stored.hash],
+    )?;
+    Ok(stored)
+}
+
+/// Claims due deliveries (`Store::claim_due_deliveries`).
+pub(super) fn claim_due(
+    conn: &Connection,
+    now: Millis,
+    batch: usize,
+    claim_ms: i64,
+) -> StoreResult<Vec<Delivery>> {
+    rows(
+        conn,
+        "UPDATE deliveries SET next_attempt_at = $1 + $3 \
+         WHERE id IN (SELECT id FROM deliveries \
+             WHERE state = 'pending' AND next_attempt_at <= $1 \
+             ORDER BY next_attempt_at, id LIMIT $2) \
+         RETURNING *",
+        &[&now, &limit(batch), &claim_ms],
+        |r| sql::delivery_from_row(r),
+    )
+}
+
+/// `Store::claim_due_deliveries_fair`.
+pub(super) fn claim_fair(
+    conn: &Connection,
+    now: Millis,
+    batch: usize,
+    claim_ms: i64,
+    per_agent: usize,
+    skip_agents: &[String],
+) -> StoreResult<Vec<Delivery>> {
+    rows(
+        conn,
+        crate::store::sql_security::CLAIM_FAIR_SQLITE,
+        &[
+            &now,
+            &limit(batch),
+            &claim_ms,
+            &limit(per_agent),
+            &to_json(skip_agents)?,
+        ],
+        |r| sql::delivery_from_row(r),
+    )
+}
+
+/// `Store::retry_delivery`: the update, then the delivery read back.
+pub(super) fn retry_delivery(
+    conn: &Connection,
+    delivery_id: &str,
+    now: Millis,
+) -> StoreResult<Option<Delivery>> {
+    exec(
+        conn,
+        crate::store::sql_console::RETRY,
+        &[&now, &delivery_id],
+    )?;
+    get_delivery(conn, delivery_id)
+}
+
+/// One delivery.
+pub(super) fn get_delivery(conn: &Connection, delivery_id: &str) -> StoreResult<Option<Delivery>> {
+    row(
+        conn,
+        "SELECT * FROM deliveries WHERE id = $1",
+        &[&delivery_id],
+        |r| sql::delivery_from_row(r),
+    )
+}
+
+// Groups (statements in `sql_groups`). SQLite has one writer, so the
+// checks below cannot race: no row locks.
+
+fn agent_exists(conn: &Connection, agent_id: &str) -> StoreResult<bool> {
+    Ok(row(
+        conn,
+        "SELECT 1 FROM agents WHERE agent_id = $1",
+        &[&agent_id],
+        |_| Ok(()),
+    )?
+    .is_some())
+}
+
+fn insert_member(conn: &Connection, group_id: &str, m: &GroupMember) -> StoreResult<()> {
+    exec(
+        conn,
+        sql_groups::INSERT_MEMBER,
+        &[&group_id, &m.agent_id, &m.role.as_str(), &m.joined_at],
+    )
+    .map(drop)
+}
+
+/// `Store::create_group`.
+pub(super) fn create_group(conn: &Connection, group: &Group, now: Millis) -> StoreResult<()> {
+    if !agent_exists(conn, &group.created_by)? {
+        return Err(StoreError::AgentNotFound);
+    }
+    let inserted = exec(
+        conn,
+        sql_groups::INSERT_GROUP,
+        &[
+            &group.id,
+            &group.name,
+            &group.created_by,
+            &group.access.as_str(),
+            &group.join_key_hash,
+            &group.settings.history_visible,
+            &group.settings.max_members,
+            &i64::try_from(group.settings.message_ttl_sec).unwrap_or(i64::MAX),
+            &group.created_at,
+            &group.updated_at,
+        ],
+    )?;
+    if inserted == 0 {
+        return Err(StoreError::GroupExists);
+    }
+    insert_member(
+        conn,
+        &group.id,
+        &GroupMember {
+            agent_id: group.created_by.clone(),
+            role: GroupRole::Owner,
+            joined_at: now,
+        },
+    )
+}
+
+/// `Store::get_group`.
+pub(super) fn get_group(conn: &Connection, group_id: &str) -> StoreResult<Option<Group>> {
+    row(conn, sql_groups::GET_GROUP.as_str(), &[&group_id], |r| {
+        group_from_row(r)
+    })
+}
+
+/// `Store::update_group`.
+pub(super) fn update_group(
+    conn: &Connection,
+    group_id: &str,
+    change: &GroupChange,
+) -> StoreResult<Group> {
+    let updated = exec(
+        conn,
+        sql_groups::UPDATE_GROUP,
+        &[
+            &group_id,
+            &change.name,
+            &change.history_visible,
+            &change.max_members,
+            &change
+                .message_ttl_sec
+                .map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
+            &change.now,
+        ],
+    )?;
+    if updated == 0 {
+        return Err(StoreError::GroupNotFound);
+    }
+    get_group(conn, group_id)?.ok_or(StoreError::GroupNotFound)
+}
+
+/// `Store::delete_group`.
+pub(super) fn delete_group(conn: &Connection, group_id: &str) -> StoreResult<bool> {
+    Ok(exec(conn, sql_groups::DELETE_GROUP, &[&group_id])? > 0)
+}
+
+/// `Store::group_member`.
+pub(super) fn group_member(
+    conn: &Connection,
+    group_id: &str,
+    agent_id: &str,
+) -> StoreResult<Option<GroupMember>> {
+    row(conn, sql_groups::MEMBER, &[&group_id, &agent_id], |r| {
+        member_from_row(r)
+    })
+}
+
+/// `Store::group_members`.
+pub(super) fn group_members(conn: &Connection, group_id: &str) -> StoreResult<Vec<GroupMember>> {
+    rows(conn, sql_groups::MEMBERS, &[&group_id], |r| {
+        member_from_row(r)
+    })
+}
+
+/// `Store::add_group_member`: exact, since the writer runs one operation at a time.
+pub(super) fn add_group_member(
+    conn: &Connection,
+    group_id: &str,
+    member: &GroupMember,
+) -> StoreResult<()> {
+    let max = row(
+        conn,
+        "SELECT max_members FROM group_info WHERE id = $1",
+        &[&group_id],
+        |r| r.int("max_members"),
+    )?
+    .ok_or(StoreError::GroupNotFound)?;
+    if group_member(conn, group_id, &member.agent_id)?.is_some() {
+        return Err(StoreError::AlreadyMember);
+    }
+    let count = row(conn, sql_groups::COUNT_MEMBERS, &[&group_id], |r| {
+        r.get::<_, i64>(0).map_err(super::conn::db_error)
+    })?
+    .unwrap_or(0);
+    if count >= max {
+        return Err(StoreError::GroupFull);
+    }
+    if !agent_exists(conn, &member.agent_id)? {
+        return Err(StoreError::AgentNotFound);
+    }
+    insert_member(conn, group_id, member)
+}
+
+/// `Store::remove_group_member`.
+pub(super) fn remove_group_member(
+    conn: &Connection,
+    group_id: &str,
+    agent_id: &str,
+) -> StoreResult<bool> {
+    Ok(exec(conn, sql_groups::REMOVE_MEMBER, &[&group_id, &agent_id])? > 0)
+}
+
+/// `Store::agent_groups`.
+pub(super) fn agent_groups(
+    conn: &Connection,
+    agent_id: &str,
+    count: usize,
+    after: Option<&str>,
+) -> StoreResult<Vec<(Group, GroupRole)>> {
+    rows(
+        conn,
+        sql_groups::AGENT_GROUPS.as_str(),
+        &[&agent_id, &limit(count), &after.unwrap_or("")],
+        |r| Ok((group_from_row(r)?, role_from_row(r)?)),
+    )
+}
+
+/// `Store::post_to_group`: the whole fan-out in one writer operation. The
+/// recipients and their live counts come from one join (the maintained
+/// `inbox_live` count, not a scan of each inbox), the copies go in
+/// multi-row inserts.
+pub(super) fn post_to_group(
+    conn: &Connection,
+    mut post: GroupPost,
+    fan: &FanOut,
+) -> StoreResult<Posted> {
+    if row(
+        conn,
+        "SELECT 1 FROM group_info WHERE id = $1",
+        &[&post.group_id],
+        |_| Ok(()),
+    )?
+    .is_none()
+    {
+        return Err(StoreError::GroupNotFound);
+    }
+    if group_member(conn, &post.group_id, &post.sender)?.is_none() {
+        return Err(StoreError::NotMember);
+    }
+    if let Some(key) = &post.idempotency_key {
+        let existing = row(conn, sql_groups::POST_BY_KEY, &[&post.group_id, key], |r| {
+            post_from_row(r)
+        })?;
+        if let Some(existing) = existing {
+            return if existing.content_hash == post.content_hash {
+                Ok(Posted::Duplicate(existing))
+            } else {
+                Err(StoreError::IdempotencyConflict)
+            };
+        }
+    }
+    let recipients = rows(
+        conn,
+        "SELECT a.agent_id, a.webhook_url, coalesce(l.live, 0) AS live \
+         FROM group_members m JOIN agents a ON a.agent_id = m.agent_id \
+         LEFT JOIN inbox_live l ON l.recipient = m.agent_id \
+         WHERE m.group_id = $1 AND m.agent_id <> $2 ORDER BY m.agent_id",
+        &[&post.group_id, &post.sender],
+        |r| {
+            let live: u64 = r.unsigned("live")?;
+            Ok(Recipient {
+                agent_id: r.text("agent_id")?,
+                push: r.text_opt("webhook_url")?.is_some(),
+                full: live >= fan.quota,
+            })
+        },
+    )?;
+    let plan = plan_fan_out(&mut post, fan, recipients);
+    let inserted = exec(
+        conn,
+        sql_groups::INSERT_POST,
+        &[
+            &post.id,
+            &post.group_id,
+            &post.sender,
+            &post.envelope.as_str(),
+            &post.created_at,
+            &post.expires_at,
+            &post.idempotency_key,
+            &post.content_hash,
+            &to_json(&post.deliveries)?,
+        ],
+    )?;
+    if inserted == 0 {
+        return Err(StoreError::MessageIdTaken);
+    }
+    if insert_messages(conn, &plan.copies)? < plan.copies.len() as u64 {
+        return Err(StoreError::MessageIdTaken);
+    }
+    for delivery in &plan.deliveries {
+        insert_delivery(conn, delivery)?;
+    }
+    Ok(Posted::Created(post))
+}
+
+/// `Store::group_history`.
+pub(super) fn group_history(
+    conn: &Connection,
+    group_id: &str,
+    count: usize,
+    cursor: Option<&str>,
+) -> StoreResult<Page<GroupPost>> {
+    let (before_at, before_id) = match cursor {
+        Some(c) => {
+            let (at, id) = parse_history_cursor(c).ok_or(StoreError::InvalidCursor)?;
+            (Some(at), Some(id))
+        }
+        None => (None, None),
+    };
+    let items = rows(
+        conn,
+        sql_groups::HISTORY,
+        &[
+            &group_id,
+            &before_at,
+            &before_id,
+            &limit(count.saturating_add(1)),
+        ],
+        |r| post_from_row(r),
+    )?;
+    Ok(crate::store::sql_console::paged(
+        items,
+        count,
+        history_cursor,
+    ))
+}
+
+/// `Store::purge_group_history`.
+pub(super) fn purge_group_history(
+    conn: &Connection,
+    now: Millis,
+    count: usize,
+) -> StoreResult<u64> {
+    exec(conn, sql_groups::PURGE_HISTORY, &[&now, &limit(count)])
+}
