@@ -446,14 +446,23 @@ FROM picked
 WHERE m.seq = picked.seq
 RETURNING m.*";
 
-/// Reclaim of expired leases, all inboxes. Binds: now, max_attempts, limit.
+/// Reclaim of expired leases, all inboxes. A lease ending in the dead
+/// letters updates its inbox's `inbox_live` row (trigger), so the statement
+/// first locks the count rows of every inbox in its batch in recipient order
+/// (`counts`, an init plan run before the first update): two sweeps over
+/// the same inboxes then queue instead of deadlocking.
+/// Binds: now, max_attempts, limit.
 const RECLAIM_ALL: &str = "\
 WITH due AS (
-    SELECT seq FROM messages
+    SELECT seq, recipient FROM messages
     WHERE state = 'leased' AND lease_until <= $1
     ORDER BY lease_until
     LIMIT $3
     FOR UPDATE SKIP LOCKED
+),
+counts AS (
+    SELECT 1 FROM inbox_live WHERE recipient IN (SELECT recipient FROM due)
+    ORDER BY recipient FOR UPDATE
 )
 UPDATE messages m SET
     state = CASE WHEN m.attempts >= $2 THEN 'dead' ELSE 'queued' END,
@@ -464,7 +473,7 @@ UPDATE messages m SET
     dead_reason = CASE WHEN m.attempts >= $2 THEN 'max_attempts' ELSE m.dead_reason END,
     updated_at = $1
 FROM due
-WHERE m.seq = due.seq
+WHERE m.seq = due.seq AND (SELECT count(*) FROM counts) >= 0
 RETURNING m.state, m.recipient";
 
 /// Reclaim of expired leases, one inbox. Binds: now, max_attempts, limit, recipient.
@@ -1046,14 +1055,17 @@ impl Store for PostgresStore {
     }
 
     async fn expire_messages(&self, now: Millis, batch: usize) -> StoreResult<u64> {
+        // Count rows locked in recipient order first, as in `RECLAIM_ALL`.
         let done = sqlx::query(
             "WITH due AS ( \
-                 SELECT seq FROM messages \
+                 SELECT seq, recipient FROM messages \
                  WHERE state IN ('queued', 'leased') AND expires_at <= $1 \
-                 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
+             counts AS (SELECT 1 FROM inbox_live \
+                 WHERE recipient IN (SELECT recipient FROM due) ORDER BY recipient FOR UPDATE) \
              UPDATE messages m SET state = 'expired', lease_id = NULL, lease_until = NULL, \
                  ended_at = $1, updated_at = $1 \
-             FROM due WHERE m.seq = due.seq",
+             FROM due WHERE m.seq = due.seq AND (SELECT count(*) FROM counts) >= 0",
         )
         .bind(now)
         .bind(limit(batch))
