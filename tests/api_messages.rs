@@ -728,3 +728,37 @@ async fn hub_stats_count_agents_and_messages() {
     assert_eq!(stats["messages"]["queued"], 1);
     assert_eq!(stats["messages"]["failed"], 0);
 }
+
+/// How many times the hub has asked its store for an agent record.
+async fn agent_reads(hub: &TestHub) -> u64 {
+    let text = hub
+        .http
+        .get(hub.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(r#"admp_store_call_duration_seconds_count{op="get_agent"} "#))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_signed_send_reads_each_agent_record_once() {
+    let hub = TestHub::default().await;
+    let alice = hub.agent("alice").await;
+    hub.agent("bob").await;
+
+    let before = agent_reads(&hub).await;
+    send(&alice, "bob", json!({"n": 1})).await;
+    let after_other = agent_reads(&hub).await;
+    // The sender while verifying the HTTP signature (reused for the
+    // envelope's), the recipient for its trust list and webhook.
+    assert_eq!(after_other - before, 2);
+
+    send(&alice, "alice", json!({"n": 2})).await;
+    // Sending to oneself: the one record serves as sender and recipient.
+    assert_eq!(agent_reads(&hub).await - after_other, 1);
+}

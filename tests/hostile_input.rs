@@ -418,6 +418,7 @@ fn envelopes_are_refused_cleanly(cases: u32) -> u32 {
                     envelope: envelope.clone(),
                     idempotency_key: None,
                     caller: &Caller::Anonymous,
+                    caller_agent: None,
                 },
             ));
             if let Err(e) = outcome {

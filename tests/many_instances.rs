@@ -398,6 +398,41 @@ async fn delivery_claims_on_two_instances_hand_out_each_delivery_once() {
     schema.drop_schema().await;
 }
 
+/// Sweeps of two instances take disjoint messages (`SKIP LOCKED`) of the
+/// same inboxes in different orders; ending a live message updates its
+/// inbox's count row, so without one lock order for those rows two sweeps
+/// deadlock (PostgreSQL aborts one with 40P01, which `race` would report).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweeps_across_many_inboxes_on_two_instances_do_not_deadlock() {
+    const INBOXES: usize = 40;
+    const PER_INBOX: usize = 25;
+    let schema = PgSchema::create().await;
+    let [(a, _), (b, _)] = two_instances(&schema).await;
+    for r in 0..INBOXES {
+        a.create_agent(agent(&format!("r{r:02}"))).await.unwrap();
+    }
+    for round in 0..3 {
+        for i in 0..INBOXES * PER_INBOX {
+            let recipient = format!("r{:02}", i % INBOXES);
+            let mut m = message(&format!("m{round}-{i:04}"), &recipient);
+            // Expiry times scatter the inboxes over each sweep's batch.
+            m.expires_at = T0 + 1 + ((i * 7919) % 997) as i64;
+            a.enqueue(m, u64::MAX, None).await.unwrap();
+        }
+        let now = T0 + 1_000;
+        let expired = race(
+            &a,
+            &b,
+            move |s| async move { s.expire_messages(now, 40).await },
+        )
+        .await;
+        assert_eq!(expired, (INBOXES * PER_INBOX) as u64);
+    }
+    a.close().await;
+    b.close().await;
+    schema.drop_schema().await;
+}
+
 /// Runs a batch step on both instances concurrently until both find nothing
 /// left; returns the total both reported.
 async fn race<F, Fut>(a: &Arc<PostgresStore>, b: &Arc<PostgresStore>, step: F) -> u64

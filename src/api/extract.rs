@@ -14,6 +14,7 @@ use super::error::{ApiError, ApiResult};
 use super::ratelimit::ClientIp;
 use crate::hub::{Caller, Credentials, HubError};
 use crate::signing::http::RequestParts;
+use crate::store::Agent;
 
 /// Header carrying the client's idempotency key for sends.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -23,6 +24,9 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Authenticated requests are also where the per-agent rate limit applies.
 pub struct Authed {
     pub caller: Caller,
+    /// The calling agent's record as authentication read it (see
+    /// [`crate::hub::Authenticated::agent`]).
+    pub agent: Option<Agent>,
     pub body: Bytes,
     pub idempotency_key: Option<String>,
     /// Where the request came from (for audit records).
@@ -111,6 +115,7 @@ impl FromRequest<AppState> for Authed {
         state.hub.consume_nonce(&authenticated).await?;
         Ok(Authed {
             caller,
+            agent: authenticated.agent,
             body,
             idempotency_key: header(IDEMPOTENCY_KEY).map(str::to_string),
             client_ip: client_ip.0,

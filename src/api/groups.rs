@@ -502,6 +502,7 @@ pub async fn post_message(
         body,
         idempotency_key: req.idempotency_key.clone(),
         caller: &req.caller,
+        caller_agent: req.agent.as_ref(),
     };
     let posted = app.hub.post_to_group(&actor, &group_id, input).await?;
     let status = if posted.duplicate {

@@ -64,6 +64,7 @@ pub async fn send(
         envelope,
         idempotency_key: req.idempotency_key.clone(),
         caller: &req.caller,
+        caller_agent: req.agent.as_ref(),
     };
     let sent = app.hub.send(&agent_id, input).await?;
     Ok(sent_response(sent, StatusCode::CREATED))
@@ -90,6 +91,7 @@ pub async fn reply(
         envelope,
         idempotency_key: req.idempotency_key.clone(),
         caller: &req.caller,
+        caller_agent: req.agent.as_ref(),
     };
     let sent = app.hub.reply(&agent_id, &message_id, input).await?;
     Ok(sent_response(sent, StatusCode::OK))

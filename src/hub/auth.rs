@@ -67,6 +67,9 @@ impl Caller {
 #[derive(Debug)]
 pub struct Authenticated {
     pub caller: Caller,
+    /// The caller's agent record as read to verify it (signature or
+    /// session), so the rest of the request does not read it again.
+    pub agent: Option<Agent>,
     /// Digest of (agent, `x-request-nonce`) when the signature covered one.
     nonce_key: Option<String>,
 }
@@ -80,21 +83,23 @@ impl Hub {
         if let Some(header) = creds.signature {
             return self.authenticate_signature(header, creds).await;
         }
-        let caller = if let Some(token) = creds
+        let (caller, agent) = if let Some(token) = creds
             .bearer
             .and_then(|b| b.strip_prefix(SESSION_TOKEN_PREFIX))
         {
-            self.authenticate_session(token).await?
+            let (caller, agent) = self.authenticate_session(token).await?;
+            (caller, Some(agent))
         } else if let Some(key) = creds.api_key.or(creds.bearer) {
             if !self.is_master_key(key) {
                 return Err(HubError::InvalidApiKey);
             }
-            Caller::Master
+            (Caller::Master, None)
         } else {
-            Caller::Anonymous
+            (Caller::Anonymous, None)
         };
         Ok(Authenticated {
             caller,
+            agent,
             nonce_key: None,
         })
     }
@@ -202,6 +207,7 @@ impl Hub {
                 agent_id,
                 proof: AgentProof::Signature,
             },
+            agent: Some(agent),
             nonce_key,
         })
     }
@@ -214,21 +220,22 @@ impl Hub {
             .collect()
     }
 
-    async fn authenticate_session(&self, token: &str) -> HubResult<Caller> {
+    async fn authenticate_session(&self, token: &str) -> HubResult<(Caller, Agent)> {
         let claims = self.sessions.open(token)?;
         if claims.exp <= self.now() {
             return Err(HubError::TokenExpired);
         }
-        let agent = self.store.get_agent(&claims.sub).await?;
-        let still_valid =
-            agent.is_some_and(|a| a.created_at == claims.ca && a.key_version() == claims.kv);
-        if !still_valid {
-            return Err(HubError::TokenExpired);
-        }
-        Ok(Caller::Agent {
+        let agent = self
+            .store
+            .get_agent(&claims.sub)
+            .await?
+            .filter(|a| a.created_at == claims.ca && a.key_version() == claims.kv)
+            .ok_or(HubError::TokenExpired)?;
+        let caller = Caller::Agent {
             agent_id: claims.sub,
             proof: AgentProof::Session,
-        })
+        };
+        Ok((caller, agent))
     }
 
     /// Issues a session token to an agent that proved itself with a signature.

@@ -25,8 +25,8 @@ use super::{Caller, GroupOp, Hub, HubError, HubResult, Refusal, ids};
 use crate::config::AgentAuth;
 use crate::signing::body_hash;
 use crate::store::{
-    FanOut, Group, GroupAccess, GroupChange, GroupMember, GroupPost, GroupRole, GroupSettings,
-    Page, Posted, StoreError,
+    Agent, FanOut, Group, GroupAccess, GroupChange, GroupMember, GroupPost, GroupRole,
+    GroupSettings, Page, Posted, StoreError,
 };
 
 /// Largest `max_members`: bounds the work and the writes of one post.
@@ -91,6 +91,8 @@ pub struct PostInput<'a> {
     pub body: Value,
     pub idempotency_key: Option<String>,
     pub caller: &'a Caller,
+    /// The caller's record as authentication read it.
+    pub caller_agent: Option<&'a Agent>,
 }
 
 /// A stored (or, for a retry, previously stored) post.
@@ -501,7 +503,9 @@ impl Hub {
                 None,
             )
         } else {
-            let verified = self.verify_signed(&body, input.raw, input.caller).await?;
+            let verified = self
+                .verify_signed(&body, input.raw, input.caller, input.caller_agent)
+                .await?;
             if verified.fields.to != group_id {
                 return Err(HubError::RecipientMismatch);
             }

@@ -11,7 +11,7 @@ use time::format_description::well_known::{Iso8601, Rfc3339};
 use super::{Caller, Hub, HubError, HubResult, ids};
 use crate::config::MAX_CLOCK_SKEW;
 use crate::signing::{body_hash, envelope as envelope_sig};
-use crate::store::{Delivery, Enqueued, Envelope, Message, StoreError};
+use crate::store::{Agent, Delivery, Enqueued, Envelope, Message, StoreError};
 
 /// The only envelope version this hub speaks.
 pub const ENVELOPE_VERSION: &str = "1.0";
@@ -24,12 +24,15 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 pub struct SendInput<'a> {
     /// Raw request body: the body hash is computed over its `body` member exactly as V8 would.
     pub raw: &'a [u8],
-    /// The parsed request body.
+    /// The parsed request body (taken by the hub as it starts).
     pub envelope: Value,
     /// `Idempotency-Key` header.
     pub idempotency_key: Option<String>,
     /// Who made the HTTP request.
     pub caller: &'a Caller,
+    /// The caller's agent record as authentication read it: a signed send
+    /// reads its sender once, not again to verify the envelope.
+    pub caller_agent: Option<&'a Agent>,
 }
 
 /// A stored (or previously stored, for duplicates) message.
@@ -42,8 +45,8 @@ pub struct Sent {
 
 impl Hub {
     /// `POST /api/agents/{to}/messages`: `to` defaults to the path agent.
-    pub async fn send(&self, path_to: &str, input: SendInput<'_>) -> HubResult<Sent> {
-        let mut envelope = into_object(input.envelope)?;
+    pub async fn send(&self, path_to: &str, mut input: SendInput<'_>) -> HubResult<Sent> {
+        let mut envelope = into_object(input.envelope.take())?;
         match envelope.get("to") {
             None | Some(Value::Null) => {
                 envelope.insert("to".into(), Value::String(path_to.to_string()));
@@ -52,8 +55,7 @@ impl Hub {
             Some(Value::String(_)) => return Err(HubError::RecipientMismatch),
             Some(_) => return Err(HubError::invalid("to", "must be a string")),
         }
-        self.accept(envelope, input.raw, input.idempotency_key, input.caller)
-            .await
+        self.accept(envelope, &input).await
     }
 
     /// `POST /api/agents/{id}/messages/{mid}/reply`: fills `from`, `to` and
@@ -62,7 +64,7 @@ impl Hub {
         &self,
         agent_id: &str,
         original_id: &str,
-        input: SendInput<'_>,
+        mut input: SendInput<'_>,
     ) -> HubResult<Sent> {
         let original = self
             .store
@@ -81,7 +83,7 @@ impl Hub {
             .unwrap_or(&original.sender)
             .to_string();
         let original_envelope_id = original_envelope.get("id").and_then(Value::as_str);
-        let mut envelope = into_object(input.envelope)?;
+        let mut envelope = into_object(input.envelope.take())?;
         fill_or_check(&mut envelope, "from", agent_id, |given| {
             ids::normalize(given) == agent_id
         })?;
@@ -91,37 +93,35 @@ impl Hub {
         fill_or_check(&mut envelope, "correlation_id", original_id, |given| {
             given == original_id || Some(given) == original_envelope_id
         })?;
-        self.accept(envelope, input.raw, input.idempotency_key, input.caller)
-            .await
+        self.accept(envelope, &input).await
     }
 
     /// The shared send pipeline: validate, verify, authorise, store, wake.
-    async fn accept(
-        &self,
-        envelope: Map<String, Value>,
-        raw: &[u8],
-        idempotency_key: Option<String>,
-        caller: &Caller,
-    ) -> HubResult<Sent> {
+    async fn accept(&self, envelope: Map<String, Value>, input: &SendInput<'_>) -> HubResult<Sent> {
         let now = self.now();
         // A recipient no agent could have is refused before any signature work.
         if let Some(Value::String(to)) = envelope.get("to") {
             ids::require_agent_id("to", ids::normalize(to))?;
         }
-        let verified = self.verify_signed(&envelope, raw, caller).await?;
+        let verified = self
+            .verify_signed(&envelope, input.raw, input.caller, input.caller_agent)
+            .await?;
         let fields = &verified.fields;
         let from = verified.from.clone();
         let to = ids::normalize(fields.to).to_string();
-        let recipient = self
-            .store
-            .get_agent(&to)
-            .await?
-            .ok_or_else(|| HubError::RecipientNotFound(to.clone()))?;
+        let recipient = match input.caller_agent.filter(|a| a.agent_id == to) {
+            Some(own) => own.clone(),
+            None => self
+                .store
+                .get_agent(&to)
+                .await?
+                .ok_or_else(|| HubError::RecipientNotFound(to.clone()))?,
+        };
         if !recipient.trusted_agents.is_empty() && !recipient.trusted_agents.contains(&from) {
             return Err(HubError::SenderNotTrusted(from));
         }
 
-        let idempotency_key = Some(verified.idempotency_key(idempotency_key)?);
+        let idempotency_key = Some(verified.idempotency_key(input.idempotency_key.clone())?);
         let ttl_ms = fields.ttl_sec.unwrap_or(self.config.message_ttl_sec) as i64 * 1000;
         let id = fields
             .id
@@ -212,6 +212,7 @@ impl Hub {
         envelope: &'a Map<String, Value>,
         raw: &[u8],
         caller: &Caller,
+        caller_agent: Option<&Agent>,
     ) -> HubResult<Verified<'a>> {
         let fields = EnvelopeFields::validate(envelope)?;
         check_timestamp(fields.timestamp, self.now())?;
@@ -224,11 +225,18 @@ impl Hub {
                 from,
             });
         }
-        let sender = self
-            .store
-            .get_agent(&from)
-            .await?
-            .ok_or_else(|| HubError::UnknownSender(from.clone()))?;
+        let fetched;
+        let sender = match caller_agent.filter(|a| a.agent_id == from) {
+            Some(signer) => signer,
+            None => {
+                fetched = self
+                    .store
+                    .get_agent(&from)
+                    .await?
+                    .ok_or_else(|| HubError::UnknownSender(from.clone()))?;
+                &fetched
+            }
+        };
         let raw_text = std::str::from_utf8(raw)
             .map_err(|_| HubError::InvalidEnvelope("body is not UTF-8".into()))?;
         let body_hash = body_hash::envelope_body_hash(raw_text)
@@ -242,7 +250,7 @@ impl Hub {
         );
         let signature = signature_value(envelope)?;
         let signature_bytes =
-            envelope_sig::verified_signature(&base, signature, &self.verifying_keys(&sender))
+            envelope_sig::verified_signature(&base, signature, &self.verifying_keys(sender))
                 .ok_or(HubError::InvalidSignature)?;
         Ok(Verified {
             fields,

@@ -27,6 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgExecutor, Postgres, Row};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::sql::{self, db_error, limit, to_json, to_json_opt};
@@ -49,10 +50,12 @@ type PgQuery = sqlx::query::Query<'static, Postgres, PgArguments>;
 /// A PostgreSQL schema holding the whole hub; safe to share between instances.
 pub struct PostgresStore {
     pool: PgPool,
-    /// Wake-up channel of this schema.
-    channel: String,
     /// The task that turns notifications into long-poll wake-ups.
     listener: JoinHandle<()>,
+    /// Recipients to announce to every instance, queued after commit.
+    wake_queue: mpsc::UnboundedSender<String>,
+    /// The task that sends the queued wake-ups (see [`send_wakeups`]).
+    notifier: JoinHandle<()>,
 }
 
 impl PostgresStore {
@@ -103,42 +106,42 @@ impl PostgresStore {
             .map_err(db_error)?;
         listener.listen(&channel).await.map_err(db_error)?;
         let listener = tokio::spawn(forward_wakeups(listener, wakers));
+        let (wake_queue, queued) = mpsc::unbounded_channel();
+        let notifier = tokio::spawn(send_wakeups(pool.clone(), channel, queued));
         Ok(PostgresStore {
             pool,
-            channel,
             listener,
+            wake_queue,
+            notifier,
         })
     }
 
     /// Stops listening and closes every connection.
     pub async fn close(&self) {
         self.listener.abort();
+        self.notifier.abort();
         self.pool.close().await;
     }
 
-    /// Wakes long-polls of `recipients` on every instance (at commit when
-    /// `executor` is a transaction).
-    async fn notify(
-        &self,
-        executor: impl PgExecutor<'_>,
-        recipients: &[String],
-    ) -> StoreResult<()> {
-        if recipients.is_empty() {
-            return Ok(());
+    /// Wakes long-polls of `recipients` on every instance, after the commit
+    /// that made their messages available (the caller has committed).
+    /// `NOTIFY` inside the writing transaction would take PostgreSQL's
+    /// notify-queue lock from the commit on, serialising every commit of
+    /// every instance behind it; sent from here, wake-ups cost the writers
+    /// nothing and go out in batches. A wake-up lost to a crash between the
+    /// commit and the send only delays a long-poll to its next look.
+    fn wake(&self, recipients: &[String]) {
+        for r in recipients {
+            // The receiver lives as long as the store; a send fails only at shutdown.
+            let _ = self.wake_queue.send(r.clone());
         }
-        sqlx::query("SELECT pg_notify($1, r) FROM unnest($2::text[]) AS r")
-            .bind(&self.channel)
-            .bind(recipients)
-            .execute(executor)
-            .await
-            .map_err(db_error)?;
-        Ok(())
     }
 }
 
 impl Drop for PostgresStore {
     fn drop(&mut self) {
         self.listener.abort();
+        self.notifier.abort();
     }
 }
 
@@ -150,6 +153,30 @@ fn channel_name(schema: &str) -> String {
         name.pop();
     }
     name
+}
+
+/// Most wake-ups sent in one `pg_notify` statement.
+const MAX_WAKE_BATCH: usize = 1024;
+
+/// Sends queued wake-ups, each batch (deduplicated) in one statement, until
+/// the queue closes. A failed send is logged and dropped: long-polls fall
+/// back to their deadline, exactly as for a lost `LISTEN` connection.
+async fn send_wakeups(pool: PgPool, channel: String, mut queued: mpsc::UnboundedReceiver<String>) {
+    let mut batch = Vec::new();
+    while queued.recv_many(&mut batch, MAX_WAKE_BATCH).await > 0 {
+        batch.sort_unstable();
+        batch.dedup();
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, r) FROM unnest($2::text[]) AS r")
+            .bind(&channel)
+            .bind(&batch)
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(error = %e, recipients = batch.len(),
+                "NOTIFY failed; other instances' long-polls fall back to their deadline");
+        }
+        batch.clear();
+    }
 }
 
 /// Wakes the long-polls of each notified recipient until the task is aborted.
@@ -257,57 +284,73 @@ fn insert_message(m: &Message) -> StoreResult<PgQuery> {
     .bind(m.content_hash.clone()))
 }
 
-/// Enqueue's one write statement: the message, its webhook delivery (when
-/// given) and the wake-up notification (sent at commit). Returns how many
-/// messages it inserted (0: the id is taken).
-fn insert_message_with(
-    m: &Message,
-    d: Option<&Delivery>,
-    channel: &str,
-) -> StoreResult<sqlx::query::QueryScalar<'static, Postgres, i64, PgArguments>> {
-    Ok(sqlx::query_scalar(
-        "WITH inserted AS ( \
-             INSERT INTO messages (id, recipient, sender, envelope, state, attempts, lease_id, \
-             lease_until, visible_at, expires_at, created_at, updated_at, acked_at, ended_at, \
-             dead_reason, result, idempotency_key, content_hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
-             ON CONFLICT DO NOTHING RETURNING id), \
-         delivery AS ( \
-             INSERT INTO deliveries (id, message_id, agent_id, state, attempts, next_attempt_at, \
-             created_at, updated_at, last_status, last_error) \
-             SELECT $19, id, $20, $21, $22, $23, $24, $25, $26, $27 FROM inserted \
-             WHERE $19::text IS NOT NULL), \
-         woken AS (SELECT pg_notify($28, $2) FROM inserted) \
-         SELECT (SELECT count(*) FROM inserted) + 0 * (SELECT count(*) FROM woken)",
-    )
-    .bind(m.id.clone())
-    .bind(m.recipient.clone())
-    .bind(m.sender.clone())
-    .bind(to_json(&m.envelope)?)
-    .bind(m.state.as_str())
-    .bind(i64::from(m.attempts))
-    .bind(m.lease_id.clone())
-    .bind(m.lease_until)
-    .bind(m.visible_at)
-    .bind(m.expires_at)
-    .bind(m.created_at)
-    .bind(m.updated_at)
-    .bind(m.acked_at)
-    .bind(m.ended_at)
-    .bind(m.dead_reason.clone())
-    .bind(to_json_opt(m.result.as_ref())?)
-    .bind(m.idempotency_key.clone())
-    .bind(m.content_hash.clone())
-    .bind(d.map(|d| d.id.clone()))
-    .bind(d.map(|d| d.agent_id.clone()))
-    .bind(d.map(|d| d.state.as_str()))
-    .bind(d.map(|d| i64::from(d.attempts)))
-    .bind(d.map(|d| d.next_attempt_at))
-    .bind(d.map(|d| d.created_at))
-    .bind(d.map(|d| d.updated_at))
-    .bind(d.and_then(|d| d.last_status.map(i64::from)))
-    .bind(d.and_then(|d| d.last_error.clone()))
-    .bind(channel.to_string()))
+/// A send in one statement (one round trip, one commit). It locks the
+/// recipient's `inbox_live` row (not the agent row: readers and other
+/// writers of the agent never wait on a send), which orders sends to one
+/// inbox against each other and against `delete_agent` (which deletes that
+/// row first), and reads the count as of the lock, so the quota is exact.
+/// The insert happens only under the quota and when the idempotency key is
+/// unseen in the statement's snapshot; a key committed meanwhile makes the
+/// insert a no-op through the unique index, and the caller looks again.
+/// Binds: the message ($1-$18), its delivery ($19-$27), quota ($28).
+/// Returns `live` (NULL: no such recipient) and `inserted`.
+const ENQUEUE: &str = "\
+WITH live AS (
+    SELECT live FROM inbox_live WHERE recipient = $2 FOR UPDATE
+),
+existing AS (
+    SELECT 1 FROM messages
+    WHERE $17::text IS NOT NULL AND recipient = $2 AND idempotency_key = $17
+),
+inserted AS (
+    INSERT INTO messages (id, recipient, sender, envelope, state, attempts, lease_id,
+        lease_until, visible_at, expires_at, created_at, updated_at, acked_at, ended_at,
+        dead_reason, result, idempotency_key, content_hash)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18
+    FROM live
+    WHERE live.live < $28 AND NOT EXISTS (SELECT 1 FROM existing)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+),
+delivery AS (
+    INSERT INTO deliveries (id, message_id, agent_id, state, attempts, next_attempt_at,
+        created_at, updated_at, last_status, last_error)
+    SELECT $19, id, $20, $21, $22, $23, $24, $25, $26, $27 FROM inserted
+    WHERE $19::text IS NOT NULL
+)
+SELECT (SELECT live FROM live) AS live, (SELECT count(*) FROM inserted) AS inserted";
+
+/// Binds [`ENQUEUE`].
+fn enqueue_query(m: &Message, d: Option<&Delivery>, quota: u64) -> StoreResult<PgQuery> {
+    Ok(sqlx::query(ENQUEUE)
+        .bind(m.id.clone())
+        .bind(m.recipient.clone())
+        .bind(m.sender.clone())
+        .bind(to_json(&m.envelope)?)
+        .bind(m.state.as_str())
+        .bind(i64::from(m.attempts))
+        .bind(m.lease_id.clone())
+        .bind(m.lease_until)
+        .bind(m.visible_at)
+        .bind(m.expires_at)
+        .bind(m.created_at)
+        .bind(m.updated_at)
+        .bind(m.acked_at)
+        .bind(m.ended_at)
+        .bind(m.dead_reason.clone())
+        .bind(to_json_opt(m.result.as_ref())?)
+        .bind(m.idempotency_key.clone())
+        .bind(m.content_hash.clone())
+        .bind(d.map(|d| d.id.clone()))
+        .bind(d.map(|d| d.agent_id.clone()))
+        .bind(d.map(|d| d.state.as_str()))
+        .bind(d.map(|d| i64::from(d.attempts)))
+        .bind(d.map(|d| d.next_attempt_at))
+        .bind(d.map(|d| d.created_at))
+        .bind(d.map(|d| d.updated_at))
+        .bind(d.and_then(|d| d.last_status.map(i64::from)))
+        .bind(d.and_then(|d| d.last_error.clone()))
+        .bind(i64::try_from(quota).unwrap_or(i64::MAX)))
 }
 
 fn insert_delivery(d: &Delivery) -> PgQuery {
@@ -353,6 +396,26 @@ fn insert_agent(a: &Agent) -> StoreResult<PgQuery> {
     .bind(to_json_opt(a.previous_webhook_secret.as_ref())?))
 }
 
+/// A batch of acks in one statement: each entry acks its message when it is
+/// leased under the given lease (or any, for a null lease id). An id given
+/// twice is acked once (the first entry; the second is refused as already
+/// acked, as one-by-one acks would). Binds: ids, recipients, lease ids, nows,
+/// results (arrays of equal length).
+const ACK_MANY: &str = "\
+WITH batch AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])
+        WITH ORDINALITY AS b(id, recipient, lease_id, now, result, n)
+),
+first AS (
+    SELECT DISTINCT ON (id) * FROM batch ORDER BY id, n
+)
+UPDATE messages m SET state = 'acked', lease_id = NULL, lease_until = NULL,
+    acked_at = first.now, ended_at = first.now, updated_at = first.now, result = first.result
+FROM first
+WHERE m.id = first.id AND m.recipient = first.recipient AND m.state = 'leased'
+  AND (first.lease_id IS NULL OR m.lease_id = first.lease_id)
+RETURNING m.*";
+
 /// Lease statement: locks the oldest available messages of one inbox
 /// (skipping rows other pulls hold) and moves each to `leased` (fresh lease
 /// id), `expired` (past TTL) or `dead` (an expired lease at the attempt limit).
@@ -383,14 +446,23 @@ FROM picked
 WHERE m.seq = picked.seq
 RETURNING m.*";
 
-/// Reclaim of expired leases, all inboxes. Binds: now, max_attempts, limit.
+/// Reclaim of expired leases, all inboxes. A lease ending in the dead
+/// letters updates its inbox's `inbox_live` row (trigger), so the statement
+/// first locks the count rows of every inbox in its batch in recipient order
+/// (`counts`, an init plan run before the first update): two sweeps over
+/// the same inboxes then queue instead of deadlocking.
+/// Binds: now, max_attempts, limit.
 const RECLAIM_ALL: &str = "\
 WITH due AS (
-    SELECT seq FROM messages
+    SELECT seq, recipient FROM messages
     WHERE state = 'leased' AND lease_until <= $1
     ORDER BY lease_until
     LIMIT $3
     FOR UPDATE SKIP LOCKED
+),
+counts AS (
+    SELECT 1 FROM inbox_live WHERE recipient IN (SELECT recipient FROM due)
+    ORDER BY recipient FOR UPDATE
 )
 UPDATE messages m SET
     state = CASE WHEN m.attempts >= $2 THEN 'dead' ELSE 'queued' END,
@@ -401,7 +473,7 @@ UPDATE messages m SET
     dead_reason = CASE WHEN m.attempts >= $2 THEN 'max_attempts' ELSE m.dead_reason END,
     updated_at = $1
 FROM due
-WHERE m.seq = due.seq
+WHERE m.seq = due.seq AND (SELECT count(*) FROM counts) >= 0
 RETURNING m.state, m.recipient";
 
 /// Reclaim of expired leases, one inbox. Binds: now, max_attempts, limit, recipient.
@@ -515,8 +587,14 @@ impl Store for PostgresStore {
 
     async fn delete_agent(&self, agent_id: &str, now: Millis) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        // Deleting the row waits for in-flight enqueues (they lock it), and
-        // later enqueues find no recipient: nothing slips in after the sweep below.
+        // Deleting the inbox's count row waits for in-flight sends (they lock
+        // it), and later sends find no row, hence no recipient: nothing slips
+        // in after the sweep below.
+        sqlx::query("DELETE FROM inbox_live WHERE recipient = $1")
+            .bind(agent_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
         let deleted = sqlx::query("DELETE FROM agents WHERE agent_id = $1")
             .bind(agent_id)
             .execute(&mut *tx)
@@ -571,30 +649,27 @@ impl Store for PostgresStore {
         quota: u64,
         delivery: Option<Delivery>,
     ) -> StoreResult<Enqueued> {
-        // Four round trips: BEGIN, lock + quota, insert (+ delivery + wake-up), COMMIT;
-        // one more for an idempotency key.
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
-        // Locking the recipient and its live count serialises enqueues per
-        // inbox and orders them against `delete_agent`; a row changed while
-        // waiting for the lock is read in its newest version, so the count
-        // and the idempotency check below are exact.
-        let live: Option<i64> = sqlx::query_scalar(
-            "SELECT l.live FROM agents a JOIN inbox_live l ON l.recipient = a.agent_id \
-             WHERE a.agent_id = $1 FOR UPDATE",
-        )
-        .bind(&message.recipient)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        // One round trip (autocommit); a second only to return the original
+        // of a duplicate or to explain a refused insert.
+        let row = enqueue_query(&message, delivery.as_ref(), quota)?
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let live: Option<i64> = row.try_get("live").map_err(db_error)?;
+        let inserted: i64 = row.try_get("inserted").map_err(db_error)?;
         let Some(live) = live else {
             return Err(StoreError::AgentNotFound);
         };
+        if inserted == 1 {
+            self.wake(std::slice::from_ref(&message.recipient));
+            return Ok(Enqueued::Created(message));
+        }
         if let Some(key) = &message.idempotency_key {
             let existing =
                 sqlx::query("SELECT * FROM messages WHERE recipient = $1 AND idempotency_key = $2")
                     .bind(&message.recipient)
                     .bind(key)
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&self.pool)
                     .await
                     .map_err(db_error)?;
             if let Some(row) = existing {
@@ -606,18 +681,13 @@ impl Store for PostgresStore {
                 };
             }
         }
+        // Not the quota, no original: the id is taken by another inbox (or
+        // the original was purged since the statement's snapshot); the hub
+        // retries under a fresh id.
         if u64::try_from(live).unwrap_or(0) >= quota {
             return Err(StoreError::InboxFull);
         }
-        let inserted: i64 = insert_message_with(&message, delivery.as_ref(), &self.channel)?
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        if inserted == 0 {
-            return Err(StoreError::MessageIdTaken);
-        }
-        tx.commit().await.map_err(db_error)?;
-        Ok(Enqueued::Created(message))
+        Err(StoreError::MessageIdTaken)
     }
 
     async fn lease(&self, request: &LeaseRequest) -> StoreResult<Vec<Message>> {
@@ -673,13 +743,14 @@ impl Store for PostgresStore {
             .held_release(recipient, holder, now, max_attempts)
             .await?;
         if counts.requeued > 0 {
-            self.notify(&self.pool, &[recipient.to_string()]).await?;
+            self.wake(&[recipient.to_string()]);
         }
         Ok(counts)
     }
 
     async fn announce(&self, recipient: &str) -> StoreResult<()> {
-        self.notify(&self.pool, &[recipient.to_string()]).await
+        self.wake(&[recipient.to_string()]);
+        Ok(())
     }
 
     async fn ack(&self, request: &AckRequest) -> StoreResult<Message> {
@@ -688,12 +759,81 @@ impl Store for PostgresStore {
     }
 
     async fn ack_many(&self, requests: &[AckRequest]) -> StoreResult<Vec<StoreResult<Message>>> {
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let mut outcomes = Vec::with_capacity(requests.len());
-        for request in requests {
-            outcomes.push(ack_on(&mut tx, request).await);
+        // One statement for the whole batch; a second only when some entry
+        // was refused, to say why (from the state after the batch, as a
+        // one-by-one loop would have seen it).
+        let mut ids = Vec::with_capacity(requests.len());
+        let mut recipients = Vec::with_capacity(requests.len());
+        let mut lease_ids = Vec::with_capacity(requests.len());
+        let mut nows = Vec::with_capacity(requests.len());
+        let mut results = Vec::with_capacity(requests.len());
+        for r in requests {
+            ids.push(r.message_id.clone());
+            recipients.push(r.recipient.clone());
+            lease_ids.push(r.lease_id.clone());
+            nows.push(r.now);
+            results.push(to_json_opt(r.result.as_ref())?);
         }
-        tx.commit().await.map_err(db_error)?;
+        let rows = sqlx::query(ACK_MANY)
+            .bind(&ids)
+            .bind(&recipients)
+            .bind(&lease_ids)
+            .bind(&nows)
+            .bind(&results)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let mut acked = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let m = message(row)?;
+            acked.insert((m.recipient.clone(), m.id.clone()), m);
+        }
+        let mut outcomes: Vec<StoreResult<Message>> = requests
+            .iter()
+            .map(|r| {
+                acked
+                    .remove(&(r.recipient.clone(), r.message_id.clone()))
+                    .ok_or(StoreError::NotLeased)
+            })
+            .collect();
+        let refused: Vec<usize> = (0..requests.len())
+            .filter(|&i| outcomes[i].is_err())
+            .collect();
+        if !refused.is_empty() {
+            let found = sqlx::query(
+                "SELECT id, recipient, state, lease_id FROM messages \
+                 WHERE id = ANY($1) AND recipient = ANY($2)",
+            )
+            .bind(refused.iter().map(|&i| ids[i].clone()).collect::<Vec<_>>())
+            .bind(
+                refused
+                    .iter()
+                    .map(|&i| recipients[i].clone())
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+            let mut states = std::collections::HashMap::with_capacity(found.len());
+            for row in &found {
+                let key: (String, String) = (
+                    row.try_get("recipient").map_err(db_error)?,
+                    row.try_get("id").map_err(db_error)?,
+                );
+                let state: (String, Option<String>) = (
+                    row.try_get("state").map_err(db_error)?,
+                    row.try_get("lease_id").map_err(db_error)?,
+                );
+                states.insert(key, state);
+            }
+            for i in refused {
+                let r = &requests[i];
+                let state = states
+                    .get(&(r.recipient.clone(), r.message_id.clone()))
+                    .cloned();
+                outcomes[i] = Err(sql::lease_refusal(state, r.lease_id.as_deref()));
+            }
+        }
         Ok(outcomes)
     }
 
@@ -745,8 +885,7 @@ impl Store for PostgresStore {
         };
         let message = message(&row)?;
         if message.state == MessageState::Queued {
-            self.notify(&self.pool, std::slice::from_ref(&message.recipient))
-                .await?;
+            self.wake(std::slice::from_ref(&message.recipient));
         }
         Ok(message)
     }
@@ -773,8 +912,7 @@ impl Store for PostgresStore {
         match row {
             Some(row) => {
                 let message = message(&row)?;
-                self.notify(&self.pool, std::slice::from_ref(&message.recipient))
-                    .await?;
+                self.wake(std::slice::from_ref(&message.recipient));
                 Ok(message)
             }
             None => match lease_state(&self.pool, recipient, message_id).await? {
@@ -912,19 +1050,22 @@ impl Store for PostgresStore {
                 requeued_in.push(recipient);
             }
         }
-        self.notify(&self.pool, &requeued_in).await?;
+        self.wake(&requeued_in);
         sql::reclaim_counts(&rows)
     }
 
     async fn expire_messages(&self, now: Millis, batch: usize) -> StoreResult<u64> {
+        // Count rows locked in recipient order first, as in `RECLAIM_ALL`.
         let done = sqlx::query(
             "WITH due AS ( \
-                 SELECT seq FROM messages \
+                 SELECT seq, recipient FROM messages \
                  WHERE state IN ('queued', 'leased') AND expires_at <= $1 \
-                 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
+             counts AS (SELECT 1 FROM inbox_live \
+                 WHERE recipient IN (SELECT recipient FROM due) ORDER BY recipient FOR UPDATE) \
              UPDATE messages m SET state = 'expired', lease_id = NULL, lease_until = NULL, \
                  ended_at = $1, updated_at = $1 \
-             FROM due WHERE m.seq = due.seq",
+             FROM due WHERE m.seq = due.seq AND (SELECT count(*) FROM counts) >= 0",
         )
         .bind(now)
         .bind(limit(batch))
@@ -1223,8 +1364,8 @@ impl Store for PostgresStore {
     async fn post_to_group(&self, post: GroupPost, fan: FanOut) -> StoreResult<Posted> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let (posted, woken) = group_sql::post(&mut tx, post, &fan).await?;
-        self.notify(&mut *tx, &woken).await?;
         tx.commit().await.map_err(db_error)?;
+        self.wake(&woken);
         Ok(posted)
     }
 
