@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use rusqlite::types::ToSql;
+use rusqlite::types::{FromSql, ToSql};
 use rusqlite::{Connection, ErrorCode, OpenFlags, Row, Statement};
 
+use super::super::sql::Columns;
 use super::super::{StoreError, StoreResult};
 use crate::config::SqliteSynchronous;
 
@@ -103,19 +104,62 @@ pub(super) fn exec(conn: &Connection, sql: &str, args: Args<'_>) -> StoreResult<
     statement.raw_execute().map(|n| n as u64).map_err(db_error)
 }
 
+/// One result row with its statement's column names: a column is found by
+/// name with a string comparison per column (rusqlite's own lookup asks
+/// SQLite for every column's name, for every lookup).
+pub(super) struct Fields<'r, 's> {
+    row: &'r Row<'s>,
+    names: &'r [String],
+}
+
+impl Fields<'_, '_> {
+    /// The column at `index`.
+    pub(super) fn at<T: FromSql>(&self, index: usize) -> StoreResult<T> {
+        self.row.get(index).map_err(db_error)
+    }
+
+    fn named<T: FromSql>(&self, column: &'static str) -> StoreResult<T> {
+        let index = self
+            .names
+            .iter()
+            .position(|name| name == column)
+            .ok_or_else(|| StoreError::Internal(format!("no column {column} in the row")))?;
+        self.row
+            .get(index)
+            .map_err(|e| StoreError::Internal(format!("corrupt {column} in storage: {e}")))
+    }
+}
+
+impl Columns for Fields<'_, '_> {
+    fn text_opt(&self, column: &'static str) -> StoreResult<Option<String>> {
+        self.named(column)
+    }
+    fn int_opt(&self, column: &'static str) -> StoreResult<Option<i64>> {
+        self.named(column)
+    }
+    fn flag(&self, column: &'static str) -> StoreResult<bool> {
+        self.named(column)
+    }
+}
+
 /// Runs a statement to its end, turning every row it returns into a `T`.
 pub(super) fn rows<T>(
     conn: &Connection,
     sql: &str,
     args: Args<'_>,
-    mut read: impl FnMut(&Row<'_>) -> StoreResult<T>,
+    mut read: impl FnMut(&Fields<'_, '_>) -> StoreResult<T>,
 ) -> StoreResult<Vec<T>> {
     let mut statement = conn.prepare_cached(sql).map_err(db_error)?;
     bind(&mut statement, args)?;
+    let names: Vec<String> = statement
+        .column_names()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
     let mut rows = statement.raw_query();
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(db_error)? {
-        out.push(read(row)?);
+        out.push(read(&Fields { row, names: &names })?);
     }
     Ok(out)
 }
@@ -126,7 +170,7 @@ pub(super) fn row<T>(
     conn: &Connection,
     sql: &str,
     args: Args<'_>,
-    read: impl FnMut(&Row<'_>) -> StoreResult<T>,
+    read: impl FnMut(&Fields<'_, '_>) -> StoreResult<T>,
 ) -> StoreResult<Option<T>> {
     Ok(rows(conn, sql, args, read)?.into_iter().next())
 }
@@ -201,12 +245,7 @@ mod tests {
             &conn,
             "SELECT $2 - $1 AS d, $2 AS again",
             &[&1_i64, &10_i64],
-            |r| {
-                Ok((
-                    r.get::<_, i64>("d").unwrap(),
-                    r.get::<_, i64>("again").unwrap(),
-                ))
-            },
+            |r| Ok((r.int("d").unwrap(), r.int("again").unwrap())),
         )
         .unwrap();
         assert_eq!(got, Some((9, 10)));

@@ -118,11 +118,6 @@ impl SqliteStore {
     }
 }
 
-/// Converts a driver error in a row reader.
-fn column<T: rusqlite::types::FromSql>(r: &rusqlite::Row<'_>, index: usize) -> StoreResult<T> {
-    r.get(index).map_err(conn::db_error)
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
@@ -305,7 +300,7 @@ impl Store for SqliteStore {
 
     async fn next_available_at(&self, recipient: &str) -> StoreResult<Option<Millis>> {
         self.read(|c| {
-            row(c, sql::NEXT_AVAILABLE_AT, &[&recipient], |r| column(r, 0)).map(Option::flatten)
+            row(c, sql::NEXT_AVAILABLE_AT, &[&recipient], |r| r.at(0)).map(Option::flatten)
         })
     }
 

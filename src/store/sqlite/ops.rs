@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 
 use rusqlite::Connection;
 
-use super::conn::{exec, row, rows};
+use super::conn::{Fields, exec, row, rows};
 use crate::store::sql::{self, Columns, limit, to_json, to_json_opt};
 use crate::store::sql_groups::{
     self, group_from_row, member_from_row, post_from_row, role_from_row,
@@ -162,17 +162,17 @@ fn insert_delivery(conn: &Connection, d: &Delivery) -> StoreResult<()> {
 }
 
 /// A whole message row.
-pub(super) fn message(row: &rusqlite::Row<'_>) -> StoreResult<Message> {
+pub(super) fn message(row: &Fields<'_, '_>) -> StoreResult<Message> {
     sql::message_from_row(row).map(|(_, m)| m)
 }
 
 /// A whole message row with its `seq`.
-pub(super) fn message_seq(row: &rusqlite::Row<'_>) -> StoreResult<(i64, Message)> {
+pub(super) fn message_seq(row: &Fields<'_, '_>) -> StoreResult<(i64, Message)> {
     sql::message_from_row(row)
 }
 
 /// The `state` column.
-fn state(row: &rusqlite::Row<'_>) -> StoreResult<String> {
+fn state(row: &Fields<'_, '_>) -> StoreResult<String> {
     row.text("state")
 }
 
@@ -302,7 +302,7 @@ pub(super) fn enqueue(
     Ok(Enqueued::Created(message))
 }
 
-fn message_row(row: &rusqlite::Row<'_>) -> StoreResult<Message> {
+fn message_row(row: &Fields<'_, '_>) -> StoreResult<Message> {
     message(row)
 }
 
@@ -425,7 +425,7 @@ pub(super) fn count_held(
         conn,
         sql_stream::COUNT_HELD.as_str(),
         &[&recipient, &holder_tag(holder), &now],
-        |r| r.get::<_, i64>(0).map_err(super::conn::db_error),
+        |r| r.at::<i64>(0),
     )?;
     Ok(n.unwrap_or(0) as u64)
 }
@@ -874,7 +874,7 @@ pub(super) fn add_group_member(
         return Err(StoreError::AlreadyMember);
     }
     let count = row(conn, sql_groups::COUNT_MEMBERS, &[&group_id], |r| {
-        r.get::<_, i64>(0).map_err(super::conn::db_error)
+        r.at::<i64>(0)
     })?
     .unwrap_or(0);
     if count >= max {
