@@ -295,7 +295,7 @@ impl Store for SqliteStore {
                 )
             })
             .await?;
-        Ok(dead_page(found, page_size))
+        Ok(super::sql_console::dead_page(found, page_size))
     }
 
     async fn next_available_at(&self, recipient: &str) -> StoreResult<Option<Millis>> {
@@ -590,7 +590,7 @@ impl Store for SqliteStore {
                 )
             })
             .await?;
-        Ok(dead_page(found, page_size))
+        Ok(super::sql_console::dead_page(found, page_size))
     }
 
     async fn list_failing_deliveries(
@@ -598,11 +598,7 @@ impl Store for SqliteStore {
         page_size: usize,
         cursor: Option<&str>,
     ) -> StoreResult<Page<Delivery>> {
-        let (before_at, before_id) = match cursor {
-            Some(c) => parse_pair_cursor(c)?,
-            // Above every stored id ('~' follows every uuid character).
-            None => (Millis::MAX, "~"),
-        };
+        let (before_at, before_id) = super::sql_console::failing_bounds(cursor)?;
         let before_id = before_id.to_string();
         let deliveries = self
             .scan(move |c| {
@@ -614,9 +610,11 @@ impl Store for SqliteStore {
                 )
             })
             .await?;
-        Ok(super::sql_console::paged(deliveries, page_size, |d| {
-            format!("{}.{}", d.updated_at, d.id)
-        }))
+        Ok(super::sql_console::paged(
+            deliveries,
+            page_size,
+            super::sql_console::failing_cursor,
+        ))
     }
 
     async fn retry_delivery(
@@ -716,15 +714,4 @@ fn count_states(c: &Connection, statement: &str, args: conn::Args<'_>) -> StoreR
         counts.add(state, n);
     }
     Ok(counts)
-}
-
-/// A dead-letter page from `limit + 1` rows with their `seq`.
-fn dead_page(found: Vec<(i64, Message)>, page_size: usize) -> Page<Message> {
-    let page = super::sql_console::paged(found, page_size, |(seq, m)| {
-        sql::dead_cursor(m.ended_at.unwrap_or(m.updated_at), *seq)
-    });
-    Page {
-        items: page.items.into_iter().map(|(_, m)| m).collect(),
-        next_cursor: page.next_cursor,
-    }
 }

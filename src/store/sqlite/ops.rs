@@ -354,10 +354,7 @@ fn lease_rounds(
     let mut leased = Vec::new();
     while leased.len() < max {
         let wanted = max - leased.len();
-        let rows = round(wanted)?;
-        let touched = rows.len();
-        leased.extend(sql::granted_in_order(rows));
-        if touched < wanted {
+        if !sql_stream::take_round(&mut leased, wanted, round(wanted)?) {
             break;
         }
     }
@@ -995,13 +992,7 @@ pub(super) fn group_history(
     count: usize,
     cursor: Option<&str>,
 ) -> StoreResult<Page<GroupPost>> {
-    let (before_at, before_id) = match cursor {
-        Some(c) => {
-            let (at, id) = parse_history_cursor(c).ok_or(StoreError::InvalidCursor)?;
-            (Some(at), Some(id))
-        }
-        None => (None, None),
-    };
+    let (before_at, before_id) = sql_groups::history_bounds(cursor)?;
     let items = rows(
         conn,
         sql_groups::HISTORY,
