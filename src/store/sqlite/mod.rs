@@ -35,7 +35,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rusqlite::Connection;
 
-use self::conn::{Readers, exec, row, rows};
+use self::conn::{Checkpointer, Readers, exec, row, rows};
 use self::writer::Writer;
 use super::sql::{self, Columns, limit};
 use super::*;
@@ -49,6 +49,8 @@ pub struct SqliteStore {
     writer: Writer,
     /// Read connections beside the writer.
     readers: Arc<Readers>,
+    /// Copies the WAL back into the database off the writer's thread.
+    checkpointer: Checkpointer,
 }
 
 impl SqliteStore {
@@ -62,7 +64,7 @@ impl SqliteStore {
         let path = path_from_url(url)?;
         let opened = path.clone();
         let conn = tokio::task::spawn_blocking(move || {
-            let mut conn = conn::open(&opened, synchronous)?;
+            let mut conn = conn::open_writer(&opened, synchronous)?;
             migrate::run(&mut conn)?;
             Ok::<_, StoreError>(conn)
         })
@@ -70,6 +72,7 @@ impl SqliteStore {
         .map_err(|e| StoreError::Internal(format!("opening the SQLite database: {e}")))??;
         Ok(SqliteStore {
             writer: Writer::start(conn)?,
+            checkpointer: Checkpointer::start(&path, synchronous)?,
             readers: Arc::new(Readers::new(path, synchronous, max_connections as usize)),
         })
     }
@@ -77,6 +80,7 @@ impl SqliteStore {
     /// Finishes queued writes and closes every connection (the WAL is
     /// checkpointed when the last one closes).
     pub async fn close(&self) {
+        self.checkpointer.stop();
         self.readers.close();
         self.writer.stop().await;
     }

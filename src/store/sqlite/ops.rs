@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 
 use rusqlite::Connection;
 
-use super::conn::{Fields, exec, row, rows};
+use super::conn::{Fields, exec, exec_positional, row, rows};
 use crate::store::sql::{self, Columns, limit, to_json, to_json_opt};
 use crate::store::sql_groups::{
     self, group_from_row, member_from_row, post_from_row, role_from_row,
@@ -27,7 +27,7 @@ const MESSAGE_ARITY: usize = 18;
 const FAN_CHUNK: usize = 32;
 
 /// `INSERT` of `rows` whole messages; conflicts (id or idempotency key)
-/// insert nothing.
+/// insert nothing. Positional `?n` placeholders ([`exec_positional`]).
 fn insert_messages_sql(rows: usize) -> String {
     let mut sql = format!("INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ");
     for r in 0..rows {
@@ -36,7 +36,7 @@ fn insert_messages_sql(rows: usize) -> String {
             if c > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!("${}", r * MESSAGE_ARITY + c + 1));
+            sql.push_str(&format!("?{}", r * MESSAGE_ARITY + c + 1));
         }
         sql.push(')');
     }
@@ -102,11 +102,11 @@ pub(super) fn insert_messages(conn: &Connection, messages: &[Message]) -> StoreR
         for (m, result) in chunk.iter().zip(&results[offset..]) {
             args.extend(message_args(m, result));
         }
-        inserted += exec(conn, &INSERT_MESSAGES, &args)?;
+        inserted += exec_positional(conn, &INSERT_MESSAGES, &args)?;
         offset += FAN_CHUNK;
     }
     for (m, result) in chunks.remainder().iter().zip(&results[offset..]) {
-        inserted += exec(conn, &INSERT_MESSAGE, &message_args(m, result))?;
+        inserted += exec_positional(conn, &INSERT_MESSAGE, &message_args(m, result))?;
     }
     Ok(inserted)
 }
