@@ -66,7 +66,7 @@ pub(super) fn to_json_opt<T: Serialize>(value: Option<&T>) -> StoreResult<Option
 }
 
 /// Reads columns by name from a row of either driver (sqlx's PostgreSQL
-/// rows, rusqlite's SQLite rows), so one set of row readers serves both.
+/// rows; SQLite's in `sqlite/conn.rs`), so one set of row readers serves both.
 pub(super) trait Columns {
     /// A TEXT column that may be NULL.
     fn text_opt(&self, column: &'static str) -> StoreResult<Option<String>>;
@@ -101,18 +101,6 @@ impl Columns for sqlx::postgres::PgRow {
     }
     fn flag(&self, column: &'static str) -> StoreResult<bool> {
         self.try_get(column).map_err(|e| corrupt(column, e))
-    }
-}
-
-impl Columns for rusqlite::Row<'_> {
-    fn text_opt(&self, column: &'static str) -> StoreResult<Option<String>> {
-        self.get(column).map_err(|e| corrupt(column, e))
-    }
-    fn int_opt(&self, column: &'static str) -> StoreResult<Option<i64>> {
-        self.get(column).map_err(|e| corrupt(column, e))
-    }
-    fn flag(&self, column: &'static str) -> StoreResult<bool> {
-        self.get(column).map_err(|e| corrupt(column, e))
     }
 }
 

@@ -47,6 +47,31 @@ pub(super) fn paged<T>(
     }
 }
 
+/// A dead-letter page from `limit + 1` rows with their `seq`.
+pub(super) fn dead_page(found: Vec<(i64, Message)>, page_size: usize) -> Page<Message> {
+    let page = paged(found, page_size, |(seq, m)| {
+        sql::dead_cursor(m.ended_at.unwrap_or(m.updated_at), *seq)
+    });
+    Page {
+        items: page.items.into_iter().map(|(_, m)| m).collect(),
+        next_cursor: page.next_cursor,
+    }
+}
+
+/// `(updated_at, id)` a failing-deliveries page starts below.
+pub(super) fn failing_bounds(cursor: Option<&str>) -> StoreResult<(Millis, &str)> {
+    match cursor {
+        Some(c) => parse_pair_cursor(c),
+        // Above every stored id ('~' follows every uuid character).
+        None => Ok((Millis::MAX, "~")),
+    }
+}
+
+/// The cursor after a failing delivery.
+pub(super) fn failing_cursor(d: &Delivery) -> String {
+    format!("{}.{}", d.updated_at, d.id)
+}
+
 macro_rules! console_sql {
     ($pool:ty) => {
         /// See [`Store::search_agents`].
@@ -92,13 +117,7 @@ macro_rules! console_sql {
                 .iter()
                 .map(sql::message_from_row)
                 .collect::<StoreResult<Vec<_>>>()?;
-            let page = paged(messages, page_size, |(seq, m)| {
-                sql::dead_cursor(m.ended_at.unwrap_or(m.updated_at), *seq)
-            });
-            Ok(Page {
-                items: page.items.into_iter().map(|(_, m)| m).collect(),
-                next_cursor: page.next_cursor,
-            })
+            Ok(dead_page(messages, page_size))
         }
 
         /// See [`Store::list_failing_deliveries`].
@@ -107,11 +126,7 @@ macro_rules! console_sql {
             page_size: usize,
             cursor: Option<&str>,
         ) -> StoreResult<Page<Delivery>> {
-            let (before_at, before_id) = match cursor {
-                Some(c) => parse_pair_cursor(c)?,
-                // Above every stored id ('~' follows every uuid character).
-                None => (Millis::MAX, "~"),
-            };
+            let (before_at, before_id) = failing_bounds(cursor)?;
             let rows = sqlx::query(FAILING)
                 .bind(before_at)
                 .bind(before_id)
@@ -123,9 +138,7 @@ macro_rules! console_sql {
                 .iter()
                 .map(sql::delivery_from_row)
                 .collect::<StoreResult<Vec<_>>>()?;
-            Ok(paged(deliveries, page_size, |d| {
-                format!("{}.{}", d.updated_at, d.id)
-            }))
+            Ok(paged(deliveries, page_size, failing_cursor))
         }
 
         /// See [`Store::retry_delivery`]; `writer` takes the update, then it is read back.

@@ -72,6 +72,19 @@ pub(super) fn post_from_row(row: &impl Columns) -> StoreResult<GroupPost> {
     })
 }
 
+/// `(created_at, id)` a history page starts below (`None`: the newest).
+pub(super) fn history_bounds(
+    cursor: Option<&str>,
+) -> StoreResult<(Option<Millis>, Option<String>)> {
+    match cursor {
+        Some(c) => {
+            let (at, id) = parse_history_cursor(c).ok_or(StoreError::InvalidCursor)?;
+            Ok((Some(at), Some(id)))
+        }
+        None => Ok((None, None)),
+    }
+}
+
 /// Selects groups with their member count.
 const GROUP_COLUMNS: &str = "g.id, g.name, g.created_by, g.access, g.join_key_hash, \
      g.history_visible, g.max_members, g.message_ttl_sec, g.created_at, g.updated_at, \
@@ -470,13 +483,7 @@ macro_rules! group_sql {
                 count: usize,
                 cursor: Option<&str>,
             ) -> StoreResult<Page<GroupPost>> {
-                let (before_at, before_id) = match cursor {
-                    Some(c) => {
-                        let (at, id) = parse_history_cursor(c).ok_or(StoreError::InvalidCursor)?;
-                        (Some(at), Some(id))
-                    }
-                    None => (None, None),
-                };
+                let (before_at, before_id) = history_bounds(cursor)?;
                 let rows = sqlx::query(HISTORY)
                 .bind(group_id)
                 .bind(before_at)

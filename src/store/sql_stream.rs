@@ -134,14 +134,23 @@ where
     let mut leased = Vec::new();
     while leased.len() < max {
         let wanted = max - leased.len();
-        let rows = round(wanted).await?;
-        let touched = rows.len();
-        leased.extend(super::sql::granted_in_order(rows));
-        if touched < wanted {
+        if !take_round(&mut leased, wanted, round(wanted).await?) {
             break;
         }
     }
     Ok(leased)
+}
+
+/// Adds one lease round's grants to `leased`; false when the round found
+/// fewer candidates than `wanted` (no further round can find more).
+pub(super) fn take_round(
+    leased: &mut Vec<Message>,
+    wanted: usize,
+    rows: Vec<(i64, Message)>,
+) -> bool {
+    let touched = rows.len();
+    leased.extend(super::sql::granted_in_order(rows));
+    touched >= wanted
 }
 
 /// Expands to the stream-lease operations of one SQL backend, as inherent

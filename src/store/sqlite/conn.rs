@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use rusqlite::types::ToSql;
+use rusqlite::types::{FromSql, ToSql};
 use rusqlite::{Connection, ErrorCode, OpenFlags, Row, Statement};
 
+use super::super::sql::Columns;
 use super::super::{StoreError, StoreResult};
 use crate::config::SqliteSynchronous;
 
@@ -75,7 +76,67 @@ pub(super) fn open(path: &Path, synchronous: SqliteSynchronous) -> StoreResult<C
     };
     conn.pragma_update(None, "synchronous", synchronous)
         .map_err(db_error)?;
+    // Savepoints' sub-journals in memory, not in temporary files.
+    conn.pragma_update(None, "temp_store", "memory")
+        .map_err(db_error)?;
     Ok(conn)
+}
+
+/// Pages the writer keeps cached (KiB, SQLite's negative `cache_size`): a
+/// commit group's pages stay in memory until the commit instead of spilling
+/// to the WAL halfway, and the hot part of the indexes stays cached.
+const WRITER_CACHE_KIB: i64 = 32 * 1024;
+
+/// Opens the writing connection: [`open`], a larger page cache, and no
+/// automatic checkpoints (the [`Checkpointer`] runs them off the writer's
+/// thread).
+pub(super) fn open_writer(path: &Path, synchronous: SqliteSynchronous) -> StoreResult<Connection> {
+    let conn = open(path, synchronous)?;
+    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
+        .map_err(db_error)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+        .map_err(db_error)?;
+    Ok(conn)
+}
+
+/// How often the checkpointer copies the WAL back into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// Checkpoints the WAL on a thread of its own, so the writer never stops a
+/// commit group to copy pages and fsync the database file (SQLite's
+/// automatic checkpoint runs inside the commit that crosses 1000 pages).
+/// `PASSIVE`: it never waits for the writer or readers, and whatever it
+/// cannot copy now it copies next time. Stops when dropped or stopped.
+pub(super) struct Checkpointer {
+    stop: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+}
+
+impl Checkpointer {
+    /// Starts checkpointing `path` every [`CHECKPOINT_EVERY`].
+    pub(super) fn start(path: &Path, synchronous: SqliteSynchronous) -> StoreResult<Self> {
+        let conn = open(path, synchronous)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                        tracing::warn!(error = %e, "SQLite checkpoint failed; retrying");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Internal(format!("starting the SQLite checkpointer: {e}")))?;
+        Ok(Checkpointer {
+            stop: Mutex::new(Some(stop)),
+        })
+    }
+
+    /// Stops the thread (its connection closes with it).
+    pub(super) fn stop(&self) {
+        self.stop.lock().take();
+    }
 }
 
 /// Binds `args` to a statement written with `$n` placeholders.
@@ -103,19 +164,83 @@ pub(super) fn exec(conn: &Connection, sql: &str, args: Args<'_>) -> StoreResult<
     statement.raw_execute().map(|n| n as u64).map_err(db_error)
 }
 
+/// Runs a statement written with `?n` placeholders numbered `1..=args.len()`
+/// in order, binding by position: for statements with hundreds of values
+/// (multi-row inserts), where looking each placeholder's name up (linear in
+/// SQLite) would cost more than the insert.
+pub(super) fn exec_positional(conn: &Connection, sql: &str, args: Args<'_>) -> StoreResult<u64> {
+    let mut statement = conn.prepare_cached(sql).map_err(db_error)?;
+    if statement.parameter_count() != args.len() {
+        return Err(StoreError::Internal(format!(
+            "statement takes {} values, {} given",
+            statement.parameter_count(),
+            args.len()
+        )));
+    }
+    for (index, value) in args.iter().enumerate() {
+        statement
+            .raw_bind_parameter(index + 1, value)
+            .map_err(db_error)?;
+    }
+    statement.raw_execute().map(|n| n as u64).map_err(db_error)
+}
+
+/// One result row with its statement's column names: a column is found by
+/// name with a string comparison per column (rusqlite's own lookup asks
+/// SQLite for every column's name, for every lookup).
+pub(super) struct Fields<'r, 's> {
+    row: &'r Row<'s>,
+    names: &'r [String],
+}
+
+impl Fields<'_, '_> {
+    /// The column at `index`.
+    pub(super) fn at<T: FromSql>(&self, index: usize) -> StoreResult<T> {
+        self.row.get(index).map_err(db_error)
+    }
+
+    fn named<T: FromSql>(&self, column: &'static str) -> StoreResult<T> {
+        let index = self
+            .names
+            .iter()
+            .position(|name| name == column)
+            .ok_or_else(|| StoreError::Internal(format!("no column {column} in the row")))?;
+        self.row
+            .get(index)
+            .map_err(|e| StoreError::Internal(format!("corrupt {column} in storage: {e}")))
+    }
+}
+
+impl Columns for Fields<'_, '_> {
+    fn text_opt(&self, column: &'static str) -> StoreResult<Option<String>> {
+        self.named(column)
+    }
+    fn int_opt(&self, column: &'static str) -> StoreResult<Option<i64>> {
+        self.named(column)
+    }
+    fn flag(&self, column: &'static str) -> StoreResult<bool> {
+        self.named(column)
+    }
+}
+
 /// Runs a statement to its end, turning every row it returns into a `T`.
 pub(super) fn rows<T>(
     conn: &Connection,
     sql: &str,
     args: Args<'_>,
-    mut read: impl FnMut(&Row<'_>) -> StoreResult<T>,
+    mut read: impl FnMut(&Fields<'_, '_>) -> StoreResult<T>,
 ) -> StoreResult<Vec<T>> {
     let mut statement = conn.prepare_cached(sql).map_err(db_error)?;
     bind(&mut statement, args)?;
+    let names: Vec<String> = statement
+        .column_names()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
     let mut rows = statement.raw_query();
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(db_error)? {
-        out.push(read(row)?);
+        out.push(read(&Fields { row, names: &names })?);
     }
     Ok(out)
 }
@@ -126,7 +251,7 @@ pub(super) fn row<T>(
     conn: &Connection,
     sql: &str,
     args: Args<'_>,
-    read: impl FnMut(&Row<'_>) -> StoreResult<T>,
+    read: impl FnMut(&Fields<'_, '_>) -> StoreResult<T>,
 ) -> StoreResult<Option<T>> {
     Ok(rows(conn, sql, args, read)?.into_iter().next())
 }
@@ -201,12 +326,7 @@ mod tests {
             &conn,
             "SELECT $2 - $1 AS d, $2 AS again",
             &[&1_i64, &10_i64],
-            |r| {
-                Ok((
-                    r.get::<_, i64>("d").unwrap(),
-                    r.get::<_, i64>("again").unwrap(),
-                ))
-            },
+            |r| Ok((r.int("d").unwrap(), r.int("again").unwrap())),
         )
         .unwrap();
         assert_eq!(got, Some((9, 10)));

@@ -72,13 +72,7 @@ pub(super) fn run(conn: &mut Connection) -> StoreResult<()> {
         conn,
         "SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version",
         &[],
-        |row| {
-            Ok((
-                row.get(0).map_err(db_error)?,
-                row.get(1).map_err(db_error)?,
-                row.get(2).map_err(db_error)?,
-            ))
-        },
+        |row| Ok((row.at(0)?, row.at(1)?, row.at(2)?)),
     )?;
     for &(version, file, sql) in MIGRATIONS {
         let checksum = Sha384::digest(sql.as_bytes()).to_vec();

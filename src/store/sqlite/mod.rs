@@ -35,7 +35,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rusqlite::Connection;
 
-use self::conn::{Readers, exec, row, rows};
+use self::conn::{Checkpointer, Readers, exec, row, rows};
 use self::writer::Writer;
 use super::sql::{self, Columns, limit};
 use super::*;
@@ -49,6 +49,8 @@ pub struct SqliteStore {
     writer: Writer,
     /// Read connections beside the writer.
     readers: Arc<Readers>,
+    /// Copies the WAL back into the database off the writer's thread.
+    checkpointer: Checkpointer,
 }
 
 impl SqliteStore {
@@ -62,7 +64,7 @@ impl SqliteStore {
         let path = path_from_url(url)?;
         let opened = path.clone();
         let conn = tokio::task::spawn_blocking(move || {
-            let mut conn = conn::open(&opened, synchronous)?;
+            let mut conn = conn::open_writer(&opened, synchronous)?;
             migrate::run(&mut conn)?;
             Ok::<_, StoreError>(conn)
         })
@@ -70,6 +72,7 @@ impl SqliteStore {
         .map_err(|e| StoreError::Internal(format!("opening the SQLite database: {e}")))??;
         Ok(SqliteStore {
             writer: Writer::start(conn)?,
+            checkpointer: Checkpointer::start(&path, synchronous)?,
             readers: Arc::new(Readers::new(path, synchronous, max_connections as usize)),
         })
     }
@@ -77,6 +80,7 @@ impl SqliteStore {
     /// Finishes queued writes and closes every connection (the WAL is
     /// checkpointed when the last one closes).
     pub async fn close(&self) {
+        self.checkpointer.stop();
         self.readers.close();
         self.writer.stop().await;
     }
@@ -116,11 +120,6 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Internal(format!("SQLite read task: {e}")))?
     }
-}
-
-/// Converts a driver error in a row reader.
-fn column<T: rusqlite::types::FromSql>(r: &rusqlite::Row<'_>, index: usize) -> StoreResult<T> {
-    r.get(index).map_err(conn::db_error)
 }
 
 #[async_trait]
@@ -300,12 +299,12 @@ impl Store for SqliteStore {
                 )
             })
             .await?;
-        Ok(dead_page(found, page_size))
+        Ok(super::sql_console::dead_page(found, page_size))
     }
 
     async fn next_available_at(&self, recipient: &str) -> StoreResult<Option<Millis>> {
         self.read(|c| {
-            row(c, sql::NEXT_AVAILABLE_AT, &[&recipient], |r| column(r, 0)).map(Option::flatten)
+            row(c, sql::NEXT_AVAILABLE_AT, &[&recipient], |r| r.at(0)).map(Option::flatten)
         })
     }
 
@@ -595,7 +594,7 @@ impl Store for SqliteStore {
                 )
             })
             .await?;
-        Ok(dead_page(found, page_size))
+        Ok(super::sql_console::dead_page(found, page_size))
     }
 
     async fn list_failing_deliveries(
@@ -603,11 +602,7 @@ impl Store for SqliteStore {
         page_size: usize,
         cursor: Option<&str>,
     ) -> StoreResult<Page<Delivery>> {
-        let (before_at, before_id) = match cursor {
-            Some(c) => parse_pair_cursor(c)?,
-            // Above every stored id ('~' follows every uuid character).
-            None => (Millis::MAX, "~"),
-        };
+        let (before_at, before_id) = super::sql_console::failing_bounds(cursor)?;
         let before_id = before_id.to_string();
         let deliveries = self
             .scan(move |c| {
@@ -619,9 +614,11 @@ impl Store for SqliteStore {
                 )
             })
             .await?;
-        Ok(super::sql_console::paged(deliveries, page_size, |d| {
-            format!("{}.{}", d.updated_at, d.id)
-        }))
+        Ok(super::sql_console::paged(
+            deliveries,
+            page_size,
+            super::sql_console::failing_cursor,
+        ))
     }
 
     async fn retry_delivery(
@@ -721,15 +718,4 @@ fn count_states(c: &Connection, statement: &str, args: conn::Args<'_>) -> StoreR
         counts.add(state, n);
     }
     Ok(counts)
-}
-
-/// A dead-letter page from `limit + 1` rows with their `seq`.
-fn dead_page(found: Vec<(i64, Message)>, page_size: usize) -> Page<Message> {
-    let page = super::sql_console::paged(found, page_size, |(seq, m)| {
-        sql::dead_cursor(m.ended_at.unwrap_or(m.updated_at), *seq)
-    });
-    Page {
-        items: page.items.into_iter().map(|(_, m)| m).collect(),
-        next_cursor: page.next_cursor,
-    }
 }

@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 
 use rusqlite::Connection;
 
-use super::conn::{exec, row, rows};
+use super::conn::{Fields, exec, exec_positional, row, rows};
 use crate::store::sql::{self, Columns, limit, to_json, to_json_opt};
 use crate::store::sql_groups::{
     self, group_from_row, member_from_row, post_from_row, role_from_row,
@@ -27,7 +27,7 @@ const MESSAGE_ARITY: usize = 18;
 const FAN_CHUNK: usize = 32;
 
 /// `INSERT` of `rows` whole messages; conflicts (id or idempotency key)
-/// insert nothing.
+/// insert nothing. Positional `?n` placeholders ([`exec_positional`]).
 fn insert_messages_sql(rows: usize) -> String {
     let mut sql = format!("INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ");
     for r in 0..rows {
@@ -36,7 +36,7 @@ fn insert_messages_sql(rows: usize) -> String {
             if c > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!("${}", r * MESSAGE_ARITY + c + 1));
+            sql.push_str(&format!("?{}", r * MESSAGE_ARITY + c + 1));
         }
         sql.push(')');
     }
@@ -102,11 +102,11 @@ pub(super) fn insert_messages(conn: &Connection, messages: &[Message]) -> StoreR
         for (m, result) in chunk.iter().zip(&results[offset..]) {
             args.extend(message_args(m, result));
         }
-        inserted += exec(conn, &INSERT_MESSAGES, &args)?;
+        inserted += exec_positional(conn, &INSERT_MESSAGES, &args)?;
         offset += FAN_CHUNK;
     }
     for (m, result) in chunks.remainder().iter().zip(&results[offset..]) {
-        inserted += exec(conn, &INSERT_MESSAGE, &message_args(m, result))?;
+        inserted += exec_positional(conn, &INSERT_MESSAGE, &message_args(m, result))?;
     }
     Ok(inserted)
 }
@@ -162,17 +162,17 @@ fn insert_delivery(conn: &Connection, d: &Delivery) -> StoreResult<()> {
 }
 
 /// A whole message row.
-pub(super) fn message(row: &rusqlite::Row<'_>) -> StoreResult<Message> {
+pub(super) fn message(row: &Fields<'_, '_>) -> StoreResult<Message> {
     sql::message_from_row(row).map(|(_, m)| m)
 }
 
 /// A whole message row with its `seq`.
-pub(super) fn message_seq(row: &rusqlite::Row<'_>) -> StoreResult<(i64, Message)> {
+pub(super) fn message_seq(row: &Fields<'_, '_>) -> StoreResult<(i64, Message)> {
     sql::message_from_row(row)
 }
 
 /// The `state` column.
-fn state(row: &rusqlite::Row<'_>) -> StoreResult<String> {
+fn state(row: &Fields<'_, '_>) -> StoreResult<String> {
     row.text("state")
 }
 
@@ -302,7 +302,7 @@ pub(super) fn enqueue(
     Ok(Enqueued::Created(message))
 }
 
-fn message_row(row: &rusqlite::Row<'_>) -> StoreResult<Message> {
+fn message_row(row: &Fields<'_, '_>) -> StoreResult<Message> {
     message(row)
 }
 
@@ -354,10 +354,7 @@ fn lease_rounds(
     let mut leased = Vec::new();
     while leased.len() < max {
         let wanted = max - leased.len();
-        let rows = round(wanted)?;
-        let touched = rows.len();
-        leased.extend(sql::granted_in_order(rows));
-        if touched < wanted {
+        if !sql_stream::take_round(&mut leased, wanted, round(wanted)?) {
             break;
         }
     }
@@ -425,7 +422,7 @@ pub(super) fn count_held(
         conn,
         sql_stream::COUNT_HELD.as_str(),
         &[&recipient, &holder_tag(holder), &now],
-        |r| r.get::<_, i64>(0).map_err(super::conn::db_error),
+        |r| r.at::<i64>(0),
     )?;
     Ok(n.unwrap_or(0) as u64)
 }
@@ -874,7 +871,7 @@ pub(super) fn add_group_member(
         return Err(StoreError::AlreadyMember);
     }
     let count = row(conn, sql_groups::COUNT_MEMBERS, &[&group_id], |r| {
-        r.get::<_, i64>(0).map_err(super::conn::db_error)
+        r.at::<i64>(0)
     })?
     .unwrap_or(0);
     if count >= max {
@@ -995,13 +992,7 @@ pub(super) fn group_history(
     count: usize,
     cursor: Option<&str>,
 ) -> StoreResult<Page<GroupPost>> {
-    let (before_at, before_id) = match cursor {
-        Some(c) => {
-            let (at, id) = parse_history_cursor(c).ok_or(StoreError::InvalidCursor)?;
-            (Some(at), Some(id))
-        }
-        None => (None, None),
-    };
+    let (before_at, before_id) = sql_groups::history_bounds(cursor)?;
     let items = rows(
         conn,
         sql_groups::HISTORY,
