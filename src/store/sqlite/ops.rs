@@ -312,7 +312,7 @@ fn message_row(row: &Fields<'_, '_>) -> StoreResult<Message> {
 /// Binds: recipient, now, visibility_ms, max_attempts, limit. The limit is
 /// an expression, not a bare placeholder: SQLite re-prepares a statement
 /// whose `LIMIT` is a bare placeholder on every run (measured: 13 % of the
-/// writer's time in a drain; `lease_is_prepared_once` keeps it so).
+/// hub's CPU in a drain; `lease_is_prepared_once` keeps it so).
 const LEASE: &str = "\
 UPDATE messages SET
     state = picked.next_state,
