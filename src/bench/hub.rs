@@ -146,6 +146,12 @@ impl Target {
         })
     }
 
+    /// The database file of a SQLite hub this benchmark started (the depth
+    /// scenario fills an inbox through it directly).
+    pub fn sqlite_file(&self) -> Option<&std::path::Path> {
+        self.spawned.as_ref()?.files.first().map(PathBuf::as_path)
+    }
+
     /// Resident memory of the server in MiB (Linux `/proc/PID/status` `VmRSS`).
     pub fn rss_mib(&self) -> Option<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
