@@ -1363,6 +1363,20 @@ impl Store for PostgresStore {
 
     async fn post_to_group(&self, post: GroupPost, fan: FanOut) -> StoreResult<Posted> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
+        // Sends serialise on their inbox's count row, not on the agent row:
+        // lock the members' count rows (in recipient order, as sweeps do) so
+        // the fan-out's quota check and its copies are exact against
+        // concurrent sends, and against `delete_agent`, which deletes that row first.
+        sqlx::query(
+            "SELECT 1 FROM inbox_live WHERE recipient IN ( \
+                 SELECT agent_id FROM group_members WHERE group_id = $1 AND agent_id <> $2) \
+             ORDER BY recipient FOR UPDATE",
+        )
+        .bind(&post.group_id)
+        .bind(&post.sender)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
         let (posted, woken) = group_sql::post(&mut tx, post, &fan).await?;
         tx.commit().await.map_err(db_error)?;
         self.wake(&woken);
