@@ -32,6 +32,8 @@ pub(super) struct WorkerOut {
     pub(super) ack_latency: Vec<Duration>,
     /// When its last operation completed.
     pub(super) last: Option<Instant>,
+    /// Ids of the messages its pulls were handed (for the leased-twice count).
+    pub(super) leased: Vec<String>,
 }
 
 /// The sum of all workers' results.
@@ -144,9 +146,10 @@ pub(super) async fn fleet(
 ) -> anyhow::Result<Arc<Vec<AgentClient>>> {
     let mut agents = Vec::with_capacity(n);
     let mut pending = futures::stream::iter(0..n)
-        .map(|_| {
+        .map(|i| {
+            // Agent `i` lives on instance `i mod N` (one instance unless `--instances`).
+            let url = target.urls[i % target.urls.len()].clone();
             let http = http.clone();
-            let url = target.url.clone();
             let sign_nonce = target.sign_nonce;
             async move {
                 let mut client = AgentClient::register(http, &url, None).await?;
@@ -390,6 +393,7 @@ impl Consume<'_> {
                 continue;
             }
             out.latency.push(t0.elapsed());
+            out.leased.extend(leased.iter().map(|l| l.message_id.clone()));
             let t1 = Instant::now();
             let (acked, refused) = ack(client, &leased, self.batch > 1).await;
             out.ack_latency.push(t1.elapsed());
@@ -520,10 +524,25 @@ async fn mixed(
     );
     let (consumed, sent) = tokio::join!(consumers, sends);
     let auth = auth_name(step.auth);
+    let consumed = consumed?;
+    let twice = leased_twice(consumed.iter().flat_map(|o| &o.leased));
+    let mut pulled = Totals::merge(consumed).report(format!("mixed: pull+ack ({auth})"), start);
+    let instances = target.urls.len();
+    pulled.note = Some(format!(
+        "{instances} instance(s); {twice} message(s) leased twice; \
+         msg/s here = messages sent, pulled and acked end to end"
+    ));
     Ok(vec![
         Totals::merge(sent?).report(format!("mixed: send ({auth})"), start),
-        Totals::merge(consumed?).report(format!("mixed: pull+ack ({auth})"), start),
+        pulled,
     ])
+}
+
+/// How many ids occur more than once (a lease handed out twice: with acks
+/// well inside the visibility timeout there must be none).
+fn leased_twice<'a>(ids: impl Iterator<Item = &'a String>) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    ids.filter(|id| !seen.insert(id.as_str())).count()
 }
 
 /// `depth`: one inbox filled to each depth in turn; at each, timed pull+ack
