@@ -184,7 +184,9 @@ impl BenchArgs {
             return Err("--instances must be between 1 and 16".into());
         }
         if self.instances > 1 && self.backend != Backend::Postgres {
-            return Err("--instances above 1 needs --backend postgres (one shared database)".into());
+            return Err(
+                "--instances above 1 needs --backend postgres (one shared database)".into(),
+            );
         }
         if self.depths.is_empty() || self.depths.contains(&0) {
             return Err("--depths needs at least one depth, each at least 1".into());

@@ -393,7 +393,8 @@ impl Consume<'_> {
                 continue;
             }
             out.latency.push(t0.elapsed());
-            out.leased.extend(leased.iter().map(|l| l.message_id.clone()));
+            out.leased
+                .extend(leased.iter().map(|l| l.message_id.clone()));
             let t1 = Instant::now();
             let (acked, refused) = ack(client, &leased, self.batch > 1).await;
             out.ack_latency.push(t1.elapsed());
