@@ -34,6 +34,9 @@ pub struct Target {
     spawned: Option<Spawned>,
     /// Agents sign a fresh `x-request-nonce` on every HTTP-signed request (`--nonce`).
     pub sign_nonce: bool,
+    /// The spawned PostgreSQL hub's `DATABASE_URL` (its own schema), for
+    /// filling an inbox with SQL (`depth --sql-fill`).
+    pub database_url: Option<String>,
 }
 
 struct Spawned {
@@ -70,6 +73,7 @@ impl Target {
             pid,
             spawned: None,
             sign_nonce: false,
+            database_url: None,
         }
     }
 
@@ -99,6 +103,7 @@ impl Target {
             }
         };
         let (child, url) = spawn_one(options, &database_url).await?;
+        let sql_url = schema.is_some().then(|| database_url.clone());
         let mut urls = vec![url.clone()];
         let mut others = Vec::new();
         for _ in 1..instances {
@@ -117,6 +122,7 @@ impl Target {
                 schema,
             }),
             sign_nonce: false,
+            database_url: sql_url,
         })
     }
 

@@ -97,6 +97,12 @@ pub struct BenchArgs {
         hide_env_values = true
     )]
     pub postgres_url: String,
+    /// `depth` on a spawned PostgreSQL hub: fill the inbox with one SQL
+    /// `INSERT … SELECT generate_series` per 100 000 messages instead of
+    /// signed sends (1M sends take ~20 min here); the timed pull+ack cycles
+    /// still go through HTTP.
+    #[arg(long)]
+    pub sql_fill: bool,
     /// Hub instances the benchmark starts on one PostgreSQL schema
     /// (`--backend postgres`, no `--url`); agent `i` talks to instance
     /// `i mod N` for everything, so load spreads across them and every

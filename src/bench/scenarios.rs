@@ -565,17 +565,21 @@ async fn depth(
     for target_depth in depths {
         let fill_deadline = Instant::now() + Duration::from_secs(args.fill_sec);
         let fill_start = Instant::now();
-        let filled = Totals::merge(
-            send_phase(
-                agents.clone(),
-                recipient.clone(),
-                target_depth.saturating_sub(queued),
-                args.concurrency,
-                fill_deadline,
-                body.clone(),
-            )
-            .await?,
-        );
+        let wanted = target_depth.saturating_sub(queued);
+        let filled = match target.database_url.as_deref().filter(|_| args.sql_fill) {
+            Some(url) => sql_fill(url, &recipient[0], wanted, &body).await?,
+            None => Totals::merge(
+                send_phase(
+                    agents.clone(),
+                    recipient.clone(),
+                    wanted,
+                    args.concurrency,
+                    fill_deadline,
+                    body.clone(),
+                )
+                .await?,
+            ),
+        };
         let fill_secs = fill_start.elapsed().as_secs_f64();
         queued += filled.ops;
         let deadline = Instant::now() + args.duration();
@@ -631,6 +635,70 @@ async fn depth(
         }
     }
     Ok(rows)
+}
+
+/// Queues `n` messages for `recipient` straight into the spawned hub's
+/// PostgreSQL schema, 100 000 per statement, and adds them to the inbox's
+/// `inbox_live` count. Each row is a well-formed envelope from a filler agent.
+async fn sql_fill(url: &str, recipient: &str, n: u64, body: &Value) -> anyhow::Result<Totals> {
+    const CHUNK: u64 = 100_000;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .context("connecting for --sql-fill")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let envelope = json!({
+        "version": "1.0",
+        "from": "agent://bench-filler",
+        "to": format!("agent://{recipient}"),
+        "subject": "fill",
+        "body": body,
+        "timestamp": time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)?,
+    })
+    .to_string();
+    // Per-row triggers would update the one `inbox_live` row once per
+    // message (a million row versions); off for this session (needs a
+    // superuser, as the bench's scratch database has), the count is added once.
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut *conn)
+        .await
+        .context("--sql-fill needs a superuser (session_replication_role)")?;
+    let mut done = 0;
+    while done < n {
+        let rows = (n - done).min(CHUNK);
+        sqlx::query(
+            "INSERT INTO messages (id, recipient, sender, envelope, state, attempts, \
+             visible_at, expires_at, created_at, updated_at, content_hash) \
+             SELECT gen_random_uuid()::text, $1, 'bench-filler', $2, 'queued', 0, \
+             $3 - $4 + g, $3 + 86400000, $3, $3, 'fill' FROM generate_series(1, $4) AS g",
+        )
+        .bind(recipient)
+        .bind(&envelope)
+        .bind(now)
+        .bind(rows as i64)
+        .execute(&mut *conn)
+        .await
+        .context("--sql-fill insert")?;
+        sqlx::query("UPDATE inbox_live SET live = live + $2 WHERE recipient = $1")
+            .bind(recipient)
+            .bind(rows as i64)
+            .execute(&mut *conn)
+            .await
+            .context("--sql-fill count")?;
+        done += rows;
+    }
+    drop(conn);
+    pool.close().await;
+    Ok(Totals::merge(vec![WorkerOut {
+        ops: n,
+        last: Some(Instant::now()),
+        ..WorkerOut::default()
+    }]))
 }
 
 /// `longpoll`: `pollers` agents long-poll an empty inbox; one sender sends
