@@ -26,16 +26,23 @@ const LISTENING: &str = "admp hub listening";
 pub struct Target {
     /// Base URL without trailing slash.
     pub url: String,
+    /// Base URLs of every instance (`url` first); more than one with `--instances`.
+    pub urls: Vec<String>,
     /// Server process, for its resident memory.
     pub pid: Option<u32>,
     /// Set when this benchmark started the hub and must stop it.
     spawned: Option<Spawned>,
     /// Agents sign a fresh `x-request-nonce` on every HTTP-signed request (`--nonce`).
     pub sign_nonce: bool,
+    /// The spawned PostgreSQL hub's `DATABASE_URL` (its own schema), for
+    /// filling an inbox with SQL (`depth --sql-fill`).
+    pub database_url: Option<String>,
 }
 
 struct Spawned {
     child: Child,
+    /// Further instances on the same database (`--instances`), stopped first.
+    others: Vec<Child>,
     /// SQLite files to delete after the run.
     files: Vec<PathBuf>,
     /// The PostgreSQL schema the run's tables live in, dropped after it.
@@ -59,18 +66,21 @@ pub struct SpawnOptions {
 impl Target {
     /// A hub someone else runs.
     pub fn existing(url: &str, pid: Option<u32>) -> Self {
+        let url = url.trim_end_matches('/').to_string();
         Target {
-            url: url.trim_end_matches('/').to_string(),
+            urls: vec![url.clone()],
+            url,
             pid,
             spawned: None,
             sign_nonce: false,
+            database_url: None,
         }
     }
 
-    /// Starts `admp serve` on 127.0.0.1 port 0 (the OS picks a free port),
-    /// rate limits off, and waits for its address in the log.
-    pub async fn spawn(options: &SpawnOptions) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("locating the admp executable")?;
+    /// Starts `instances` × `admp serve` on 127.0.0.1 port 0 (the OS picks
+    /// free ports), on one database, rate limits off, and waits for each
+    /// one's address in its log.
+    pub async fn spawn(options: &SpawnOptions, instances: usize) -> anyhow::Result<Self> {
         let mut files = Vec::new();
         let mut schema = None;
         let database_url = match options.backend {
@@ -92,57 +102,27 @@ impl Target {
                 url
             }
         };
-        let mut child = Command::new(exe)
-            .args(["serve", "--host", "127.0.0.1", "--port", "0"])
-            .args(["--storage-backend", options.backend.as_str()])
-            .args(["--database-url", &database_url])
-            .args(["--rate-limit-enabled", "false"])
-            .args(["--api-key-required", "false", "--agent-auth", "signature"])
-            .args(["--log-format", "json"])
-            .arg("--max-messages-per-agent")
-            .arg(options.max_messages_per_agent.to_string())
-            .arg("--max-message-size-kb")
-            .arg(options.max_message_size_kb.to_string())
-            .arg("--stream-max-total")
-            .arg(options.stream_max_total.to_string())
-            .env("RUST_LOG", "warn,admp::server=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting admp serve")?;
-        let pid = child.id();
-        let stdout = child.stdout.take().context("hub stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = tokio::time::timeout(START_TIMEOUT, async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(addr) = listening_addr(&line) {
-                    return Ok(addr);
-                }
-                eprintln!("hub: {line}");
-            }
-            anyhow::bail!("admp serve exited before listening")
-        })
-        .await
-        .context("admp serve did not log its address in time")??;
-        // Keep reading so the hub never blocks on a full pipe; warnings and errors go to stderr.
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if !line.contains(r#""level":"INFO""#) {
-                    eprintln!("hub: {line}");
-                }
-            }
-        });
+        let (child, url) = spawn_one(options, &database_url).await?;
+        let sql_url = schema.is_some().then(|| database_url.clone());
+        let mut urls = vec![url.clone()];
+        let mut others = Vec::new();
+        for _ in 1..instances {
+            let (other, url) = spawn_one(options, &database_url).await?;
+            others.push(other);
+            urls.push(url);
+        }
         Ok(Target {
-            url: format!("http://{addr}"),
-            pid,
+            url,
+            urls,
+            pid: child.id(),
             spawned: Some(Spawned {
                 child,
+                others,
                 files,
                 schema,
             }),
             sign_nonce: false,
+            database_url: sql_url,
         })
     }
 
@@ -161,24 +141,10 @@ impl Target {
     /// Stops a spawned hub and removes its temporary files; a no-op for an existing hub.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(mut spawned) = self.spawned.take() {
-            // SIGTERM first (graceful: pools closed, WAL checkpointed), SIGKILL if it lingers.
-            if let Some(pid) = self.pid {
-                let _ = Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status()
-                    .await;
+            for mut other in spawned.others {
+                stop_child(&mut other).await?;
             }
-            if tokio::time::timeout(STOP_TIMEOUT, spawned.child.wait())
-                .await
-                .is_err()
-            {
-                spawned.child.start_kill().context("stopping admp serve")?;
-            }
-            spawned
-                .child
-                .wait()
-                .await
-                .context("waiting for admp serve")?;
+            stop_child(&mut spawned.child).await?;
             for file in spawned.files {
                 if let Err(e) = std::fs::remove_file(&file)
                     && e.kind() != std::io::ErrorKind::NotFound
@@ -196,6 +162,71 @@ impl Target {
         }
         Ok(())
     }
+}
+
+/// Starts one `admp serve` on `database_url`; returns it and its base URL.
+async fn spawn_one(options: &SpawnOptions, database_url: &str) -> anyhow::Result<(Child, String)> {
+    let exe = std::env::current_exe().context("locating the admp executable")?;
+    let mut child = Command::new(exe)
+        .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+        .args(["--storage-backend", options.backend.as_str()])
+        .args(["--database-url", database_url])
+        .args(["--rate-limit-enabled", "false"])
+        .args(["--api-key-required", "false", "--agent-auth", "signature"])
+        .args(["--log-format", "json"])
+        .arg("--max-messages-per-agent")
+        .arg(options.max_messages_per_agent.to_string())
+        .arg("--max-message-size-kb")
+        .arg(options.max_message_size_kb.to_string())
+        .arg("--stream-max-total")
+        .arg(options.stream_max_total.to_string())
+        .env("RUST_LOG", "warn,admp::server=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting admp serve")?;
+    let stdout = child.stdout.take().context("hub stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(START_TIMEOUT, async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(addr) = listening_addr(&line) {
+                return Ok(addr);
+            }
+            eprintln!("hub: {line}");
+        }
+        anyhow::bail!("admp serve exited before listening")
+    })
+    .await
+    .context("admp serve did not log its address in time")??;
+    // Keep reading so the hub never blocks on a full pipe; warnings and errors go to stderr.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if !line.contains(r#""level":"INFO""#) {
+                eprintln!("hub: {line}");
+            }
+        }
+    });
+    Ok((child, format!("http://{addr}")))
+}
+
+/// SIGTERM (graceful: pools closed, WAL checkpointed), SIGKILL if it lingers.
+async fn stop_child(child: &mut Child) -> anyhow::Result<()> {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+    }
+    if tokio::time::timeout(STOP_TIMEOUT, child.wait())
+        .await
+        .is_err()
+    {
+        child.start_kill().context("stopping admp serve")?;
+    }
+    child.wait().await.context("waiting for admp serve")?;
+    Ok(())
 }
 
 /// The `addr` field of the hub's JSON "listening" log line.

@@ -97,6 +97,18 @@ pub struct BenchArgs {
         hide_env_values = true
     )]
     pub postgres_url: String,
+    /// `depth` on a spawned PostgreSQL hub: fill the inbox with one SQL
+    /// `INSERT … SELECT generate_series` per 100 000 messages instead of
+    /// signed sends (1M sends take ~20 min here); the timed pull+ack cycles
+    /// still go through HTTP.
+    #[arg(long)]
+    pub sql_fill: bool,
+    /// Hub instances the benchmark starts on one PostgreSQL schema
+    /// (`--backend postgres`, no `--url`); agent `i` talks to instance
+    /// `i mod N` for everything, so load spreads across them and every
+    /// inbox is served by the instances its senders and consumer use.
+    #[arg(long, default_value_t = 1, conflicts_with = "url")]
+    pub instances: usize,
     /// Agents that send and receive (one inbox each).
     #[arg(long, default_value_t = 32)]
     pub agents: usize,
@@ -174,6 +186,14 @@ impl BenchArgs {
                 crate::hub::MAX_BATCH
             ));
         }
+        if self.instances == 0 || self.instances > 16 {
+            return Err("--instances must be between 1 and 16".into());
+        }
+        if self.instances > 1 && self.backend != Backend::Postgres {
+            return Err(
+                "--instances above 1 needs --backend postgres (one shared database)".into(),
+            );
+        }
         if self.depths.is_empty() || self.depths.contains(&0) {
             return Err("--depths needs at least one depth, each at least 1".into());
         }
@@ -231,7 +251,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let mut target = match &args.url {
             Some(url) => Target::existing(url, args.pid),
             // A fresh hub per step, so memory and queue contents do not carry over.
-            None => Target::spawn(&args.spawn_options()).await?,
+            None => Target::spawn(&args.spawn_options(), args.instances).await?,
         };
         target.sign_nonce = args.nonce;
         let outcome = scenarios::run_step(&target, &args, step).await;

@@ -32,6 +32,8 @@ pub(super) struct WorkerOut {
     pub(super) ack_latency: Vec<Duration>,
     /// When its last operation completed.
     pub(super) last: Option<Instant>,
+    /// Ids of the messages its pulls were handed (for the leased-twice count).
+    pub(super) leased: Vec<String>,
 }
 
 /// The sum of all workers' results.
@@ -144,9 +146,10 @@ pub(super) async fn fleet(
 ) -> anyhow::Result<Arc<Vec<AgentClient>>> {
     let mut agents = Vec::with_capacity(n);
     let mut pending = futures::stream::iter(0..n)
-        .map(|_| {
+        .map(|i| {
+            // Agent `i` lives on instance `i mod N` (one instance unless `--instances`).
+            let url = target.urls[i % target.urls.len()].clone();
             let http = http.clone();
-            let url = target.url.clone();
             let sign_nonce = target.sign_nonce;
             async move {
                 let mut client = AgentClient::register(http, &url, None).await?;
@@ -390,6 +393,8 @@ impl Consume<'_> {
                 continue;
             }
             out.latency.push(t0.elapsed());
+            out.leased
+                .extend(leased.iter().map(|l| l.message_id.clone()));
             let t1 = Instant::now();
             let (acked, refused) = ack(client, &leased, self.batch > 1).await;
             out.ack_latency.push(t1.elapsed());
@@ -520,10 +525,25 @@ async fn mixed(
     );
     let (consumed, sent) = tokio::join!(consumers, sends);
     let auth = auth_name(step.auth);
+    let consumed = consumed?;
+    let twice = leased_twice(consumed.iter().flat_map(|o| &o.leased));
+    let mut pulled = Totals::merge(consumed).report(format!("mixed: pull+ack ({auth})"), start);
+    let instances = target.urls.len();
+    pulled.note = Some(format!(
+        "{instances} instance(s); {twice} message(s) leased twice; \
+         msg/s here = messages sent, pulled and acked end to end"
+    ));
     Ok(vec![
         Totals::merge(sent?).report(format!("mixed: send ({auth})"), start),
-        Totals::merge(consumed?).report(format!("mixed: pull+ack ({auth})"), start),
+        pulled,
     ])
+}
+
+/// How many ids occur more than once (a lease handed out twice: with acks
+/// well inside the visibility timeout there must be none).
+fn leased_twice<'a>(ids: impl Iterator<Item = &'a String>) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    ids.filter(|id| !seen.insert(id.as_str())).count()
 }
 
 /// `depth`: one inbox filled to each depth in turn; at each, timed pull+ack
@@ -546,12 +566,16 @@ async fn depth(
         let fill_deadline = Instant::now() + Duration::from_secs(args.fill_sec);
         let fill_start = Instant::now();
         let wanted = target_depth.saturating_sub(queued);
-        let (filled, how) = match target.sqlite_file() {
-            Some(file) => (
+        let (filled, how) = match (target.sqlite_file(), target.database_url.as_deref()) {
+            (Some(file), _) => (
                 fill_sqlite_inbox(file, &recipient[0], wanted).await?,
                 "written into the SQLite file directly",
             ),
-            None => {
+            (None, Some(url)) if args.sql_fill => (
+                sql_fill(url, &recipient[0], wanted, &body).await?,
+                "written into the PostgreSQL schema directly",
+            ),
+            _ => {
                 let sent = send_phase(
                     agents.clone(),
                     recipient.clone(),
@@ -653,6 +677,66 @@ async fn fill_sqlite_inbox(
         Ok(written as u64)
     })
     .await?
+}
+
+/// Queues `n` messages for `recipient` straight into the spawned hub's
+/// PostgreSQL schema, 100 000 per statement, and adds them to the inbox's
+/// `inbox_live` count. Each row is a well-formed envelope from a filler agent.
+async fn sql_fill(url: &str, recipient: &str, n: u64, body: &Value) -> anyhow::Result<u64> {
+    const CHUNK: u64 = 100_000;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .context("connecting for --sql-fill")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let envelope = json!({
+        "version": "1.0",
+        "from": "agent://bench-filler",
+        "to": format!("agent://{recipient}"),
+        "subject": "fill",
+        "body": body,
+        "timestamp": time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)?,
+    })
+    .to_string();
+    // Per-row triggers would update the one `inbox_live` row once per
+    // message (a million row versions); off for this session (needs a
+    // superuser, as the bench's scratch database has), the count is added once.
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut *conn)
+        .await
+        .context("--sql-fill needs a superuser (session_replication_role)")?;
+    let mut done = 0;
+    while done < n {
+        let rows = (n - done).min(CHUNK);
+        sqlx::query(
+            "INSERT INTO messages (id, recipient, sender, envelope, state, attempts, \
+             visible_at, expires_at, created_at, updated_at, content_hash) \
+             SELECT gen_random_uuid()::text, $1, 'bench-filler', $2, 'queued', 0, \
+             $3 - $4 + g, $3 + 86400000, $3, $3, 'fill' FROM generate_series(1, $4) AS g",
+        )
+        .bind(recipient)
+        .bind(&envelope)
+        .bind(now)
+        .bind(rows as i64)
+        .execute(&mut *conn)
+        .await
+        .context("--sql-fill insert")?;
+        sqlx::query("UPDATE inbox_live SET live = live + $2 WHERE recipient = $1")
+            .bind(recipient)
+            .bind(rows as i64)
+            .execute(&mut *conn)
+            .await
+            .context("--sql-fill count")?;
+        done += rows;
+    }
+    drop(conn);
+    pool.close().await;
+    Ok(n)
 }
 
 /// `longpoll`: `pollers` agents long-poll an empty inbox; one sender sends

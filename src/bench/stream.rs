@@ -164,6 +164,7 @@ fn row(name: String, progress: &Progress, start: Instant, goal: u64) -> Report {
         latency: std::mem::take(&mut *progress.latency.lock()),
         ack_latency: Vec::new(),
         last: *progress.last_ack.lock(),
+        leased: Vec::new(),
     };
     let mut report = Totals::merge(vec![out]).report(name, start);
     if acked < goal {

@@ -257,31 +257,39 @@ fn message(row: &PgRow) -> StoreResult<Message> {
 
 /// `INSERT` of a whole message; conflicts (id or idempotency key) insert nothing.
 fn insert_message(m: &Message) -> StoreResult<PgQuery> {
-    Ok(sqlx::query(
-        "INSERT INTO messages (id, recipient, sender, envelope, state, attempts, lease_id, \
+    bind_message(
+        sqlx::query(
+            "INSERT INTO messages (id, recipient, sender, envelope, state, attempts, lease_id, \
          lease_until, visible_at, expires_at, created_at, updated_at, acked_at, ended_at, \
          dead_reason, result, idempotency_key, content_hash) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
          ON CONFLICT DO NOTHING",
+        ),
+        m,
     )
-    .bind(m.id.clone())
-    .bind(m.recipient.clone())
-    .bind(m.sender.clone())
-    .bind(to_json(&m.envelope)?)
-    .bind(m.state.as_str())
-    .bind(i64::from(m.attempts))
-    .bind(m.lease_id.clone())
-    .bind(m.lease_until)
-    .bind(m.visible_at)
-    .bind(m.expires_at)
-    .bind(m.created_at)
-    .bind(m.updated_at)
-    .bind(m.acked_at)
-    .bind(m.ended_at)
-    .bind(m.dead_reason.clone())
-    .bind(to_json_opt(m.result.as_ref())?)
-    .bind(m.idempotency_key.clone())
-    .bind(m.content_hash.clone()))
+}
+
+/// Binds a whole message's columns as `$1`–`$18`, in `messages` column order.
+fn bind_message(query: PgQuery, m: &Message) -> StoreResult<PgQuery> {
+    Ok(query
+        .bind(m.id.clone())
+        .bind(m.recipient.clone())
+        .bind(m.sender.clone())
+        .bind(to_json(&m.envelope)?)
+        .bind(m.state.as_str())
+        .bind(i64::from(m.attempts))
+        .bind(m.lease_id.clone())
+        .bind(m.lease_until)
+        .bind(m.visible_at)
+        .bind(m.expires_at)
+        .bind(m.created_at)
+        .bind(m.updated_at)
+        .bind(m.acked_at)
+        .bind(m.ended_at)
+        .bind(m.dead_reason.clone())
+        .bind(to_json_opt(m.result.as_ref())?)
+        .bind(m.idempotency_key.clone())
+        .bind(m.content_hash.clone()))
 }
 
 /// A send in one statement (one round trip, one commit). It locks the
@@ -322,25 +330,7 @@ SELECT (SELECT live FROM live) AS live, (SELECT count(*) FROM inserted) AS inser
 
 /// Binds [`ENQUEUE`].
 fn enqueue_query(m: &Message, d: Option<&Delivery>, quota: u64) -> StoreResult<PgQuery> {
-    Ok(sqlx::query(ENQUEUE)
-        .bind(m.id.clone())
-        .bind(m.recipient.clone())
-        .bind(m.sender.clone())
-        .bind(to_json(&m.envelope)?)
-        .bind(m.state.as_str())
-        .bind(i64::from(m.attempts))
-        .bind(m.lease_id.clone())
-        .bind(m.lease_until)
-        .bind(m.visible_at)
-        .bind(m.expires_at)
-        .bind(m.created_at)
-        .bind(m.updated_at)
-        .bind(m.acked_at)
-        .bind(m.ended_at)
-        .bind(m.dead_reason.clone())
-        .bind(to_json_opt(m.result.as_ref())?)
-        .bind(m.idempotency_key.clone())
-        .bind(m.content_hash.clone())
+    Ok(bind_message(sqlx::query(ENQUEUE), m)?
         .bind(d.map(|d| d.id.clone()))
         .bind(d.map(|d| d.agent_id.clone()))
         .bind(d.map(|d| d.state.as_str()))
@@ -1363,6 +1353,20 @@ impl Store for PostgresStore {
 
     async fn post_to_group(&self, post: GroupPost, fan: FanOut) -> StoreResult<Posted> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
+        // Sends serialise on their inbox's count row, not on the agent row:
+        // lock the members' count rows (in recipient order, as sweeps do) so
+        // the fan-out's quota check and its copies are exact against
+        // concurrent sends, and against `delete_agent`, which deletes that row first.
+        sqlx::query(
+            "SELECT 1 FROM inbox_live WHERE recipient IN ( \
+                 SELECT agent_id FROM group_members WHERE group_id = $1 AND agent_id <> $2) \
+             ORDER BY recipient FOR UPDATE",
+        )
+        .bind(&post.group_id)
+        .bind(&post.sender)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
         let (posted, woken) = group_sql::post(&mut tx, post, &fan).await?;
         tx.commit().await.map_err(db_error)?;
         self.wake(&woken);
