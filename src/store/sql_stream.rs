@@ -38,7 +38,9 @@ fn held_by(n: u8) -> String {
 }
 
 /// One statement picks the rows (`filter`, `order`) in a CTE (PostgreSQL
-/// materialises it once, so the locked pick is never re-run by the join)
+/// materialises it once, so the locked pick is never re-run by the join;
+/// the limit is an expression so SQLite prepares it once, see `LEASE` in
+/// `sqlite/ops.rs`)
 /// and moves each to
 /// `leased` under the new holder's tag, `expired` past its TTL or `dead` at
 /// the attempt limit, exactly as `Store::lease` does.
@@ -53,7 +55,7 @@ fn lease_statement(d: &Dialect, filter: &str, order: &str) -> String {
     FROM messages
     WHERE recipient = $1 AND {filter}
     ORDER BY {order}
-    LIMIT $5{lock}
+    LIMIT CAST($5 AS INTEGER){lock}
 )
 UPDATE messages SET
     state = picked.next_state,

@@ -1038,4 +1038,31 @@ mod tests {
         let statement = conn.prepare_cached(LEASE).unwrap();
         assert_eq!(statement.get_status(StatementStatus::RePrepare), 0);
     }
+
+    #[test]
+    fn stream_leases_are_prepared_once() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::migrate::run(&mut conn).unwrap();
+        for n in 1..=5 {
+            let request = LeaseRequest {
+                recipient: "nobody".into(),
+                now: n,
+                visibility_ms: 1_000,
+                max_messages: n as usize,
+                max_attempts: 3,
+            };
+            lease_held(&conn, &request, "0123456789abcdef0123456789abcdef", None).unwrap();
+            lease_held(
+                &conn,
+                &request,
+                "0123456789abcdef0123456789abcdef",
+                Some("fedcba9876543210fedcba9876543210"),
+            )
+            .unwrap();
+        }
+        for sql in [&STREAM.lease_available, &STREAM.lease_from] {
+            let statement = conn.prepare_cached(sql).unwrap();
+            assert_eq!(statement.get_status(StatementStatus::RePrepare), 0);
+        }
+    }
 }
