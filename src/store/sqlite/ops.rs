@@ -1021,19 +1021,27 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn lease_is_prepared_once() {
+    /// A migrated in-memory database and lease requests whose limits differ.
+    fn lease_requests() -> (Connection, Vec<LeaseRequest>) {
         let mut conn = Connection::open_in_memory().unwrap();
         super::super::migrate::run(&mut conn).unwrap();
-        for n in 1..=5 {
-            let request = LeaseRequest {
+        let requests = (1..=5)
+            .map(|n| LeaseRequest {
                 recipient: "nobody".into(),
                 now: n,
                 visibility_ms: 1_000,
                 max_messages: n as usize,
                 max_attempts: 3,
-            };
-            lease(&conn, &request).unwrap();
+            })
+            .collect();
+        (conn, requests)
+    }
+
+    #[test]
+    fn lease_is_prepared_once() {
+        let (conn, requests) = lease_requests();
+        for request in &requests {
+            lease(&conn, request).unwrap();
         }
         let statement = conn.prepare_cached(LEASE).unwrap();
         assert_eq!(statement.get_status(StatementStatus::RePrepare), 0);
@@ -1041,20 +1049,12 @@ mod tests {
 
     #[test]
     fn stream_leases_are_prepared_once() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        super::super::migrate::run(&mut conn).unwrap();
-        for n in 1..=5 {
-            let request = LeaseRequest {
-                recipient: "nobody".into(),
-                now: n,
-                visibility_ms: 1_000,
-                max_messages: n as usize,
-                max_attempts: 3,
-            };
-            lease_held(&conn, &request, "0123456789abcdef0123456789abcdef", None).unwrap();
+        let (conn, requests) = lease_requests();
+        for request in &requests {
+            lease_held(&conn, request, "0123456789abcdef0123456789abcdef", None).unwrap();
             lease_held(
                 &conn,
-                &request,
+                request,
                 "0123456789abcdef0123456789abcdef",
                 Some("fedcba9876543210fedcba9876543210"),
             )
