@@ -4,9 +4,12 @@
 //! [`group_sql!`] writes it once and each backend expands it inside its own
 //! module (where its `insert_message` / `insert_delivery` statements live):
 //! SQLite has one writer and needs no locks; PostgreSQL locks the group row
-//! (`FOR UPDATE` on joins, `FOR SHARE` on posts) and the recipients' agent
-//! rows in id order (the same lock a direct send takes), which makes
-//! `max_members` and the inbox quota exact under concurrency.
+//! (`FOR UPDATE` on joins, `FOR SHARE` on posts), and a post's caller
+//! (`PostgresStore::post_to_group`) first locks the recipients' inbox count
+//! rows (`inbox_live`) in recipient order, the lock a direct send takes;
+//! together they make `max_members` and the inbox quota exact under
+//! concurrency. The post also reads the recipients' agent rows `FOR UPDATE`,
+//! which the count-row locks taken before it make redundant.
 //!
 //! Every function takes a connection: the caller opens the transaction (one
 //! per operation; a whole fan-out is one transaction) and commits it.
@@ -396,8 +399,8 @@ macro_rules! group_sql {
                         };
                     }
                 }
-                // Lock the recipients as a direct send locks its recipient,
-                // in id order so concurrent posts never deadlock.
+                // The recipients' agent rows, in id order (PostgreSQL: also
+                // locked, redundantly: the caller holds their count rows).
                 let sql = format!(
                     "SELECT agent_id, webhook_url FROM agents WHERE agent_id IN \
                      (SELECT agent_id FROM group_members WHERE group_id = $1 AND agent_id <> $2) \
