@@ -26,11 +26,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{PgConnection, PgExecutor, Postgres, Row};
+use sqlx::{PgConnection, Postgres, Row};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::sql::{self, db_error, limit, to_json, to_json_opt};
+use super::sql_conn::{Arg, SqlConn};
+use super::sql_ops;
 use super::sql_stream::{self, Dialect, StreamSql};
 use super::*;
 use crate::hub::InboxWakers;
@@ -200,54 +202,6 @@ async fn forward_wakeups(mut listener: PgListener, wakers: Arc<InboxWakers>) {
                 backoff = (backoff * 2).min(MAX_LISTEN_BACKOFF);
             }
         }
-    }
-}
-
-/// Message state and lease id as seen by a fresh read, to explain a refused ack/nack.
-async fn lease_state<'e>(
-    executor: impl PgExecutor<'e>,
-    recipient: &str,
-    message_id: &str,
-) -> StoreResult<Option<(String, Option<String>)>> {
-    let row = sqlx::query("SELECT state, lease_id FROM messages WHERE id = $1 AND recipient = $2")
-        .bind(message_id)
-        .bind(recipient)
-        .fetch_optional(executor)
-        .await
-        .map_err(db_error)?;
-    row.map(|r| {
-        Ok((
-            r.try_get("state").map_err(db_error)?,
-            r.try_get("lease_id").map_err(db_error)?,
-        ))
-    })
-    .transpose()
-}
-
-/// Acks one message on `conn`: a pooled connection, or the open transaction
-/// of a batch.
-async fn ack_on(conn: &mut PgConnection, request: &AckRequest) -> StoreResult<Message> {
-    let row = sqlx::query(
-        "UPDATE messages SET state = 'acked', lease_id = NULL, lease_until = NULL, \
-         acked_at = $4, ended_at = $4, updated_at = $4, result = $5 \
-         WHERE id = $1 AND recipient = $2 AND state = 'leased' \
-           AND ($3::text IS NULL OR lease_id = $3) \
-         RETURNING *",
-    )
-    .bind(&request.message_id)
-    .bind(&request.recipient)
-    .bind(&request.lease_id)
-    .bind(request.now)
-    .bind(to_json_opt(request.result.as_ref())?)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db_error)?;
-    match row {
-        Some(row) => message(&row),
-        None => Err(sql::lease_refusal(
-            lease_state(&mut *conn, &request.recipient, &request.message_id).await?,
-            request.lease_id.as_deref(),
-        )),
     }
 }
 
@@ -507,6 +461,55 @@ impl PostgresStore {
 
 super::sql_groups::group_sql!(PgConnection, PgRow, " FOR UPDATE", " FOR SHARE");
 
+/// The pool, or one connection (an open transaction), as the shared
+/// operations see it (`sql_conn`).
+pub(super) enum Pg<'c> {
+    Pool(&'c PgPool),
+    Conn(&'c mut PgConnection),
+}
+
+/// `sql` with `args` bound in order.
+fn bind_args<'q>(sql: &'q str, args: &[Arg<'q>]) -> sqlx::query::Query<'q, Postgres, PgArguments> {
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for arg in args {
+        query = match *arg {
+            Arg::Text(v) => query.bind(v),
+            Arg::Int(v) => query.bind(v),
+            Arg::Bool(v) => query.bind(v),
+        };
+    }
+    query
+}
+
+impl SqlConn for Pg<'_> {
+    type Row<'r> = PgRow;
+
+    async fn rows<T>(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+        read: impl FnMut(&PgRow) -> StoreResult<T>,
+    ) -> StoreResult<Vec<T>> {
+        let query = bind_args(sql, args);
+        let rows = match self {
+            Pg::Pool(pool) => query.fetch_all(*pool).await,
+            Pg::Conn(conn) => query.fetch_all(&mut **conn).await,
+        }
+        .map_err(db_error)?;
+        rows.iter().map(read).collect()
+    }
+
+    async fn exec(&mut self, sql: &str, args: &[Arg<'_>]) -> StoreResult<u64> {
+        let query = bind_args(sql, args);
+        let done = match self {
+            Pg::Pool(pool) => query.execute(*pool).await,
+            Pg::Conn(conn) => query.execute(&mut **conn).await,
+        }
+        .map_err(db_error)?;
+        Ok(done.rows_affected())
+    }
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn ping(&self) -> StoreResult<()> {
@@ -744,8 +747,7 @@ impl Store for PostgresStore {
     }
 
     async fn ack(&self, request: &AckRequest) -> StoreResult<Message> {
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        ack_on(&mut conn, request).await
+        sql_ops::ack(&mut Pg::Pool(&self.pool), request).await
     }
 
     async fn ack_many(&self, requests: &[AckRequest]) -> StoreResult<Vec<StoreResult<Message>>> {
@@ -828,52 +830,7 @@ impl Store for PostgresStore {
     }
 
     async fn nack(&self, request: &NackRequest) -> StoreResult<Message> {
-        let query = match request.action {
-            NackAction::Extend {
-                extend_ms,
-                max_lease_until,
-            } => sqlx::query(
-                "UPDATE messages SET \
-                     lease_until = LEAST(GREATEST(COALESCE(lease_until, $4), $4) + $5, $6), \
-                     updated_at = $4 \
-                 WHERE id = $1 AND recipient = $2 AND state = 'leased' \
-                   AND ($3::text IS NULL OR lease_id = $3) \
-                 RETURNING *",
-            )
-            .bind(&request.message_id)
-            .bind(&request.recipient)
-            .bind(&request.lease_id)
-            .bind(request.now)
-            .bind(extend_ms)
-            .bind(max_lease_until),
-            NackAction::Requeue { visible_at } => sqlx::query(
-                "UPDATE messages SET \
-                     state = CASE WHEN attempts >= $5 THEN 'dead' ELSE 'queued' END, \
-                     lease_id = NULL, \
-                     lease_until = NULL, \
-                     visible_at = CASE WHEN attempts >= $5 THEN visible_at ELSE $6 END, \
-                     ended_at = CASE WHEN attempts >= $5 THEN $4 ELSE ended_at END, \
-                     dead_reason = CASE WHEN attempts >= $5 THEN 'max_attempts' ELSE dead_reason END, \
-                     updated_at = $4 \
-                 WHERE id = $1 AND recipient = $2 AND state = 'leased' \
-                   AND ($3::text IS NULL OR lease_id = $3) \
-                 RETURNING *",
-            )
-            .bind(&request.message_id)
-            .bind(&request.recipient)
-            .bind(&request.lease_id)
-            .bind(request.now)
-            .bind(i64::from(request.max_attempts))
-            .bind(visible_at),
-        };
-        let row = query.fetch_optional(&self.pool).await.map_err(db_error)?;
-        let Some(row) = row else {
-            return Err(sql::lease_refusal(
-                lease_state(&self.pool, &request.recipient, &request.message_id).await?,
-                request.lease_id.as_deref(),
-            ));
-        };
-        let message = message(&row)?;
+        let message = sql_ops::nack(&mut Pg::Pool(&self.pool), request).await?;
         if message.state == MessageState::Queued {
             self.wake(std::slice::from_ref(&message.recipient));
         }
@@ -886,30 +843,10 @@ impl Store for PostgresStore {
         message_id: &str,
         now: Millis,
     ) -> StoreResult<Message> {
-        let row = sqlx::query(
-            "UPDATE messages SET state = 'queued', attempts = 0, lease_id = NULL, \
-             lease_until = NULL, visible_at = $3, ended_at = NULL, dead_reason = NULL, \
-             updated_at = $3 \
-             WHERE id = $1 AND recipient = $2 AND state = 'dead' \
-             RETURNING *",
-        )
-        .bind(message_id)
-        .bind(recipient)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_error)?;
-        match row {
-            Some(row) => {
-                let message = message(&row)?;
-                self.wake(std::slice::from_ref(&message.recipient));
-                Ok(message)
-            }
-            None => match lease_state(&self.pool, recipient, message_id).await? {
-                Some(_) => Err(StoreError::NotDead),
-                None => Err(StoreError::MessageNotFound),
-            },
-        }
+        let message =
+            sql_ops::requeue_dead(&mut Pg::Pool(&self.pool), recipient, message_id, now).await?;
+        self.wake(std::slice::from_ref(&message.recipient));
+        Ok(message)
     }
 
     async fn get_message(&self, message_id: &str) -> StoreResult<Option<Message>> {

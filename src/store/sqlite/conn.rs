@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use rusqlite::types::{FromSql, ToSql};
+use rusqlite::types::{FromSql, ToSql, ToSqlOutput};
 use rusqlite::{Connection, ErrorCode, OpenFlags, Row, Statement};
 
 use super::super::sql::Columns;
+use super::super::sql_conn::{Arg, SqlConn};
 use super::super::{StoreError, StoreResult};
 use crate::config::SqliteSynchronous;
 
@@ -79,7 +80,26 @@ pub(super) fn open(path: &Path, synchronous: SqliteSynchronous) -> StoreResult<C
     // Savepoints' sub-journals in memory, not in temporary files.
     conn.pragma_update(None, "temp_store", "memory")
         .map_err(db_error)?;
+    add_least_greatest(&conn)?;
     Ok(conn)
+}
+
+/// PostgreSQL's `LEAST` and `GREATEST` (SQLite spells them `min` and `max`),
+/// so the shared statements are written once. NULLs are ignored, as there.
+fn add_least_greatest(conn: &Connection) -> StoreResult<()> {
+    use rusqlite::functions::FunctionFlags;
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    for (name, pick) in [("least", i64::min as fn(i64, i64) -> i64), ("greatest", i64::max)] {
+        conn.create_scalar_function(name, 2, flags, move |ctx| {
+            let (a, b) = (ctx.get::<Option<i64>>(0)?, ctx.get::<Option<i64>>(1)?);
+            Ok(match (a, b) {
+                (Some(a), Some(b)) => Some(pick(a, b)),
+                (one, other) => one.or(other),
+            })
+        })
+        .map_err(db_error)?;
+    }
+    Ok(())
 }
 
 /// Pages the writer keeps cached (KiB, SQLite's negative `cache_size`): a
@@ -140,7 +160,7 @@ impl Checkpointer {
 }
 
 /// Binds `args` to a statement written with `$n` placeholders.
-fn bind(statement: &mut Statement<'_>, args: Args<'_>) -> StoreResult<()> {
+fn bind(statement: &mut Statement<'_>, args: &[impl ToSql]) -> StoreResult<()> {
     for index in 1..=statement.parameter_count() {
         let n = statement
             .parameter_name(index)
@@ -151,7 +171,7 @@ fn bind(statement: &mut Statement<'_>, args: Args<'_>) -> StoreResult<()> {
                 StoreError::Internal(format!("statement placeholder {index} unbound"))
             })?;
         statement
-            .raw_bind_parameter(index, args[n - 1])
+            .raw_bind_parameter(index, &args[n - 1])
             .map_err(db_error)?;
     }
     Ok(())
@@ -159,6 +179,11 @@ fn bind(statement: &mut Statement<'_>, args: Args<'_>) -> StoreResult<()> {
 
 /// Runs a statement that returns no rows; rows changed.
 pub(super) fn exec(conn: &Connection, sql: &str, args: Args<'_>) -> StoreResult<u64> {
+    exec_with(conn, sql, args)
+}
+
+/// [`exec`] with bind values of one type.
+fn exec_with(conn: &Connection, sql: &str, args: &[impl ToSql]) -> StoreResult<u64> {
     let mut statement = conn.prepare_cached(sql).map_err(db_error)?;
     bind(&mut statement, args)?;
     statement.raw_execute().map(|n| n as u64).map_err(db_error)
@@ -228,6 +253,16 @@ pub(super) fn rows<T>(
     conn: &Connection,
     sql: &str,
     args: Args<'_>,
+    read: impl FnMut(&Fields<'_, '_>) -> StoreResult<T>,
+) -> StoreResult<Vec<T>> {
+    rows_with(conn, sql, args, read)
+}
+
+/// [`rows`] with bind values of one type.
+fn rows_with<T>(
+    conn: &Connection,
+    sql: &str,
+    args: &[impl ToSql],
     mut read: impl FnMut(&Fields<'_, '_>) -> StoreResult<T>,
 ) -> StoreResult<Vec<T>> {
     let mut statement = conn.prepare_cached(sql).map_err(db_error)?;
@@ -254,6 +289,39 @@ pub(super) fn row<T>(
     read: impl FnMut(&Fields<'_, '_>) -> StoreResult<T>,
 ) -> StoreResult<Option<T>> {
     Ok(rows(conn, sql, args, read)?.into_iter().next())
+}
+
+/// A connection as the shared operations see it (`sql_conn`): every
+/// statement runs to its end before the call returns.
+pub(super) struct Sqlite<'c>(pub &'c Connection);
+
+impl SqlConn for Sqlite<'_> {
+    type Row<'r> = Fields<'r, 'r>;
+
+    async fn rows<T>(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+        mut read: impl FnMut(&Self::Row<'_>) -> StoreResult<T>,
+    ) -> StoreResult<Vec<T>> {
+        rows_with(self.0, sql, args, |row| read(row))
+    }
+
+    async fn exec(&mut self, sql: &str, args: &[Arg<'_>]) -> StoreResult<u64> {
+        exec_with(self.0, sql, args)
+    }
+}
+
+impl ToSql for Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        use rusqlite::types::ValueRef;
+        Ok(ToSqlOutput::Borrowed(match *self {
+            Arg::Text(Some(v)) => ValueRef::Text(v.as_bytes()),
+            Arg::Int(Some(v)) => ValueRef::Integer(v),
+            Arg::Bool(v) => ValueRef::Integer(i64::from(v)),
+            Arg::Text(None) | Arg::Int(None) => ValueRef::Null,
+        }))
+    }
 }
 
 /// Read connections beside the writer: a call takes one (opening one when

@@ -35,9 +35,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rusqlite::Connection;
 
-use self::conn::{Checkpointer, Readers, exec, row, rows};
+use self::conn::{Checkpointer, Readers, Sqlite, exec, row, rows};
 use self::writer::Writer;
 use super::sql::{self, Columns, limit};
+use super::sql_conn::run_now;
+use super::sql_ops;
 use super::*;
 use crate::config::SqliteSynchronous;
 
@@ -224,7 +226,8 @@ impl Store for SqliteStore {
 
     async fn ack(&self, request: &AckRequest) -> StoreResult<Message> {
         let request = request.clone();
-        self.write(move |c| ops::ack(c, &request)).await
+        self.write(move |c| run_now(sql_ops::ack(&mut Sqlite(c), &request)))
+            .await
     }
 
     async fn ack_many(&self, requests: &[AckRequest]) -> StoreResult<Vec<StoreResult<Message>>> {
@@ -233,7 +236,7 @@ impl Store for SqliteStore {
         self.write(move |c| {
             let mut outcomes = Vec::with_capacity(requests.len());
             for request in &requests {
-                let outcome = ops::ack(c, request);
+                let outcome = run_now(sql_ops::ack(&mut Sqlite(c), request));
                 if let Err(StoreError::Unavailable(e)) = &outcome {
                     return Err(StoreError::Unavailable(e.clone()));
                 }
@@ -246,7 +249,8 @@ impl Store for SqliteStore {
 
     async fn nack(&self, request: &NackRequest) -> StoreResult<Message> {
         let request = request.clone();
-        self.write(move |c| ops::nack(c, &request)).await
+        self.write(move |c| run_now(sql_ops::nack(&mut Sqlite(c), &request)))
+            .await
     }
 
     async fn requeue_dead(
@@ -256,7 +260,9 @@ impl Store for SqliteStore {
         now: Millis,
     ) -> StoreResult<Message> {
         let (recipient, message_id) = (recipient.to_string(), message_id.to_string());
-        self.write(move |c| ops::requeue_dead(c, &recipient, &message_id, now))
+        self.write(move |c| {
+            run_now(sql_ops::requeue_dead(&mut Sqlite(c), &recipient, &message_id, now))
+        })
             .await
     }
 

@@ -190,20 +190,6 @@ fn state(row: &Fields<'_, '_>) -> StoreResult<String> {
     row.text("state")
 }
 
-/// Message state and lease id as seen by a fresh read, to explain a refused ack/nack.
-fn lease_state(
-    conn: &Connection,
-    recipient: &str,
-    message_id: &str,
-) -> StoreResult<Option<(String, Option<String>)>> {
-    row(
-        conn,
-        "SELECT state, lease_id FROM messages WHERE id = $1 AND recipient = $2",
-        &[&message_id, &recipient],
-        |r| Ok((r.text("state")?, r.text_opt("lease_id")?)),
-    )
-}
-
 /// Reads, changes and writes one agent (a single write, so no savepoint).
 pub(super) fn update_agent(
     conn: &Connection,
@@ -442,116 +428,6 @@ pub(super) fn release_held(
         state,
     )?;
     Ok(sql_stream::released(&states))
-}
-
-/// Acks one message.
-pub(super) fn ack(conn: &Connection, r: &AckRequest) -> StoreResult<Message> {
-    let found = row(
-        conn,
-        "UPDATE messages SET state = 'acked', lease_id = NULL, lease_until = NULL, \
-         acked_at = $4, ended_at = $4, updated_at = $4, result = $5 \
-         WHERE id = $1 AND recipient = $2 AND state = 'leased' \
-           AND ($3 IS NULL OR lease_id = $3) \
-         RETURNING *",
-        &[
-            &r.message_id,
-            &r.recipient,
-            &r.lease_id,
-            &r.now,
-            &to_json_opt(r.result.as_ref())?,
-        ],
-        message_row,
-    )?;
-    match found {
-        Some(m) => Ok(m),
-        None => Err(sql::lease_refusal(
-            lease_state(conn, &r.recipient, &r.message_id)?,
-            r.lease_id.as_deref(),
-        )),
-    }
-}
-
-/// Extends or ends one lease.
-pub(super) fn nack(conn: &Connection, r: &NackRequest) -> StoreResult<Message> {
-    let found = match r.action {
-        NackAction::Extend {
-            extend_ms,
-            max_lease_until,
-        } => row(
-            conn,
-            "UPDATE messages SET \
-                 lease_until = min(max(coalesce(lease_until, $4), $4) + $5, $6), \
-                 updated_at = $4 \
-             WHERE id = $1 AND recipient = $2 AND state = 'leased' \
-               AND ($3 IS NULL OR lease_id = $3) \
-             RETURNING *",
-            &[
-                &r.message_id,
-                &r.recipient,
-                &r.lease_id,
-                &r.now,
-                &extend_ms,
-                &max_lease_until,
-            ],
-            message_row,
-        )?,
-        NackAction::Requeue { visible_at } => row(
-            conn,
-            "UPDATE messages SET \
-                 state = CASE WHEN attempts >= $5 THEN 'dead' ELSE 'queued' END, \
-                 lease_id = NULL, \
-                 lease_until = NULL, \
-                 visible_at = CASE WHEN attempts >= $5 THEN visible_at ELSE $6 END, \
-                 ended_at = CASE WHEN attempts >= $5 THEN $4 ELSE ended_at END, \
-                 dead_reason = CASE WHEN attempts >= $5 THEN 'max_attempts' ELSE dead_reason END, \
-                 updated_at = $4 \
-             WHERE id = $1 AND recipient = $2 AND state = 'leased' \
-               AND ($3 IS NULL OR lease_id = $3) \
-             RETURNING *",
-            &[
-                &r.message_id,
-                &r.recipient,
-                &r.lease_id,
-                &r.now,
-                &i64::from(r.max_attempts),
-                &visible_at,
-            ],
-            message_row,
-        )?,
-    };
-    match found {
-        Some(m) => Ok(m),
-        None => Err(sql::lease_refusal(
-            lease_state(conn, &r.recipient, &r.message_id)?,
-            r.lease_id.as_deref(),
-        )),
-    }
-}
-
-/// Puts one dead letter back in its inbox.
-pub(super) fn requeue_dead(
-    conn: &Connection,
-    recipient: &str,
-    message_id: &str,
-    now: Millis,
-) -> StoreResult<Message> {
-    let found = row(
-        conn,
-        "UPDATE messages SET state = 'queued', attempts = 0, lease_id = NULL, \
-         lease_until = NULL, visible_at = $3, ended_at = NULL, dead_reason = NULL, \
-         updated_at = $3 \
-         WHERE id = $1 AND recipient = $2 AND state = 'dead' \
-         RETURNING *",
-        &[&message_id, &recipient, &now],
-        message_row,
-    )?;
-    match found {
-        Some(m) => Ok(m),
-        None => match lease_state(conn, recipient, message_id)? {
-            Some(_) => Err(StoreError::NotDead),
-            None => Err(StoreError::MessageNotFound),
-        },
-    }
 }
 
 /// Ends expired leases (all inboxes, or one). Returns each row's new state.
