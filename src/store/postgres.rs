@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::sql::{self, db_error, limit, to_json, to_json_opt};
-use super::sql_conn::{Arg, SqlConn};
+use super::sql_conn::{Arg, Dialect as SqlDialect, SqlConn};
 use super::sql_ops;
 use super::sql_stream::{self, Dialect, StreamSql};
 use super::*;
@@ -360,87 +360,6 @@ WHERE m.id = first.id AND m.recipient = first.recipient AND m.state = 'leased'
   AND (first.lease_id IS NULL OR m.lease_id = first.lease_id)
 RETURNING m.*";
 
-/// Lease statement: locks the oldest available messages of one inbox
-/// (skipping rows other pulls hold) and moves each to `leased` (fresh lease
-/// id), `expired` (past TTL) or `dead` (an expired lease at the attempt limit).
-/// Binds: recipient, now, visibility_ms, max_attempts, limit.
-const LEASE: &str = "\
-WITH picked AS (
-    SELECT seq,
-           available_at AS was_available_at,
-           CASE WHEN expires_at <= $2 THEN 'expired'
-                WHEN state = 'leased' AND attempts >= $4 THEN 'dead'
-                ELSE 'leased' END AS next_state
-    FROM messages
-    WHERE recipient = $1 AND state IN ('queued', 'leased') AND available_at <= $2
-    ORDER BY available_at, seq
-    LIMIT $5
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE messages m SET
-    state = picked.next_state,
-    attempts = CASE WHEN picked.next_state = 'leased' THEN m.attempts + 1 ELSE m.attempts END,
-    lease_id = CASE WHEN picked.next_state = 'leased' THEN gen_random_uuid()::text END,
-    lease_until = CASE WHEN picked.next_state = 'leased' THEN $2 + $3 END,
-    visible_at = picked.was_available_at,
-    ended_at = CASE WHEN picked.next_state = 'leased' THEN m.ended_at ELSE $2 END,
-    dead_reason = CASE WHEN picked.next_state = 'dead' THEN 'max_attempts' ELSE m.dead_reason END,
-    updated_at = $2
-FROM picked
-WHERE m.seq = picked.seq
-RETURNING m.*";
-
-/// Reclaim of expired leases, all inboxes. A lease ending in the dead
-/// letters updates its inbox's `inbox_live` row (trigger), so the statement
-/// first locks the count rows of every inbox in its batch in recipient order
-/// (`counts`, an init plan run before the first update): two sweeps over
-/// the same inboxes then queue instead of deadlocking.
-/// Binds: now, max_attempts, limit.
-const RECLAIM_ALL: &str = "\
-WITH due AS (
-    SELECT seq, recipient FROM messages
-    WHERE state = 'leased' AND lease_until <= $1
-    ORDER BY lease_until
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-),
-counts AS (
-    SELECT 1 FROM inbox_live WHERE recipient IN (SELECT recipient FROM due)
-    ORDER BY recipient FOR UPDATE
-)
-UPDATE messages m SET
-    state = CASE WHEN m.attempts >= $2 THEN 'dead' ELSE 'queued' END,
-    lease_id = NULL,
-    lease_until = NULL,
-    visible_at = CASE WHEN m.attempts >= $2 THEN m.visible_at ELSE $1 END,
-    ended_at = CASE WHEN m.attempts >= $2 THEN $1 ELSE m.ended_at END,
-    dead_reason = CASE WHEN m.attempts >= $2 THEN 'max_attempts' ELSE m.dead_reason END,
-    updated_at = $1
-FROM due
-WHERE m.seq = due.seq AND (SELECT count(*) FROM counts) >= 0
-RETURNING m.state, m.recipient";
-
-/// Reclaim of expired leases, one inbox. Binds: now, max_attempts, limit, recipient.
-const RECLAIM_INBOX: &str = "\
-WITH due AS (
-    SELECT seq FROM messages
-    WHERE recipient = $4 AND state = 'leased' AND lease_until <= $1
-    ORDER BY lease_until
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE messages m SET
-    state = CASE WHEN m.attempts >= $2 THEN 'dead' ELSE 'queued' END,
-    lease_id = NULL,
-    lease_until = NULL,
-    visible_at = CASE WHEN m.attempts >= $2 THEN m.visible_at ELSE $1 END,
-    ended_at = CASE WHEN m.attempts >= $2 THEN $1 ELSE m.ended_at END,
-    dead_reason = CASE WHEN m.attempts >= $2 THEN 'max_attempts' ELSE m.dead_reason END,
-    updated_at = $1
-FROM due
-WHERE m.seq = due.seq
-RETURNING m.state, m.recipient";
-
 /// The stream-lease statements in PostgreSQL's words (`sql_stream`).
 static PG_STREAM: LazyLock<StreamSql> = LazyLock::new(|| {
     StreamSql::new(&Dialect {
@@ -483,6 +402,7 @@ fn bind_args<'q>(sql: &'q str, args: &[Arg<'q>]) -> sqlx::query::Query<'q, Postg
 
 impl SqlConn for Pg<'_> {
     type Row<'r> = PgRow;
+    const DIALECT: SqlDialect = SqlDialect::Postgres;
 
     async fn rows<T>(
         &mut self,
@@ -684,32 +604,7 @@ impl Store for PostgresStore {
     }
 
     async fn lease(&self, request: &LeaseRequest) -> StoreResult<Vec<Message>> {
-        let mut leased = Vec::new();
-        // Messages expired or dead-lettered on the way do not count against
-        // `max_messages`: lease again for the remainder while the statement
-        // keeps finding candidates. Each round is one atomic statement.
-        while leased.len() < request.max_messages {
-            let wanted = request.max_messages - leased.len();
-            let rows = sqlx::query(LEASE)
-                .bind(&request.recipient)
-                .bind(request.now)
-                .bind(request.visibility_ms)
-                .bind(i64::from(request.max_attempts))
-                .bind(limit(wanted))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_error)?;
-            let touched = rows.len();
-            let rows = rows
-                .iter()
-                .map(sql::message_from_row)
-                .collect::<StoreResult<Vec<_>>>()?;
-            leased.extend(sql::granted_in_order(rows));
-            if touched < wanted {
-                break;
-            }
-        }
-        Ok(leased)
+        sql_ops::lease(&mut Pg::Pool(&self.pool), request).await
     }
 
     async fn lease_held(
@@ -850,13 +745,7 @@ impl Store for PostgresStore {
     }
 
     async fn get_message(&self, message_id: &str) -> StoreResult<Option<Message>> {
-        sqlx::query("SELECT * FROM messages WHERE id = $1")
-            .bind(message_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)?
-            .map(|r| message(&r))
-            .transpose()
+        sql_ops::get_message(&mut Pg::Pool(&self.pool), message_id).await
     }
 
     async fn list_dead(
@@ -865,45 +754,11 @@ impl Store for PostgresStore {
         page_size: usize,
         cursor: Option<&str>,
     ) -> StoreResult<Page<Message>> {
-        let (after_at, after_seq) = match cursor {
-            Some(c) => sql::parse_dead_cursor(c)?,
-            None => (Millis::MIN, i64::MIN),
-        };
-        let rows = sqlx::query(
-            "SELECT * FROM messages \
-             WHERE recipient = $1 AND state = 'dead' AND (ended_at, seq) > ($2, $3) \
-             ORDER BY ended_at, seq LIMIT $4",
-        )
-        .bind(recipient)
-        .bind(after_at)
-        .bind(after_seq)
-        .bind(limit(page_size.saturating_add(1)))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        let mut page = rows
-            .iter()
-            .map(sql::message_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
-        let next_cursor = if page.len() > page_size {
-            page.truncate(page_size);
-            page.last()
-                .map(|(seq, m)| sql::dead_cursor(m.ended_at.unwrap_or(m.updated_at), *seq))
-        } else {
-            None
-        };
-        Ok(Page {
-            items: page.into_iter().map(|(_, m)| m).collect(),
-            next_cursor,
-        })
+        sql_ops::list_dead(&mut Pg::Pool(&self.pool), recipient, page_size, cursor).await
     }
 
     async fn next_available_at(&self, recipient: &str) -> StoreResult<Option<Millis>> {
-        sqlx::query_scalar(sql::NEXT_AVAILABLE_AT)
-            .bind(recipient)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_error)
+        sql_ops::next_available_at(&mut Pg::Pool(&self.pool), recipient).await
     }
 
     async fn peek_queued(
@@ -912,110 +767,29 @@ impl Store for PostgresStore {
         now: Millis,
         page: usize,
     ) -> StoreResult<Vec<Message>> {
-        let rows = sqlx::query(super::sql_peek::PEEK_QUEUED)
-            .bind(recipient)
-            .bind(now)
-            .bind(limit(page))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
-        rows.iter()
-            .map(|row| sql::message_from_row(row).map(|(_, m)| m))
-            .collect()
+        sql_ops::peek_queued(&mut Pg::Pool(&self.pool), recipient, now, page).await
     }
 
     async fn inbox_stats(&self, recipient: &str) -> StoreResult<StateCounts> {
-        let rows = sqlx::query(
-            "SELECT state, count(*) AS n FROM messages WHERE recipient = $1 GROUP BY state",
-        )
-        .bind(recipient)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        sql::count_states(&rows)
+        sql_ops::inbox_stats(&mut Pg::Pool(&self.pool), recipient).await
     }
 
     async fn stats(&self) -> StoreResult<HubStats> {
-        let rows = sqlx::query("SELECT state, count(*) AS n FROM messages GROUP BY state")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
-        let messages = sql::count_states(&rows)?;
-        let agents = sqlx::query(
-            "SELECT count(*) AS total, count(*) FILTER (WHERE online) AS online FROM agents",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_error)?;
-        let total: i64 = agents.try_get("total").map_err(db_error)?;
-        let online: i64 = agents.try_get("online").map_err(db_error)?;
-        Ok(HubStats {
-            agents_total: total as u64,
-            agents_online: online as u64,
-            messages,
-        })
+        sql_ops::stats(&mut Pg::Pool(&self.pool)).await
     }
 
     async fn reclaim_expired_leases(&self, request: &ReclaimRequest) -> StoreResult<ReclaimCounts> {
-        let (statement, recipient) = match &request.recipient {
-            None => (RECLAIM_ALL, None),
-            Some(agent) => (RECLAIM_INBOX, Some(agent.as_str())),
-        };
-        let mut query = sqlx::query(statement)
-            .bind(request.now)
-            .bind(i64::from(request.max_attempts))
-            .bind(limit(request.limit));
-        if let Some(agent) = recipient {
-            query = query.bind(agent.to_string());
-        }
-        let rows = query.fetch_all(&self.pool).await.map_err(db_error)?;
-        let mut requeued_in = Vec::new();
-        for row in &rows {
-            let state: String = row.try_get("state").map_err(db_error)?;
-            let recipient: String = row.try_get("recipient").map_err(db_error)?;
-            if state == MessageState::Queued.as_str() && !requeued_in.contains(&recipient) {
-                requeued_in.push(recipient);
-            }
-        }
+        let (counts, requeued_in) = sql_ops::reclaim(&mut Pg::Pool(&self.pool), request).await?;
         self.wake(&requeued_in);
-        sql::reclaim_counts(&rows)
+        Ok(counts)
     }
 
     async fn expire_messages(&self, now: Millis, batch: usize) -> StoreResult<u64> {
-        // Count rows locked in recipient order first, as in `RECLAIM_ALL`.
-        let done = sqlx::query(
-            "WITH due AS ( \
-                 SELECT seq, recipient FROM messages \
-                 WHERE state IN ('queued', 'leased') AND expires_at <= $1 \
-                 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
-             counts AS (SELECT 1 FROM inbox_live \
-                 WHERE recipient IN (SELECT recipient FROM due) ORDER BY recipient FOR UPDATE) \
-             UPDATE messages m SET state = 'expired', lease_id = NULL, lease_until = NULL, \
-                 ended_at = $1, updated_at = $1 \
-             FROM due WHERE m.seq = due.seq AND (SELECT count(*) FROM counts) >= 0",
-        )
-        .bind(now)
-        .bind(limit(batch))
-        .execute(&self.pool)
-        .await
-        .map_err(db_error)?;
-        Ok(done.rows_affected())
+        sql_ops::expire_messages(&mut Pg::Pool(&self.pool), now, batch).await
     }
 
     async fn purge_retained(&self, ended_before: Millis, batch: usize) -> StoreResult<u64> {
-        let done = sqlx::query(
-            "WITH due AS ( \
-                 SELECT seq FROM messages \
-                 WHERE state IN ('acked', 'expired', 'dead') AND ended_at < $1 \
-                 ORDER BY ended_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             DELETE FROM messages m USING due WHERE m.seq = due.seq",
-        )
-        .bind(ended_before)
-        .bind(limit(batch))
-        .execute(&self.pool)
-        .await
-        .map_err(db_error)?;
-        Ok(done.rows_affected())
+        sql_ops::purge_retained(&mut Pg::Pool(&self.pool), ended_before, batch).await
     }
 
     async fn claim_due_deliveries(
@@ -1194,13 +968,7 @@ impl Store for PostgresStore {
         after: Option<&str>,
         count: usize,
     ) -> StoreResult<Vec<Message>> {
-        let rows = sqlx::query("SELECT * FROM messages WHERE id > $1 ORDER BY id LIMIT $2")
-            .bind(after.unwrap_or_default())
-            .bind(limit(count))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
-        rows.iter().map(message).collect()
+        sql_ops::export_messages(&mut Pg::Pool(&self.pool), after, count).await
     }
 
     async fn import_agent(&self, agent: Agent) -> StoreResult<bool> {

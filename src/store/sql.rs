@@ -106,7 +106,7 @@ impl Columns for sqlx::postgres::PgRow {
 
 /// The earliest `available_at` of an inbox's live messages (served by the
 /// `messages_ready` index). Binds: recipient.
-pub(super) const NEXT_AVAILABLE_AT: &str = "SELECT MIN(available_at) FROM messages \
+pub(super) const NEXT_AVAILABLE_AT: &str = "SELECT MIN(available_at) AS next FROM messages \
      WHERE recipient = $1 AND state IN ('queued', 'leased')";
 
 /// Decodes an `agents` row.
@@ -275,36 +275,12 @@ pub(super) fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Counts `(state, n)` rows (a `GROUP BY state`) into [`StateCounts`].
-pub(super) fn count_states<R: Columns>(rows: &[R]) -> StoreResult<StateCounts> {
-    let mut counts = StateCounts::default();
-    for row in rows {
-        let (state, n) = state_count(row)?;
-        counts.add(state, n);
-    }
-    Ok(counts)
-}
-
 /// One `(state, n)` row of a `GROUP BY state`.
 pub(super) fn state_count(row: &impl Columns) -> StoreResult<(MessageState, u64)> {
     let state: String = row.text("state")?;
     let n: u64 = row.unsigned("n")?;
     let state = MessageState::parse(&state).ok_or_else(|| corrupt("message state", &state))?;
     Ok((state, n))
-}
-
-/// Tallies the `state` column returned by a reclaim statement.
-pub(super) fn reclaim_counts<R: Columns>(rows: &[R]) -> StoreResult<ReclaimCounts> {
-    let mut counts = ReclaimCounts::default();
-    for row in rows {
-        let state: String = row.text("state")?;
-        if state == MessageState::Dead.as_str() {
-            counts.dead += 1;
-        } else {
-            counts.requeued += 1;
-        }
-    }
-    Ok(counts)
 }
 
 /// The next link of the audit chain after `(prev_seq, prev_hash)`.

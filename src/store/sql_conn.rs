@@ -15,10 +15,11 @@
 
 use std::future::Future;
 use std::pin::pin;
+use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 
-use super::sql::Columns;
 use super::StoreResult;
+use super::sql::Columns;
 
 /// One bound value, the same for both drivers.
 #[derive(Debug, Clone, Copy)]
@@ -84,12 +85,86 @@ macro_rules! args {
 }
 pub(super) use args;
 
+/// The two SQL dialects, for the few clauses in which they really differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// A fresh random UUID v4 as text (lease ids).
+    pub(super) fn uuid(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => {
+                "(lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' || \
+                 substr(lower(hex(randomblob(2))), 2) || '-' || \
+                 substr('89ab', 1 + (random() & 3), 1) || \
+                 substr(lower(hex(randomblob(2))), 2) || '-' || lower(hex(randomblob(6))))"
+            }
+            Dialect::Postgres => "gen_random_uuid()::text",
+        }
+    }
+
+    /// Ends a sub-select that picks rows to change: PostgreSQL locks them
+    /// and skips rows other transactions hold, so hub instances never wait
+    /// on each other; SQLite has one writer and no row locks.
+    pub(super) fn skip_locked(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// What an `UPDATE messages … FROM` returns to give the message rows
+    /// alone (SQLite's `RETURNING` sees only the updated table).
+    pub(super) fn returning_message(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "*",
+            Dialect::Postgres => "messages.*",
+        }
+    }
+
+    /// Ends a select of rows a statement is about to change: PostgreSQL
+    /// locks them in the select's order, so two statements over the same
+    /// rows queue instead of deadlocking.
+    pub(super) fn for_update(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        }
+    }
+}
+
+/// A statement built from a dialect's clauses, once per dialect, at first use.
+pub(super) struct ByDialect {
+    built: [OnceLock<String>; 2],
+    build: fn(Dialect) -> String,
+}
+
+impl ByDialect {
+    /// The statement `build` makes.
+    pub(super) const fn new(build: fn(Dialect) -> String) -> Self {
+        ByDialect {
+            built: [OnceLock::new(), OnceLock::new()],
+            build,
+        }
+    }
+
+    /// The statement in `dialect`.
+    pub(super) fn get(&self, dialect: Dialect) -> &str {
+        self.built[dialect as usize].get_or_init(|| (self.build)(dialect))
+    }
+}
+
 /// A connection (or open transaction) the shared operations run statements
 /// on. Multi-statement operations assume the caller made them atomic
 /// (SQLite: a savepoint in the writer's group; PostgreSQL: a transaction).
 pub(super) trait SqlConn {
     /// A result row.
     type Row<'r>: Columns;
+    /// Whose SQL this connection speaks.
+    const DIALECT: Dialect;
 
     /// Runs `sql` to its end, turning every row it returns into a `T`.
     async fn rows<T>(

@@ -13,7 +13,7 @@ use rusqlite::types::{FromSql, ToSql, ToSqlOutput};
 use rusqlite::{Connection, ErrorCode, OpenFlags, Row, Statement};
 
 use super::super::sql::Columns;
-use super::super::sql_conn::{Arg, SqlConn};
+use super::super::sql_conn::{Arg, Dialect, SqlConn};
 use super::super::{StoreError, StoreResult};
 use crate::config::SqliteSynchronous;
 
@@ -89,7 +89,10 @@ pub(super) fn open(path: &Path, synchronous: SqliteSynchronous) -> StoreResult<C
 fn add_least_greatest(conn: &Connection) -> StoreResult<()> {
     use rusqlite::functions::FunctionFlags;
     let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
-    for (name, pick) in [("least", i64::min as fn(i64, i64) -> i64), ("greatest", i64::max)] {
+    for (name, pick) in [
+        ("least", i64::min as fn(i64, i64) -> i64),
+        ("greatest", i64::max),
+    ] {
         conn.create_scalar_function(name, 2, flags, move |ctx| {
             let (a, b) = (ctx.get::<Option<i64>>(0)?, ctx.get::<Option<i64>>(1)?);
             Ok(match (a, b) {
@@ -297,6 +300,7 @@ pub(super) struct Sqlite<'c>(pub &'c Connection);
 
 impl SqlConn for Sqlite<'_> {
     type Row<'r> = Fields<'r, 'r>;
+    const DIALECT: Dialect = Dialect::Sqlite;
 
     async fn rows<T>(
         &mut self,

@@ -37,7 +37,7 @@ use rusqlite::Connection;
 
 use self::conn::{Checkpointer, Readers, Sqlite, exec, row, rows};
 use self::writer::Writer;
-use super::sql::{self, Columns, limit};
+use super::sql::{self, limit};
 use super::sql_conn::run_now;
 use super::sql_ops;
 use super::*;
@@ -193,7 +193,8 @@ impl Store for SqliteStore {
         // count against `max_messages`) is one statement, atomic by itself,
         // as when each round was an operation of its own: no savepoint.
         let request = request.clone();
-        self.write(move |c| ops::lease(c, &request)).await
+        self.write(move |c| run_now(sql_ops::lease(&mut Sqlite(c), &request)))
+            .await
     }
 
     async fn lease_held(
@@ -261,20 +262,18 @@ impl Store for SqliteStore {
     ) -> StoreResult<Message> {
         let (recipient, message_id) = (recipient.to_string(), message_id.to_string());
         self.write(move |c| {
-            run_now(sql_ops::requeue_dead(&mut Sqlite(c), &recipient, &message_id, now))
+            run_now(sql_ops::requeue_dead(
+                &mut Sqlite(c),
+                &recipient,
+                &message_id,
+                now,
+            ))
         })
-            .await
+        .await
     }
 
     async fn get_message(&self, message_id: &str) -> StoreResult<Option<Message>> {
-        self.read(|c| {
-            row(
-                c,
-                "SELECT * FROM messages WHERE id = $1",
-                &[&message_id],
-                ops::message,
-            )
-        })
+        self.read(|c| run_now(sql_ops::get_message(&mut Sqlite(c), message_id)))
     }
 
     async fn list_dead(
@@ -283,35 +282,20 @@ impl Store for SqliteStore {
         page_size: usize,
         cursor: Option<&str>,
     ) -> StoreResult<Page<Message>> {
-        let (after_at, after_seq) = match cursor {
-            Some(c) => sql::parse_dead_cursor(c)?,
-            None => (Millis::MIN, i64::MIN),
-        };
-        let recipient = recipient.to_string();
-        let found = self
-            .scan(move |c| {
-                rows(
-                    c,
-                    "SELECT * FROM messages \
-                     WHERE recipient = $1 AND state = 'dead' AND (ended_at, seq) > ($2, $3) \
-                     ORDER BY ended_at, seq LIMIT $4",
-                    &[
-                        &recipient,
-                        &after_at,
-                        &after_seq,
-                        &limit(page_size.saturating_add(1)),
-                    ],
-                    ops::message_seq,
-                )
-            })
-            .await?;
-        Ok(super::sql_console::dead_page(found, page_size))
+        let (recipient, cursor) = (recipient.to_string(), cursor.map(str::to_string));
+        self.scan(move |c| {
+            run_now(sql_ops::list_dead(
+                &mut Sqlite(c),
+                &recipient,
+                page_size,
+                cursor.as_deref(),
+            ))
+        })
+        .await
     }
 
     async fn next_available_at(&self, recipient: &str) -> StoreResult<Option<Millis>> {
-        self.read(|c| {
-            row(c, sql::NEXT_AVAILABLE_AT, &[&recipient], |r| r.at(0)).map(Option::flatten)
-        })
+        self.read(|c| run_now(sql_ops::next_available_at(&mut Sqlite(c), recipient)))
     }
 
     async fn peek_queued(
@@ -320,82 +304,35 @@ impl Store for SqliteStore {
         now: Millis,
         page: usize,
     ) -> StoreResult<Vec<Message>> {
-        self.read(|c| {
-            rows(
-                c,
-                super::sql_peek::PEEK_QUEUED,
-                &[&recipient, &now, &limit(page)],
-                ops::message,
-            )
-        })
+        self.read(|c| run_now(sql_ops::peek_queued(&mut Sqlite(c), recipient, now, page)))
     }
 
     async fn inbox_stats(&self, recipient: &str) -> StoreResult<StateCounts> {
         let recipient = recipient.to_string();
-        self.scan(move |c| {
-            count_states(
-                c,
-                "SELECT state, count(*) AS n FROM messages WHERE recipient = $1 GROUP BY state",
-                &[&recipient],
-            )
-        })
-        .await
+        self.scan(move |c| run_now(sql_ops::inbox_stats(&mut Sqlite(c), &recipient)))
+            .await
     }
 
     async fn stats(&self) -> StoreResult<HubStats> {
-        self.scan(|c| {
-            let messages = count_states(
-                c,
-                "SELECT state, count(*) AS n FROM messages GROUP BY state",
-                &[],
-            )?;
-            let (total, online) = row(
-                c,
-                "SELECT count(*) AS total, count(*) FILTER (WHERE online) AS online FROM agents",
-                &[],
-                |r| Ok((r.unsigned::<u64>("total")?, r.unsigned::<u64>("online")?)),
-            )?
-            .unwrap_or_default();
-            Ok(HubStats {
-                agents_total: total,
-                agents_online: online,
-                messages,
-            })
-        })
-        .await
+        self.scan(|c| run_now(sql_ops::stats(&mut Sqlite(c)))).await
     }
 
     async fn reclaim_expired_leases(&self, request: &ReclaimRequest) -> StoreResult<ReclaimCounts> {
         let request = request.clone();
-        self.write(move |c| ops::reclaim(c, &request)).await
+        let (counts, _requeued_in) = self
+            .write(move |c| run_now(sql_ops::reclaim(&mut Sqlite(c), &request)))
+            .await?;
+        Ok(counts)
     }
 
     async fn expire_messages(&self, now: Millis, batch: usize) -> StoreResult<u64> {
-        self.write(move |c| {
-            exec(
-                c,
-                "UPDATE messages SET state = 'expired', lease_id = NULL, lease_until = NULL, \
-                 ended_at = $1, updated_at = $1 \
-                 WHERE seq IN (SELECT seq FROM messages \
-                     WHERE state IN ('queued', 'leased') AND expires_at <= $1 \
-                     ORDER BY expires_at LIMIT $2)",
-                &[&now, &limit(batch)],
-            )
-        })
-        .await
+        self.write(move |c| run_now(sql_ops::expire_messages(&mut Sqlite(c), now, batch)))
+            .await
     }
 
     async fn purge_retained(&self, ended_before: Millis, batch: usize) -> StoreResult<u64> {
-        self.write(move |c| {
-            exec(
-                c,
-                "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages \
-                     WHERE state IN ('acked', 'expired', 'dead') AND ended_at < $1 \
-                     ORDER BY ended_at LIMIT $2)",
-                &[&ended_before, &limit(batch)],
-            )
-        })
-        .await
+        self.write(move |c| run_now(sql_ops::purge_retained(&mut Sqlite(c), ended_before, batch)))
+            .await
     }
 
     async fn claim_due_deliveries(
@@ -480,14 +417,13 @@ impl Store for SqliteStore {
         after: Option<&str>,
         count: usize,
     ) -> StoreResult<Vec<Message>> {
-        let after = after.unwrap_or_default().to_string();
+        let after = after.map(str::to_string);
         self.scan(move |c| {
-            rows(
-                c,
-                "SELECT * FROM messages WHERE id > $1 ORDER BY id LIMIT $2",
-                &[&after, &limit(count)],
-                ops::message,
-            )
+            run_now(sql_ops::export_messages(
+                &mut Sqlite(c),
+                after.as_deref(),
+                count,
+            ))
         })
         .await
     }
@@ -715,13 +651,4 @@ impl Store for SqliteStore {
         self.write(move |c| ops::purge_group_history(c, now, count))
             .await
     }
-}
-
-/// Counts one `GROUP BY state` statement's rows.
-fn count_states(c: &Connection, statement: &str, args: conn::Args<'_>) -> StoreResult<StateCounts> {
-    let mut counts = StateCounts::default();
-    for (state, n) in rows(c, statement, args, |r| sql::state_count(r))? {
-        counts.add(state, n);
-    }
-    Ok(counts)
 }

@@ -284,40 +284,6 @@ fn message_row(row: &Fields<'_, '_>) -> StoreResult<Message> {
     message(row)
 }
 
-/// Lease statement: classifies the oldest available messages of one inbox and
-/// moves each to `leased` (with a fresh UUID v4 lease id), `expired` (past
-/// TTL) or `dead` (an expired lease at the attempt limit), in one statement.
-/// Binds: recipient, now, visibility_ms, max_attempts, limit. The limit is
-/// an expression, not a bare placeholder: SQLite re-prepares a statement
-/// whose `LIMIT` is a bare placeholder on every run (measured: 13 % of the
-/// hub's CPU in a drain; `lease_is_prepared_once` keeps it so).
-const LEASE: &str = "\
-UPDATE messages SET
-    state = picked.next_state,
-    attempts = CASE WHEN picked.next_state = 'leased' THEN attempts + 1 ELSE attempts END,
-    lease_id = CASE WHEN picked.next_state = 'leased' THEN
-        lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' ||
-        substr(lower(hex(randomblob(2))), 2) || '-' || substr('89ab', 1 + (random() & 3), 1) ||
-        substr(lower(hex(randomblob(2))), 2) || '-' || lower(hex(randomblob(6))) END,
-    lease_until = CASE WHEN picked.next_state = 'leased' THEN $2 + $3 END,
-    visible_at = picked.was_available_at,
-    ended_at = CASE WHEN picked.next_state = 'leased' THEN ended_at ELSE $2 END,
-    dead_reason = CASE WHEN picked.next_state = 'dead' THEN 'max_attempts' ELSE dead_reason END,
-    updated_at = $2
-FROM (
-    SELECT seq AS picked_seq,
-           available_at AS was_available_at,
-           CASE WHEN expires_at <= $2 THEN 'expired'
-                WHEN state = 'leased' AND attempts >= $4 THEN 'dead'
-                ELSE 'leased' END AS next_state
-    FROM messages
-    WHERE recipient = $1 AND state IN ('queued', 'leased') AND available_at <= $2
-    ORDER BY available_at, seq
-    LIMIT CAST($5 AS INTEGER)
-) AS picked
-WHERE messages.seq = picked.picked_seq
-RETURNING *";
-
 /// The stream-lease statements in SQLite's words (`sql_stream`).
 static STREAM: LazyLock<StreamSql> = LazyLock::new(|| {
     StreamSql::new(&Dialect {
@@ -340,25 +306,6 @@ fn lease_rounds(
         }
     }
     Ok(leased)
-}
-
-/// `Store::lease`: every round in this one operation.
-pub(super) fn lease(conn: &Connection, r: &LeaseRequest) -> StoreResult<Vec<Message>> {
-    let max_attempts = i64::from(r.max_attempts);
-    lease_rounds(r.max_messages, |wanted| {
-        rows(
-            conn,
-            LEASE,
-            &[
-                &r.recipient,
-                &r.now,
-                &r.visibility_ms,
-                &max_attempts,
-                &limit(wanted),
-            ],
-            message_seq,
-        )
-    })
 }
 
 /// `Store::lease_held`.
@@ -427,40 +374,6 @@ pub(super) fn release_held(
         ],
         state,
     )?;
-    Ok(sql_stream::released(&states))
-}
-
-/// Ends expired leases (all inboxes, or one). Returns each row's new state.
-pub(super) fn reclaim(conn: &Connection, r: &ReclaimRequest) -> StoreResult<ReclaimCounts> {
-    let inbox = if r.recipient.is_some() {
-        "recipient = $4 AND "
-    } else {
-        ""
-    };
-    let sql = format!(
-        "UPDATE messages SET
-    state = CASE WHEN attempts >= $2 THEN 'dead' ELSE 'queued' END,
-    lease_id = NULL,
-    lease_until = NULL,
-    visible_at = CASE WHEN attempts >= $2 THEN visible_at ELSE $1 END,
-    ended_at = CASE WHEN attempts >= $2 THEN $1 ELSE ended_at END,
-    dead_reason = CASE WHEN attempts >= $2 THEN 'max_attempts' ELSE dead_reason END,
-    updated_at = $1
-WHERE seq IN (
-    SELECT seq FROM messages
-    WHERE {inbox}state = 'leased' AND lease_until <= $1
-    ORDER BY lease_until
-    LIMIT $3
-)
-RETURNING state"
-    );
-    let max_attempts = i64::from(r.max_attempts);
-    let batch = limit(r.limit);
-    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&r.now, &max_attempts, &batch];
-    if let Some(recipient) = &r.recipient {
-        args.push(recipient);
-    }
-    let states = rows(conn, &sql, &args, state)?;
     Ok(sql_stream::released(&states))
 }
 
@@ -895,7 +808,10 @@ pub(super) fn purge_group_history(
 mod tests {
     use rusqlite::StatementStatus;
 
+    use super::super::conn::Sqlite;
     use super::*;
+    use crate::store::sql_conn::{Dialect, run_now};
+    use crate::store::sql_ops;
 
     /// A migrated in-memory database and lease requests whose limits differ.
     fn lease_requests() -> (Connection, Vec<LeaseRequest>) {
@@ -917,9 +833,11 @@ mod tests {
     fn lease_is_prepared_once() {
         let (conn, requests) = lease_requests();
         for request in &requests {
-            lease(&conn, request).unwrap();
+            run_now(sql_ops::lease(&mut Sqlite(&conn), request)).unwrap();
         }
-        let statement = conn.prepare_cached(LEASE).unwrap();
+        let statement = conn
+            .prepare_cached(sql_ops::LEASE.get(Dialect::Sqlite))
+            .unwrap();
         assert_eq!(statement.get_status(StatementStatus::RePrepare), 0);
     }
 
