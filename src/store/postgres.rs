@@ -1262,8 +1262,7 @@ impl Store for PostgresStore {
 
     async fn add_group_member(&self, group_id: &str, member: GroupMember) -> StoreResult<()> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        sql_groups::add_group_member(&mut Pg::Conn(&mut tx), &PG_GROUPS, group_id, &member)
-            .await?;
+        sql_groups::add_group_member(&mut Pg::Conn(&mut tx), &PG_GROUPS, group_id, &member).await?;
         tx.commit().await.map_err(db_error)
     }
 
@@ -1300,7 +1299,8 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
-        let posted = sql_groups::post_to_group(&mut Pg::Conn(&mut tx), &PG_GROUPS, post, &fan).await?;
+        let posted =
+            sql_groups::post_to_group(&mut Pg::Conn(&mut tx), &PG_GROUPS, post, &fan).await?;
         tx.commit().await.map_err(db_error)?;
         if let Posted::Created(post) = &posted {
             // The members that got a copy.
@@ -1326,8 +1326,7 @@ impl Store for PostgresStore {
 
     async fn purge_group_history(&self, now: Millis, limit: usize) -> StoreResult<u64> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let purged =
-            sql_groups::purge_group_history(&mut Pg::Conn(&mut tx), now, limit).await?;
+        let purged = sql_groups::purge_group_history(&mut Pg::Conn(&mut tx), now, limit).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(purged)
     }

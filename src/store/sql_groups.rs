@@ -86,9 +86,7 @@ fn post_from_row(row: &impl Columns) -> StoreResult<GroupPost> {
 }
 
 /// `(created_at, id)` a history page starts below (`None`: the newest).
-fn history_bounds(
-    cursor: Option<&str>,
-) -> StoreResult<(Option<Millis>, Option<String>)> {
+fn history_bounds(cursor: Option<&str>) -> StoreResult<(Option<Millis>, Option<String>)> {
     match cursor {
         Some(c) => {
             let (at, id) = parse_history_cursor(c).ok_or(StoreError::InvalidCursor)?;
@@ -138,11 +136,9 @@ const MEMBERS: &str = "SELECT agent_id, role, joined_at FROM group_members \
 /// Binds: group.
 const COUNT_MEMBERS: &str = "SELECT count(*) AS n FROM group_members WHERE group_id = $1";
 /// Binds: group, agent.
-const REMOVE_MEMBER: &str =
-    "DELETE FROM group_members WHERE group_id = $1 AND agent_id = $2";
+const REMOVE_MEMBER: &str = "DELETE FROM group_members WHERE group_id = $1 AND agent_id = $2";
 /// Binds: group, idempotency key.
-const POST_BY_KEY: &str =
-    "SELECT * FROM group_posts WHERE group_id = $1 AND idempotency_key = $2";
+const POST_BY_KEY: &str = "SELECT * FROM group_posts WHERE group_id = $1 AND idempotency_key = $2";
 /// Binds: the post's columns in table order; a taken id inserts nothing.
 const INSERT_POST: &str = "INSERT INTO group_posts (id, group_id, sender, envelope, \
      created_at, expires_at, idempotency_key, content_hash, deliveries) \
@@ -405,7 +401,9 @@ pub(super) async fn post_to_group(
     }
     if let Some(key) = &post.idempotency_key {
         let existing = c
-            .row(POST_BY_KEY, args![&post.group_id, key], |r| post_from_row(r))
+            .row(POST_BY_KEY, args![&post.group_id, key], |r| {
+                post_from_row(r)
+            })
             .await?;
         if let Some(existing) = existing {
             return if existing.content_hash == post.content_hash {
@@ -416,18 +414,14 @@ pub(super) async fn post_to_group(
         }
     }
     let recipients = c
-        .rows(
-            &sql.recipients,
-            args![&post.group_id, &post.sender],
-            |r| {
-                let live: u64 = r.unsigned("live")?;
-                Ok(Recipient {
-                    agent_id: r.text("agent_id")?,
-                    push: r.text_opt("webhook_url")?.is_some(),
-                    full: live >= fan.quota,
-                })
-            },
-        )
+        .rows(&sql.recipients, args![&post.group_id, &post.sender], |r| {
+            let live: u64 = r.unsigned("live")?;
+            Ok(Recipient {
+                agent_id: r.text("agent_id")?,
+                push: r.text_opt("webhook_url")?.is_some(),
+                full: live >= fan.quota,
+            })
+        })
         .await?;
     let plan = plan_fan_out(&mut post, fan, recipients);
     let deliveries = to_json(&post.deliveries)?;
@@ -485,7 +479,12 @@ pub(super) async fn group_history(
     let items = c
         .rows(
             HISTORY,
-            args![group_id, before_at, &before_id, limit(count.saturating_add(1))],
+            args![
+                group_id,
+                before_at,
+                &before_id,
+                limit(count.saturating_add(1))
+            ],
             |r| post_from_row(r),
         )
         .await?;

@@ -272,9 +272,14 @@ impl Store for SqliteStore {
     ) -> StoreResult<Message> {
         let (recipient, message_id) = (recipient.to_string(), message_id.to_string());
         self.write(move |c| {
-            run_now(sql_ops::requeue_dead(&mut Sqlite(c), &recipient, &message_id, now))
+            run_now(sql_ops::requeue_dead(
+                &mut Sqlite(c),
+                &recipient,
+                &message_id,
+                now,
+            ))
         })
-            .await
+        .await
     }
 
     async fn get_message(&self, message_id: &str) -> StoreResult<Option<Message>> {
@@ -666,14 +671,8 @@ impl Store for SqliteStore {
 
     async fn update_group(&self, group_id: &str, change: &GroupChange) -> StoreResult<Group> {
         let (group_id, change) = (group_id.to_string(), change.clone());
-        self.write(move |c| {
-            run_now(sql_groups::update_group(
-                &mut Sqlite(c),
-                &group_id,
-                &change,
-            ))
-        })
-        .await
+        self.write(move |c| run_now(sql_groups::update_group(&mut Sqlite(c), &group_id, &change)))
+            .await
     }
 
     async fn delete_group(&self, group_id: &str) -> StoreResult<bool> {
@@ -688,13 +687,7 @@ impl Store for SqliteStore {
         group_id: &str,
         agent_id: &str,
     ) -> StoreResult<Option<GroupMember>> {
-        self.read(|c| {
-            run_now(sql_groups::group_member(
-                &mut Sqlite(c),
-                group_id,
-                agent_id,
-            ))
-        })
+        self.read(|c| run_now(sql_groups::group_member(&mut Sqlite(c), group_id, agent_id)))
     }
 
     async fn group_members(&self, group_id: &str) -> StoreResult<Vec<GroupMember>> {
