@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 
 use super::sql::{self, db_error, limit, to_json, to_json_opt};
 use super::sql_conn::{Arg, Dialect as SqlDialect, SqlConn};
+use super::sql_groups::{self, GroupDialect, GroupSql};
 use super::sql_ops;
 use super::sql_stream::{self, Dialect, StreamSql};
 use super::*;
@@ -297,24 +298,6 @@ fn enqueue_query(m: &Message, d: Option<&Delivery>, quota: u64) -> StoreResult<P
         .bind(i64::try_from(quota).unwrap_or(i64::MAX)))
 }
 
-fn insert_delivery(d: &Delivery) -> PgQuery {
-    sqlx::query(
-        "INSERT INTO deliveries (id, message_id, agent_id, state, attempts, next_attempt_at, \
-         created_at, updated_at, last_status, last_error) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(d.id.clone())
-    .bind(d.message_id.clone())
-    .bind(d.agent_id.clone())
-    .bind(d.state.as_str())
-    .bind(i64::from(d.attempts))
-    .bind(d.next_attempt_at)
-    .bind(d.created_at)
-    .bind(d.updated_at)
-    .bind(d.last_status.map(i64::from))
-    .bind(d.last_error.clone())
-}
-
 /// `INSERT` of a whole agent; a taken id inserts nothing.
 fn insert_agent(a: &Agent) -> StoreResult<PgQuery> {
     Ok(sqlx::query(
@@ -378,7 +361,15 @@ impl PostgresStore {
     }
 }
 
-super::sql_groups::group_sql!(PgConnection, PgRow, " FOR UPDATE", " FOR SHARE");
+/// The group statements in PostgreSQL's words (`sql_groups`): instances
+/// run group operations concurrently, so they lock the rows they depend on.
+static PG_GROUPS: LazyLock<GroupSql> = LazyLock::new(|| {
+    GroupSql::new(&GroupDialect {
+        join: " FOR UPDATE",
+        exists: " FOR SHARE",
+        recipients: "a.agent_id FOR UPDATE OF a",
+    })
+});
 
 /// The pool, or one connection (an open transaction), as the shared
 /// operations see it (`sql_conn`).
@@ -427,6 +418,20 @@ impl SqlConn for Pg<'_> {
         }
         .map_err(db_error)?;
         Ok(done.rows_affected())
+    }
+
+    async fn insert_messages(&mut self, messages: &[Message]) -> StoreResult<u64> {
+        let mut inserted = 0;
+        for m in messages {
+            let query = insert_message(m)?;
+            let done = match self {
+                Pg::Pool(pool) => query.execute(*pool).await,
+                Pg::Conn(conn) => query.execute(&mut **conn).await,
+            }
+            .map_err(db_error)?;
+            inserted += done.rows_affected();
+        }
+        Ok(inserted)
     }
 }
 
@@ -989,24 +994,24 @@ impl Store for PostgresStore {
 
     async fn create_group(&self, group: Group, now: Millis) -> StoreResult<()> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        group_sql::create(&mut tx, &group, now).await?;
+        sql_groups::create_group(&mut Pg::Conn(&mut tx), &PG_GROUPS, &group, now).await?;
         tx.commit().await.map_err(db_error)
     }
 
     async fn get_group(&self, group_id: &str) -> StoreResult<Option<Group>> {
-        group_sql::get_group(&mut *self.pool.acquire().await.map_err(db_error)?, group_id).await
+        sql_groups::get_group(&mut Pg::Pool(&self.pool), group_id).await
     }
 
     async fn update_group(&self, group_id: &str, change: &GroupChange) -> StoreResult<Group> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let group = group_sql::update(&mut tx, group_id, change).await?;
+        let group = sql_groups::update_group(&mut Pg::Conn(&mut tx), group_id, change).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(group)
     }
 
     async fn delete_group(&self, group_id: &str) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let deleted = group_sql::delete(&mut tx, group_id).await?;
+        let deleted = sql_groups::delete_group(&mut Pg::Conn(&mut tx), group_id).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(deleted)
     }
@@ -1016,27 +1021,23 @@ impl Store for PostgresStore {
         group_id: &str,
         agent_id: &str,
     ) -> StoreResult<Option<GroupMember>> {
-        group_sql::member(
-            &mut *self.pool.acquire().await.map_err(db_error)?,
-            group_id,
-            agent_id,
-        )
-        .await
+        sql_groups::group_member(&mut Pg::Pool(&self.pool), group_id, agent_id).await
     }
 
     async fn group_members(&self, group_id: &str) -> StoreResult<Vec<GroupMember>> {
-        group_sql::members(&mut *self.pool.acquire().await.map_err(db_error)?, group_id).await
+        sql_groups::group_members(&mut Pg::Pool(&self.pool), group_id).await
     }
 
     async fn add_group_member(&self, group_id: &str, member: GroupMember) -> StoreResult<()> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        group_sql::add_member(&mut tx, group_id, &member).await?;
+        sql_groups::add_group_member(&mut Pg::Conn(&mut tx), &PG_GROUPS, group_id, &member).await?;
         tx.commit().await.map_err(db_error)
     }
 
     async fn remove_group_member(&self, group_id: &str, agent_id: &str) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let removed = group_sql::remove_member(&mut tx, group_id, agent_id).await?;
+        let removed =
+            sql_groups::remove_group_member(&mut Pg::Conn(&mut tx), group_id, agent_id).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(removed)
     }
@@ -1047,13 +1048,7 @@ impl Store for PostgresStore {
         limit: usize,
         after: Option<&str>,
     ) -> StoreResult<Vec<(Group, GroupRole)>> {
-        group_sql::agent_groups(
-            &mut *self.pool.acquire().await.map_err(db_error)?,
-            agent_id,
-            limit,
-            after,
-        )
-        .await
+        sql_groups::agent_groups(&mut Pg::Pool(&self.pool), agent_id, limit, after).await
     }
 
     async fn post_to_group(&self, post: GroupPost, fan: FanOut) -> StoreResult<Posted> {
@@ -1072,9 +1067,19 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
-        let (posted, woken) = group_sql::post(&mut tx, post, &fan).await?;
+        let posted =
+            sql_groups::post_to_group(&mut Pg::Conn(&mut tx), &PG_GROUPS, post, &fan).await?;
         tx.commit().await.map_err(db_error)?;
-        self.wake(&woken);
+        if let Posted::Created(post) = &posted {
+            // The members that got a copy.
+            let woken: Vec<String> = post
+                .deliveries
+                .iter()
+                .filter(|d| d.status == COPY_DELIVERED)
+                .map(|d| d.agent_id.clone())
+                .collect();
+            self.wake(&woken);
+        }
         Ok(posted)
     }
 
@@ -1084,21 +1089,16 @@ impl Store for PostgresStore {
         limit: usize,
         cursor: Option<&str>,
     ) -> StoreResult<Page<GroupPost>> {
-        group_sql::history(
-            &mut *self.pool.acquire().await.map_err(db_error)?,
-            group_id,
-            limit,
-            cursor,
-        )
-        .await
+        sql_groups::group_history(&mut Pg::Pool(&self.pool), group_id, limit, cursor).await
     }
 
     async fn purge_group_history(&self, now: Millis, limit: usize) -> StoreResult<u64> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let purged = group_sql::purge_history(&mut tx, now, limit).await?;
+        let purged = sql_groups::purge_group_history(&mut Pg::Conn(&mut tx), now, limit).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(purged)
     }
+
     async fn search_agents(
         &self,
         prefix: &str,

@@ -18,15 +18,15 @@ use std::pin::pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 
-use super::StoreResult;
 use super::sql::Columns;
+use super::{Message, StoreResult};
 
 /// One bound value, the same for both drivers.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Arg<'a> {
     Text(Option<&'a str>),
     Int(Option<i64>),
-    Bool(bool),
+    Bool(Option<bool>),
 }
 
 impl<'a> From<&'a str> for Arg<'a> {
@@ -73,6 +73,13 @@ impl From<u32> for Arg<'_> {
 
 impl From<bool> for Arg<'_> {
     fn from(v: bool) -> Self {
+        Arg::Bool(Some(v))
+    }
+}
+
+/// A flag a statement may leave unchanged (NULL), e.g. a group update's.
+impl From<Option<bool>> for Arg<'_> {
+    fn from(v: Option<bool>) -> Self {
         Arg::Bool(v)
     }
 }
@@ -176,6 +183,12 @@ pub(super) trait SqlConn {
 
     /// Runs `sql`, which returns no rows; rows changed.
     async fn exec(&mut self, sql: &str, args: &[Arg<'_>]) -> StoreResult<u64>;
+
+    /// Inserts whole messages (a group post's copies); a conflict (id or
+    /// idempotency key) inserts nothing. How many were new. Per driver:
+    /// SQLite writes many rows per statement with positional binds (hot),
+    /// PostgreSQL one statement per message.
+    async fn insert_messages(&mut self, messages: &[Message]) -> StoreResult<u64>;
 
     /// The first row `sql` returns, if any.
     async fn row<T>(

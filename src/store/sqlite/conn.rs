@@ -14,7 +14,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, Row, Statement};
 
 use super::super::sql::Columns;
 use super::super::sql_conn::{Arg, Dialect, SqlConn};
-use super::super::{StoreError, StoreResult};
+use super::super::{Message, StoreError, StoreResult};
 use crate::config::SqliteSynchronous;
 
 /// How long a statement waits for another process's write lock.
@@ -314,6 +314,10 @@ impl SqlConn for Sqlite<'_> {
     async fn exec(&mut self, sql: &str, args: &[Arg<'_>]) -> StoreResult<u64> {
         exec_with(self.0, sql, args)
     }
+
+    async fn insert_messages(&mut self, messages: &[Message]) -> StoreResult<u64> {
+        super::ops::insert_messages(self.0, messages)
+    }
 }
 
 impl ToSql for Arg<'_> {
@@ -322,8 +326,8 @@ impl ToSql for Arg<'_> {
         Ok(ToSqlOutput::Borrowed(match *self {
             Arg::Text(Some(v)) => ValueRef::Text(v.as_bytes()),
             Arg::Int(Some(v)) => ValueRef::Integer(v),
-            Arg::Bool(v) => ValueRef::Integer(i64::from(v)),
-            Arg::Text(None) | Arg::Int(None) => ValueRef::Null,
+            Arg::Bool(Some(v)) => ValueRef::Integer(i64::from(v)),
+            Arg::Text(None) | Arg::Int(None) | Arg::Bool(None) => ValueRef::Null,
         }))
     }
 }

@@ -30,7 +30,7 @@ mod migrate;
 mod ops;
 mod writer;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use rusqlite::Connection;
@@ -39,6 +39,7 @@ use self::conn::{Checkpointer, Readers, Sqlite, exec, row, rows};
 use self::writer::Writer;
 use super::sql::{self, limit};
 use super::sql_conn::run_now;
+use super::sql_groups::{self, GroupDialect, GroupSql};
 use super::sql_ops;
 use super::*;
 use crate::config::SqliteSynchronous;
@@ -123,6 +124,16 @@ impl SqliteStore {
             .map_err(|e| StoreError::Internal(format!("SQLite read task: {e}")))?
     }
 }
+
+/// The group statements in SQLite's words (`sql_groups`): no row locks,
+/// since the one writer runs one operation at a time.
+static GROUPS: LazyLock<GroupSql> = LazyLock::new(|| {
+    GroupSql::new(&GroupDialect {
+        join: "",
+        exists: "",
+        recipients: "m.agent_id",
+    })
+});
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -574,24 +585,31 @@ impl Store for SqliteStore {
     }
 
     async fn create_group(&self, group: Group, now: Millis) -> StoreResult<()> {
-        self.write_all(move |c| ops::create_group(c, &group, now))
-            .await
+        self.write_all(move |c| {
+            run_now(sql_groups::create_group(
+                &mut Sqlite(c),
+                &GROUPS,
+                &group,
+                now,
+            ))
+        })
+        .await
     }
 
     async fn get_group(&self, group_id: &str) -> StoreResult<Option<Group>> {
-        self.read(|c| ops::get_group(c, group_id))
+        self.read(|c| run_now(sql_groups::get_group(&mut Sqlite(c), group_id)))
     }
 
     async fn update_group(&self, group_id: &str, change: &GroupChange) -> StoreResult<Group> {
         let (group_id, change) = (group_id.to_string(), change.clone());
-        self.write(move |c| ops::update_group(c, &group_id, &change))
+        self.write(move |c| run_now(sql_groups::update_group(&mut Sqlite(c), &group_id, &change)))
             .await
     }
 
     async fn delete_group(&self, group_id: &str) -> StoreResult<bool> {
         // The delete's trigger removes members and history: several writes.
         let group_id = group_id.to_string();
-        self.write_all(move |c| ops::delete_group(c, &group_id))
+        self.write_all(move |c| run_now(sql_groups::delete_group(&mut Sqlite(c), &group_id)))
             .await
     }
 
@@ -600,24 +618,38 @@ impl Store for SqliteStore {
         group_id: &str,
         agent_id: &str,
     ) -> StoreResult<Option<GroupMember>> {
-        self.read(|c| ops::group_member(c, group_id, agent_id))
+        self.read(|c| run_now(sql_groups::group_member(&mut Sqlite(c), group_id, agent_id)))
     }
 
     async fn group_members(&self, group_id: &str) -> StoreResult<Vec<GroupMember>> {
         let group_id = group_id.to_string();
-        self.scan(move |c| ops::group_members(c, &group_id)).await
+        self.scan(move |c| run_now(sql_groups::group_members(&mut Sqlite(c), &group_id)))
+            .await
     }
 
     async fn add_group_member(&self, group_id: &str, member: GroupMember) -> StoreResult<()> {
         let group_id = group_id.to_string();
-        self.write(move |c| ops::add_group_member(c, &group_id, &member))
-            .await
+        self.write(move |c| {
+            run_now(sql_groups::add_group_member(
+                &mut Sqlite(c),
+                &GROUPS,
+                &group_id,
+                &member,
+            ))
+        })
+        .await
     }
 
     async fn remove_group_member(&self, group_id: &str, agent_id: &str) -> StoreResult<bool> {
         let (group_id, agent_id) = (group_id.to_string(), agent_id.to_string());
-        self.write(move |c| ops::remove_group_member(c, &group_id, &agent_id))
-            .await
+        self.write(move |c| {
+            run_now(sql_groups::remove_group_member(
+                &mut Sqlite(c),
+                &group_id,
+                &agent_id,
+            ))
+        })
+        .await
     }
 
     async fn agent_groups(
@@ -627,13 +659,27 @@ impl Store for SqliteStore {
         after: Option<&str>,
     ) -> StoreResult<Vec<(Group, GroupRole)>> {
         let (agent_id, after) = (agent_id.to_string(), after.map(str::to_string));
-        self.scan(move |c| ops::agent_groups(c, &agent_id, count, after.as_deref()))
-            .await
+        self.scan(move |c| {
+            run_now(sql_groups::agent_groups(
+                &mut Sqlite(c),
+                &agent_id,
+                count,
+                after.as_deref(),
+            ))
+        })
+        .await
     }
 
     async fn post_to_group(&self, post: GroupPost, fan: FanOut) -> StoreResult<Posted> {
-        self.write_all(move |c| ops::post_to_group(c, post, &fan))
-            .await
+        self.write_all(move |c| {
+            run_now(sql_groups::post_to_group(
+                &mut Sqlite(c),
+                &GROUPS,
+                post,
+                &fan,
+            ))
+        })
+        .await
     }
 
     async fn group_history(
@@ -643,12 +689,19 @@ impl Store for SqliteStore {
         cursor: Option<&str>,
     ) -> StoreResult<Page<GroupPost>> {
         let (group_id, cursor) = (group_id.to_string(), cursor.map(str::to_string));
-        self.scan(move |c| ops::group_history(c, &group_id, count, cursor.as_deref()))
-            .await
+        self.scan(move |c| {
+            run_now(sql_groups::group_history(
+                &mut Sqlite(c),
+                &group_id,
+                count,
+                cursor.as_deref(),
+            ))
+        })
+        .await
     }
 
     async fn purge_group_history(&self, now: Millis, count: usize) -> StoreResult<u64> {
-        self.write(move |c| ops::purge_group_history(c, now, count))
+        self.write(move |c| run_now(sql_groups::purge_group_history(&mut Sqlite(c), now, count)))
             .await
     }
 }
