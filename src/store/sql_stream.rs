@@ -1,13 +1,15 @@
-//! SQL of the stream-lease operations (`Store::lease_held`, `count_held`,
-//! `release_held`), shared by SQLite and PostgreSQL. A stream's leases are
+//! The stream-lease operations (`Store::lease_held`, `count_held`,
+//! `release_held`), each written once over [`SqlConn`] for SQLite and
+//! PostgreSQL. A stream's leases are
 //! the rows whose `lease_id` starts with its tag (`<stream_id>~`); the
 //! statements differ between the two only in how a random id is made and in
 //! PostgreSQL's row locks, which [`Dialect`] supplies.
 
-use std::future::Future;
 use std::sync::LazyLock;
 
-use super::{Message, StoreResult};
+use super::sql::{Columns, limit};
+use super::sql_conn::{SqlConn, args};
+use super::{LeaseRequest, Message, Millis, ReclaimCounts, StoreResult, holder_tag};
 
 /// What differs between the two SQL backends in these statements.
 pub(super) struct Dialect {
@@ -90,16 +92,16 @@ impl StreamSql {
 }
 
 /// Unsettled leases of a stream still running. Binds: recipient, tag, now.
-pub(super) static COUNT_HELD: LazyLock<String> = LazyLock::new(|| {
+static COUNT_HELD: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT COUNT(*) FROM messages WHERE recipient = $1 AND {} AND lease_until > $3",
+        "SELECT COUNT(*) AS n FROM messages WHERE recipient = $1 AND {} AND lease_until > $3",
         held_by(2)
     )
 });
 
 /// Ends a stream's leases as an expired lease ends. Binds: recipient, tag,
 /// now, max_attempts. Returns each released row's new state.
-pub(super) static RELEASE_HELD: LazyLock<String> = LazyLock::new(|| {
+static RELEASE_HELD: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE messages SET
     state = CASE WHEN attempts >= $4 THEN 'dead' ELSE 'queued' END,
@@ -116,31 +118,12 @@ RETURNING state",
 });
 
 /// Counts a release's outcome from the states `RELEASE_HELD` returned.
-pub(super) fn released(states: &[String]) -> super::ReclaimCounts {
+pub(super) fn released(states: &[String]) -> ReclaimCounts {
     let dead = states.iter().filter(|s| *s == "dead").count() as u64;
-    super::ReclaimCounts {
+    ReclaimCounts {
         requeued: states.len() as u64 - dead,
         dead,
     }
-}
-
-/// Runs lease rounds until `max` messages are leased or a round finds no
-/// more candidates: messages expired or dead-lettered on the way do not
-/// count against `max` (as `Store::lease` in both backends). `round(n)` is
-/// one atomic statement returning the rows it changed, with their `seq`.
-pub(super) async fn lease_rounds<F, Fut>(max: usize, mut round: F) -> StoreResult<Vec<Message>>
-where
-    F: FnMut(usize) -> Fut,
-    Fut: Future<Output = StoreResult<Vec<(i64, Message)>>>,
-{
-    let mut leased = Vec::new();
-    while leased.len() < max {
-        let wanted = max - leased.len();
-        if !take_round(&mut leased, wanted, round(wanted).await?) {
-            break;
-        }
-    }
-    Ok(leased)
 }
 
 /// Adds one lease round's grants to `leased`; false when the round found
@@ -155,82 +138,81 @@ pub(super) fn take_round(
     touched >= wanted
 }
 
-/// Expands to the stream-lease operations of one SQL backend, as inherent
-/// methods the `Store` impl delegates to (`async_trait` cannot see into a
-/// macro): `stream_ops!(Store type, its StreamSql static, reader pool field)`.
-/// The backend supplies `fetch_all(query)`, which runs a write (SQLite: in
-/// the next commit group).
-macro_rules! stream_ops {
-    ($store:ty, $statements:ident, $reader:ident) => {
-        impl $store {
-            /// `Store::lease_held`.
-            async fn held_lease(
-                &self,
-                request: &LeaseRequest,
-                holder: &str,
-                from: Option<&str>,
-            ) -> StoreResult<Vec<Message>> {
-                let sql = match from {
-                    None => $statements.lease_available.as_str(),
-                    Some(_) => $statements.lease_from.as_str(),
-                };
-                sql_stream::lease_rounds(request.max_messages, |wanted| {
-                    let mut query = sqlx::query(sql)
-                        .bind(request.recipient.clone())
-                        .bind(request.now)
-                        .bind(request.visibility_ms)
-                        .bind(i64::from(request.max_attempts))
-                        .bind(limit(wanted))
-                        .bind(holder_tag(holder));
-                    if let Some(from) = from {
-                        query = query.bind(holder_tag(from));
-                    }
-                    async move {
-                        let rows = self.fetch_all(query).await?;
-                        rows.iter().map(sql::message_from_row).collect()
-                    }
-                })
-                .await
-            }
-
-            /// `Store::count_held`.
-            async fn held_count(
-                &self,
-                recipient: &str,
-                holder: &str,
-                now: Millis,
-            ) -> StoreResult<u64> {
-                let n: i64 = sqlx::query_scalar(sql_stream::COUNT_HELD.as_str())
-                    .bind(recipient.to_string())
-                    .bind(holder_tag(holder))
-                    .bind(now)
-                    .fetch_one(&self.$reader)
-                    .await
-                    .map_err(db_error)?;
-                Ok(n as u64)
-            }
-
-            /// `Store::release_held`, without the wake-up.
-            async fn held_release(
-                &self,
-                recipient: &str,
-                holder: &str,
-                now: Millis,
-                max_attempts: u32,
-            ) -> StoreResult<ReclaimCounts> {
-                let query = sqlx::query(sql_stream::RELEASE_HELD.as_str())
-                    .bind(recipient.to_string())
-                    .bind(holder_tag(holder))
-                    .bind(now)
-                    .bind(i64::from(max_attempts));
-                let rows = self.fetch_all(query).await?;
-                let states = rows
-                    .iter()
-                    .map(|r| r.try_get("state").map_err(db_error))
-                    .collect::<StoreResult<Vec<String>>>()?;
-                Ok(sql_stream::released(&states))
-            }
-        }
+/// `Store::lease_held` with the dialect's statements `s`: lease rounds until
+/// `max_messages` are leased or a round finds no more candidates (messages
+/// expired or dead-lettered on the way do not count, as in `Store::lease`).
+/// Each round is one atomic statement.
+pub(super) async fn lease_held(
+    c: &mut impl SqlConn,
+    s: &StreamSql,
+    request: &LeaseRequest,
+    holder: &str,
+    from: Option<&str>,
+) -> StoreResult<Vec<Message>> {
+    let sql = match from {
+        None => s.lease_available.as_str(),
+        Some(_) => s.lease_from.as_str(),
     };
+    let tag = holder_tag(holder);
+    let from_tag = from.map(holder_tag);
+    // `lease_available` takes no earlier holder: bind only what it names.
+    let bound = if from.is_some() { 7 } else { 6 };
+    let mut leased = Vec::new();
+    while leased.len() < request.max_messages {
+        let wanted = request.max_messages - leased.len();
+        let rows = c
+            .rows(
+                sql,
+                &args![
+                    &request.recipient,
+                    request.now,
+                    request.visibility_ms,
+                    request.max_attempts,
+                    limit(wanted),
+                    &tag,
+                    &from_tag,
+                ][..bound],
+                |r| super::sql::message_from_row(r),
+            )
+            .await?;
+        if !take_round(&mut leased, wanted, rows) {
+            break;
+        }
+    }
+    Ok(leased)
 }
-pub(super) use stream_ops;
+
+/// `Store::count_held`.
+pub(super) async fn count_held(
+    c: &mut impl SqlConn,
+    recipient: &str,
+    holder: &str,
+    now: Millis,
+) -> StoreResult<u64> {
+    let n = c
+        .row(
+            COUNT_HELD.as_str(),
+            args![recipient, &holder_tag(holder), now],
+            |r| r.unsigned::<u64>("n"),
+        )
+        .await?;
+    Ok(n.unwrap_or(0))
+}
+
+/// `Store::release_held`, without a wake-up (PostgreSQL's caller sends it).
+pub(super) async fn release_held(
+    c: &mut impl SqlConn,
+    recipient: &str,
+    holder: &str,
+    now: Millis,
+    max_attempts: u32,
+) -> StoreResult<ReclaimCounts> {
+    let states = c
+        .rows(
+            RELEASE_HELD.as_str(),
+            args![recipient, &holder_tag(holder), now, max_attempts],
+            |r| r.text("state"),
+        )
+        .await?;
+    Ok(released(&states))
+}
