@@ -34,8 +34,8 @@ use super::sql::{self, db_error, limit, to_json, to_json_opt};
 use super::sql_conn::{Arg, SqlConn};
 use super::sql_ops;
 use super::sql_stream::{self, Dialect, StreamSql};
-use super::{sql_agents, sql_console, sql_security};
 use super::*;
+use super::{sql_agents, sql_console, sql_security};
 use crate::hub::InboxWakers;
 
 /// Migrations embedded in the binary, applied at open.
@@ -962,8 +962,7 @@ impl Store for PostgresStore {
 
     async fn append_audit(&self, event: NewAuditEvent) -> StoreResult<AuditEvent> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let stored =
-            sql_agents::append_audit(&mut Pg::Conn(&mut tx), &PG_AGENT_SQL, event).await?;
+        let stored = sql_agents::append_audit(&mut Pg::Conn(&mut tx), &PG_AGENT_SQL, event).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(stored)
     }

@@ -193,8 +193,7 @@ pub(super) async fn delete_agent(
         args![agent_id],
     )
     .await?;
-    if c
-        .exec("DELETE FROM agents WHERE agent_id = $1", args![agent_id])
+    if c.exec("DELETE FROM agents WHERE agent_id = $1", args![agent_id])
         .await?
         == 0
     {

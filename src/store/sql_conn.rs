@@ -17,8 +17,8 @@ use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use super::sql::Columns;
 use super::StoreResult;
+use super::sql::Columns;
 
 /// One bound value, the same for both drivers.
 #[derive(Debug, Clone, Copy)]

@@ -58,10 +58,7 @@ pub(super) async fn retire_agent_id(
 }
 
 /// `Store::is_agent_id_retired`: whether a tombstone exists.
-pub(super) async fn is_agent_id_retired(
-    c: &mut impl SqlConn,
-    agent_id: &str,
-) -> StoreResult<bool> {
+pub(super) async fn is_agent_id_retired(c: &mut impl SqlConn, agent_id: &str) -> StoreResult<bool> {
     let found = c
         .row(
             "SELECT 1 AS one FROM retired_agents WHERE agent_id = $1",

@@ -89,7 +89,10 @@ pub(super) fn open(path: &Path, synchronous: SqliteSynchronous) -> StoreResult<C
 fn add_least_greatest(conn: &Connection) -> StoreResult<()> {
     use rusqlite::functions::FunctionFlags;
     let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
-    for (name, pick) in [("least", i64::min as fn(i64, i64) -> i64), ("greatest", i64::max)] {
+    for (name, pick) in [
+        ("least", i64::min as fn(i64, i64) -> i64),
+        ("greatest", i64::max),
+    ] {
         conn.create_scalar_function(name, 2, flags, move |ctx| {
             let (a, b) = (ctx.get::<Option<i64>>(0)?, ctx.get::<Option<i64>>(1)?);
             Ok(match (a, b) {

@@ -220,7 +220,14 @@ impl Store for SqliteStore {
     }
 
     async fn count_held(&self, recipient: &str, holder: &str, now: Millis) -> StoreResult<u64> {
-        self.read(|c| run_now(sql_stream::count_held(&mut Sqlite(c), recipient, holder, now)))
+        self.read(|c| {
+            run_now(sql_stream::count_held(
+                &mut Sqlite(c),
+                recipient,
+                holder,
+                now,
+            ))
+        })
     }
 
     async fn release_held(
@@ -280,9 +287,14 @@ impl Store for SqliteStore {
     ) -> StoreResult<Message> {
         let (recipient, message_id) = (recipient.to_string(), message_id.to_string());
         self.write(move |c| {
-            run_now(sql_ops::requeue_dead(&mut Sqlite(c), &recipient, &message_id, now))
+            run_now(sql_ops::requeue_dead(
+                &mut Sqlite(c),
+                &recipient,
+                &message_id,
+                now,
+            ))
         })
-            .await
+        .await
     }
 
     async fn get_message(&self, message_id: &str) -> StoreResult<Option<Message>> {
@@ -442,7 +454,11 @@ impl Store for SqliteStore {
     ) -> StoreResult<()> {
         let attempt = attempt.clone();
         self.write_all(move |c| {
-            run_now(sql_agents::record_attempt(&mut Sqlite(c), &attempt, outcome))
+            run_now(sql_agents::record_attempt(
+                &mut Sqlite(c),
+                &attempt,
+                outcome,
+            ))
         })
         .await
     }
@@ -450,7 +466,11 @@ impl Store for SqliteStore {
     async fn cancel_deliveries(&self, agent_id: &str, now: Millis) -> StoreResult<u64> {
         let agent_id = agent_id.to_string();
         self.write(move |c| {
-            run_now(sql_agents::cancel_deliveries(&mut Sqlite(c), &agent_id, now))
+            run_now(sql_agents::cancel_deliveries(
+                &mut Sqlite(c),
+                &agent_id,
+                now,
+            ))
         })
         .await
     }
@@ -554,7 +574,11 @@ impl Store for SqliteStore {
     async fn retire_agent_id(&self, agent_id: &str, now: Millis) -> StoreResult<()> {
         let agent_id = agent_id.to_string();
         self.write(move |c| {
-            run_now(sql_security::retire_agent_id(&mut Sqlite(c), &agent_id, now))
+            run_now(sql_security::retire_agent_id(
+                &mut Sqlite(c),
+                &agent_id,
+                now,
+            ))
         })
         .await
     }
@@ -643,7 +667,11 @@ impl Store for SqliteStore {
     ) -> StoreResult<Option<Delivery>> {
         let delivery_id = delivery_id.to_string();
         self.write(move |c| {
-            run_now(sql_console::retry_delivery(&mut Sqlite(c), &delivery_id, now))
+            run_now(sql_console::retry_delivery(
+                &mut Sqlite(c),
+                &delivery_id,
+                now,
+            ))
         })
         .await
     }

@@ -9,10 +9,10 @@ use rusqlite::Connection;
 
 use super::conn::{Fields, exec, exec_positional, row, rows};
 use crate::store::sql::{self, Columns, limit, to_json, to_json_opt};
+use crate::store::sql_agents;
 use crate::store::sql_groups::{
     self, group_from_row, member_from_row, post_from_row, role_from_row,
 };
-use crate::store::sql_agents;
 use crate::store::sql_stream::{self, Dialect, StreamSql};
 use crate::store::*;
 
@@ -637,7 +637,10 @@ mod tests {
         for request in &requests {
             for from in [None, Some("fedcba9876543210fedcba9876543210")] {
                 let mut c = Sqlite(&conn);
-                run_now(sql_stream::lease_held(&mut c, &STREAM, request, holder, from)).unwrap();
+                run_now(sql_stream::lease_held(
+                    &mut c, &STREAM, request, holder, from,
+                ))
+                .unwrap();
             }
         }
         for sql in [&STREAM.lease_available, &STREAM.lease_from] {
