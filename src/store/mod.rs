@@ -15,6 +15,7 @@ mod model;
 pub mod postgres;
 pub mod scratch;
 mod sql;
+mod sql_agents;
 mod sql_conn;
 mod sql_console;
 mod sql_groups;

@@ -21,7 +21,7 @@
 //! named after it, so several hubs can share one database in separate schemas.
 
 use std::str::FromStr;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,12 +30,13 @@ use sqlx::{PgConnection, Postgres, Row};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::sql::{self, db_error, limit, to_json, to_json_opt};
+use super::sql::{self, db_error, to_json, to_json_opt};
 use super::sql_conn::{Arg, Dialect as SqlDialect, SqlConn};
-use super::sql_groups::{self, GroupDialect, GroupSql};
+use super::sql_groups;
 use super::sql_ops;
-use super::sql_stream::{self, Dialect, StreamSql};
+use super::sql_stream;
 use super::*;
+use super::{sql_agents, sql_console, sql_security};
 use crate::hub::InboxWakers;
 
 /// Migrations embedded in the binary, applied at open.
@@ -298,31 +299,6 @@ fn enqueue_query(m: &Message, d: Option<&Delivery>, quota: u64) -> StoreResult<P
         .bind(i64::try_from(quota).unwrap_or(i64::MAX)))
 }
 
-/// `INSERT` of a whole agent; a taken id inserts nothing.
-fn insert_agent(a: &Agent) -> StoreResult<PgQuery> {
-    Ok(sqlx::query(
-        "INSERT INTO agents (agent_id, agent_type, metadata, keys, webhook_url, webhook_secret, \
-         trusted_agents, last_heartbeat, online, heartbeat_interval_ms, heartbeat_timeout_ms, \
-         created_at, updated_at, previous_webhook_secret) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(a.agent_id.clone())
-    .bind(a.agent_type.clone())
-    .bind(to_json(&a.metadata)?)
-    .bind(to_json(&a.keys)?)
-    .bind(a.webhook_url.clone())
-    .bind(a.webhook_secret.clone())
-    .bind(to_json(&a.trusted_agents)?)
-    .bind(a.last_heartbeat)
-    .bind(a.online)
-    .bind(a.heartbeat_interval_ms as i64)
-    .bind(a.heartbeat_timeout_ms as i64)
-    .bind(a.created_at)
-    .bind(a.updated_at)
-    .bind(to_json_opt(a.previous_webhook_secret.as_ref())?))
-}
-
 /// A batch of acks in one statement: each entry acks its message when it is
 /// leased under the given lease (or any, for a null lease id). An id given
 /// twice is acked once (the first entry; the second is refused as already
@@ -342,34 +318,6 @@ FROM first
 WHERE m.id = first.id AND m.recipient = first.recipient AND m.state = 'leased'
   AND (first.lease_id IS NULL OR m.lease_id = first.lease_id)
 RETURNING m.*";
-
-/// The stream-lease statements in PostgreSQL's words (`sql_stream`).
-static PG_STREAM: LazyLock<StreamSql> = LazyLock::new(|| {
-    StreamSql::new(&Dialect {
-        random_id: "gen_random_uuid()::text",
-        lock: " FOR UPDATE SKIP LOCKED",
-        returning: "messages.*",
-    })
-});
-
-sql_stream::stream_ops!(PostgresStore, PG_STREAM, pool);
-
-impl PostgresStore {
-    /// Runs one write statement on the pool (the stream operations' writes).
-    async fn fetch_all(&self, query: PgQuery) -> StoreResult<Vec<PgRow>> {
-        query.fetch_all(&self.pool).await.map_err(db_error)
-    }
-}
-
-/// The group statements in PostgreSQL's words (`sql_groups`): instances
-/// run group operations concurrently, so they lock the rows they depend on.
-static PG_GROUPS: LazyLock<GroupSql> = LazyLock::new(|| {
-    GroupSql::new(&GroupDialect {
-        join: " FOR UPDATE",
-        exists: " FOR SHARE",
-        recipients: "a.agent_id FOR UPDATE OF a",
-    })
-});
 
 /// The pool, or one connection (an open transaction), as the shared
 /// operations see it (`sql_conn`).
@@ -446,119 +394,35 @@ impl Store for PostgresStore {
     }
 
     async fn create_agent(&self, agent: Agent) -> StoreResult<()> {
-        let inserted = insert_agent(&agent)?
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
-        if inserted.rows_affected() == 0 {
+        if sql_agents::insert_agent(&mut Pg::Pool(&self.pool), &agent).await? == 0 {
             return Err(StoreError::AgentExists);
         }
         Ok(())
     }
 
     async fn get_agent(&self, agent_id: &str) -> StoreResult<Option<Agent>> {
-        sqlx::query("SELECT * FROM agents WHERE agent_id = $1")
-            .bind(agent_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)?
-            .map(|r| sql::agent_from_row(&r))
-            .transpose()
+        sql_agents::get_agent(&mut Pg::Pool(&self.pool), agent_id).await
     }
 
     async fn update_agent(&self, agent_id: &str, change: &AgentChange) -> StoreResult<Agent> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let row = sqlx::query("SELECT * FROM agents WHERE agent_id = $1 FOR UPDATE")
-            .bind(agent_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_error)?
-            .ok_or(StoreError::AgentNotFound)?;
-        let mut agent = sql::agent_from_row(&row)?;
-        change.apply(&mut agent)?;
-        sqlx::query(
-            "UPDATE agents SET agent_type = $2, metadata = $3, keys = $4, webhook_url = $5, \
-             webhook_secret = $6, trusted_agents = $7, last_heartbeat = $8, online = $9, \
-             heartbeat_interval_ms = $10, heartbeat_timeout_ms = $11, updated_at = $12, \
-             previous_webhook_secret = $13 \
-             WHERE agent_id = $1",
-        )
-        .bind(agent_id)
-        .bind(&agent.agent_type)
-        .bind(to_json(&agent.metadata)?)
-        .bind(to_json(&agent.keys)?)
-        .bind(&agent.webhook_url)
-        .bind(&agent.webhook_secret)
-        .bind(to_json(&agent.trusted_agents)?)
-        .bind(agent.last_heartbeat)
-        .bind(agent.online)
-        .bind(agent.heartbeat_interval_ms as i64)
-        .bind(agent.heartbeat_timeout_ms as i64)
-        .bind(agent.updated_at)
-        .bind(to_json_opt(agent.previous_webhook_secret.as_ref())?)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        let agent = sql_agents::update_agent(&mut Pg::Conn(&mut tx), agent_id, change).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(agent)
     }
 
     async fn delete_agent(&self, agent_id: &str, now: Millis) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        // Deleting the inbox's count row waits for in-flight sends (they lock
-        // it), and later sends find no row, hence no recipient: nothing slips
-        // in after the sweep below.
-        sqlx::query("DELETE FROM inbox_live WHERE recipient = $1")
-            .bind(agent_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        let deleted = sqlx::query("DELETE FROM agents WHERE agent_id = $1")
-            .bind(agent_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        if deleted.rows_affected() == 0 {
-            return Ok(false);
+        let deleted = sql_agents::delete_agent(&mut Pg::Conn(&mut tx), agent_id, now).await?;
+        // No such agent: roll back (dropping the transaction), as nothing changed.
+        if deleted {
+            tx.commit().await.map_err(db_error)?;
         }
-        sqlx::query(
-            "UPDATE messages SET state = 'dead', dead_reason = $3, lease_id = NULL, \
-             lease_until = NULL, ended_at = $2, updated_at = $2 \
-             WHERE recipient = $1 AND state IN ('queued', 'leased')",
-        )
-        .bind(agent_id)
-        .bind(now)
-        .bind(dead_reason::RECIPIENT_DELETED)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        sqlx::query(
-            "UPDATE deliveries SET state = 'cancelled', updated_at = $2 \
-             WHERE agent_id = $1 AND state = 'pending'",
-        )
-        .bind(agent_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(true)
+        Ok(deleted)
     }
 
     async fn mark_offline(&self, now: Millis, batch: usize) -> StoreResult<u64> {
-        let done = sqlx::query(
-            "WITH due AS ( \
-                 SELECT agent_id FROM agents WHERE online AND offline_at <= $1 \
-                 ORDER BY offline_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             UPDATE agents a SET online = FALSE FROM due \
-             WHERE a.agent_id = due.agent_id AND a.online AND a.offline_at <= $1",
-        )
-        .bind(now)
-        .bind(limit(batch))
-        .execute(&self.pool)
-        .await
-        .map_err(db_error)?;
-        Ok(done.rows_affected())
+        sql_agents::mark_offline(&mut Pg::Pool(&self.pool), now, batch).await
     }
 
     async fn enqueue(
@@ -618,11 +482,11 @@ impl Store for PostgresStore {
         holder: &str,
         from: Option<&str>,
     ) -> StoreResult<Vec<Message>> {
-        self.held_lease(request, holder, from).await
+        sql_stream::lease_held(&mut Pg::Pool(&self.pool), request, holder, from).await
     }
 
     async fn count_held(&self, recipient: &str, holder: &str, now: Millis) -> StoreResult<u64> {
-        self.held_count(recipient, holder, now).await
+        sql_stream::count_held(&mut Pg::Pool(&self.pool), recipient, holder, now).await
     }
 
     async fn release_held(
@@ -632,9 +496,14 @@ impl Store for PostgresStore {
         now: Millis,
         max_attempts: u32,
     ) -> StoreResult<ReclaimCounts> {
-        let counts = self
-            .held_release(recipient, holder, now, max_attempts)
-            .await?;
+        let counts = sql_stream::release_held(
+            &mut Pg::Pool(&self.pool),
+            recipient,
+            holder,
+            now,
+            max_attempts,
+        )
+        .await?;
         if counts.requeued > 0 {
             self.wake(&[recipient.to_string()]);
         }
@@ -803,22 +672,7 @@ impl Store for PostgresStore {
         batch: usize,
         claim_ms: i64,
     ) -> StoreResult<Vec<Delivery>> {
-        let rows = sqlx::query(
-            "WITH due AS ( \
-                 SELECT id FROM deliveries \
-                 WHERE state = 'pending' AND next_attempt_at <= $1 \
-                 ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             UPDATE deliveries d SET next_attempt_at = $1 + $3 \
-             FROM due WHERE d.id = due.id \
-             RETURNING d.*",
-        )
-        .bind(now)
-        .bind(limit(batch))
-        .bind(claim_ms)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        rows.iter().map(sql::delivery_from_row).collect()
+        sql_agents::claim_due_deliveries(&mut Pg::Pool(&self.pool), now, batch, claim_ms).await
     }
 
     async fn record_attempt(
@@ -826,76 +680,17 @@ impl Store for PostgresStore {
         attempt: &DeliveryAttempt,
         outcome: AttemptOutcome,
     ) -> StoreResult<()> {
-        let (next_state, retry_at) = sql::attempt_transition(outcome);
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        sqlx::query(
-            "UPDATE deliveries SET \
-                 attempts = GREATEST(attempts, $2), last_status = $3, last_error = $4, \
-                 updated_at = $5, \
-                 state = CASE WHEN state = 'pending' THEN $6 ELSE state END, \
-                 next_attempt_at = CASE WHEN state = 'pending' \
-                     THEN COALESCE($7, next_attempt_at) ELSE next_attempt_at END \
-             WHERE id = $1",
-        )
-        .bind(&attempt.delivery_id)
-        .bind(i64::from(attempt.attempt))
-        .bind(attempt.status_code.map(i64::from))
-        .bind(&attempt.error)
-        .bind(attempt.at)
-        .bind(next_state.as_str())
-        .bind(retry_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        sqlx::query(
-            "INSERT INTO delivery_attempts (delivery_id, message_id, agent_id, attempt, at, \
-             status_code, latency_ms, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&attempt.delivery_id)
-        .bind(&attempt.message_id)
-        .bind(&attempt.agent_id)
-        .bind(i64::from(attempt.attempt))
-        .bind(attempt.at)
-        .bind(attempt.status_code.map(i64::from))
-        .bind(i64::try_from(attempt.latency_ms).unwrap_or(i64::MAX))
-        .bind(&attempt.error)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        sqlx::query(
-            "DELETE FROM delivery_attempts WHERE agent_id = $1 AND seq <= ( \
-                 SELECT seq FROM delivery_attempts WHERE agent_id = $1 \
-                 ORDER BY seq DESC LIMIT 1 OFFSET $2)",
-        )
-        .bind(&attempt.agent_id)
-        .bind(sql::ATTEMPTS_KEPT_PER_AGENT)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        sql_agents::record_attempt(&mut Pg::Conn(&mut tx), attempt, outcome).await?;
         tx.commit().await.map_err(db_error)
     }
 
     async fn cancel_deliveries(&self, agent_id: &str, now: Millis) -> StoreResult<u64> {
-        let done = sqlx::query(
-            "UPDATE deliveries SET state = 'cancelled', updated_at = $2 \
-             WHERE agent_id = $1 AND state = 'pending'",
-        )
-        .bind(agent_id)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(db_error)?;
-        Ok(done.rows_affected())
+        sql_agents::cancel_deliveries(&mut Pg::Pool(&self.pool), agent_id, now).await
     }
 
     async fn get_delivery(&self, delivery_id: &str) -> StoreResult<Option<Delivery>> {
-        sqlx::query("SELECT * FROM deliveries WHERE id = $1")
-            .bind(delivery_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)?
-            .map(|r| sql::delivery_from_row(&r))
-            .transpose()
+        sql_agents::get_delivery(&mut Pg::Pool(&self.pool), delivery_id).await
     }
 
     async fn list_attempts(
@@ -903,69 +698,22 @@ impl Store for PostgresStore {
         agent_id: &str,
         count: usize,
     ) -> StoreResult<Vec<DeliveryAttempt>> {
-        let rows = sqlx::query(
-            "SELECT * FROM delivery_attempts WHERE agent_id = $1 ORDER BY seq DESC LIMIT $2",
-        )
-        .bind(agent_id)
-        .bind(limit(count))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        rows.iter().map(sql::attempt_from_row).collect()
+        sql_agents::list_attempts(&mut Pg::Pool(&self.pool), agent_id, count).await
     }
 
     async fn append_audit(&self, event: NewAuditEvent) -> StoreResult<AuditEvent> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        // The head row lock orders appends from every instance into one chain.
-        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        let prev_seq: i64 = head.try_get("seq").map_err(db_error)?;
-        let prev_hash: String = head.try_get("hash").map_err(db_error)?;
-        let stored = sql::chain(prev_seq, &prev_hash, event);
-        sqlx::query(
-            "INSERT INTO audit_events (seq, at, kind, agent_id, detail, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(stored.seq as i64)
-        .bind(stored.at)
-        .bind(&stored.kind)
-        .bind(&stored.agent_id)
-        .bind(to_json(&stored.detail)?)
-        .bind(&stored.hash)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-            .bind(stored.seq as i64)
-            .bind(&stored.hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
+        let stored = sql_agents::append_audit(&mut Pg::Conn(&mut tx), event).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(stored)
     }
 
     async fn list_audit(&self, after: Option<u64>, count: usize) -> StoreResult<Vec<AuditEvent>> {
-        let rows = sqlx::query("SELECT * FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2")
-            .bind(after.map_or(0, |a| i64::try_from(a).unwrap_or(i64::MAX)))
-            .bind(limit(count))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
-        rows.iter().map(sql::audit_from_row).collect()
+        sql_agents::list_audit(&mut Pg::Pool(&self.pool), after, count).await
     }
 
     async fn export_agents(&self, after: Option<&str>, count: usize) -> StoreResult<Vec<Agent>> {
-        let rows =
-            sqlx::query("SELECT * FROM agents WHERE agent_id > $1 ORDER BY agent_id LIMIT $2")
-                .bind(after.unwrap_or_default())
-                .bind(limit(count))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_error)?;
-        rows.iter().map(sql::agent_from_row).collect()
+        sql_agents::export_agents(&mut Pg::Pool(&self.pool), after, count).await
     }
 
     async fn export_messages(
@@ -977,11 +725,7 @@ impl Store for PostgresStore {
     }
 
     async fn import_agent(&self, agent: Agent) -> StoreResult<bool> {
-        let inserted = insert_agent(&agent)?
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
-        Ok(inserted.rows_affected() == 1)
+        Ok(sql_agents::insert_agent(&mut Pg::Pool(&self.pool), &agent).await? == 1)
     }
 
     async fn import_message(&self, message: Message) -> StoreResult<bool> {
@@ -994,7 +738,7 @@ impl Store for PostgresStore {
 
     async fn create_group(&self, group: Group, now: Millis) -> StoreResult<()> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        sql_groups::create_group(&mut Pg::Conn(&mut tx), &PG_GROUPS, &group, now).await?;
+        sql_groups::create_group(&mut Pg::Conn(&mut tx), &group, now).await?;
         tx.commit().await.map_err(db_error)
     }
 
@@ -1030,7 +774,7 @@ impl Store for PostgresStore {
 
     async fn add_group_member(&self, group_id: &str, member: GroupMember) -> StoreResult<()> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        sql_groups::add_group_member(&mut Pg::Conn(&mut tx), &PG_GROUPS, group_id, &member).await?;
+        sql_groups::add_group_member(&mut Pg::Conn(&mut tx), group_id, &member).await?;
         tx.commit().await.map_err(db_error)
     }
 
@@ -1067,8 +811,7 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
-        let posted =
-            sql_groups::post_to_group(&mut Pg::Conn(&mut tx), &PG_GROUPS, post, &fan).await?;
+        let posted = sql_groups::post_to_group(&mut Pg::Conn(&mut tx), post, &fan).await?;
         tx.commit().await.map_err(db_error)?;
         if let Posted::Created(post) = &posted {
             // The members that got a copy.
@@ -1105,7 +848,7 @@ impl Store for PostgresStore {
         limit: usize,
         cursor: Option<&str>,
     ) -> StoreResult<Page<Agent>> {
-        sql_console::postgres::search_agents(&self.pool, prefix, limit, cursor).await
+        sql_console::search_agents(&mut Pg::Pool(&self.pool), prefix, limit, cursor).await
     }
 
     async fn list_dead_all(
@@ -1113,7 +856,7 @@ impl Store for PostgresStore {
         limit: usize,
         cursor: Option<&str>,
     ) -> StoreResult<Page<Message>> {
-        sql_console::postgres::list_dead_all(&self.pool, limit, cursor).await
+        sql_console::list_dead_all(&mut Pg::Pool(&self.pool), limit, cursor).await
     }
 
     async fn list_failing_deliveries(
@@ -1121,7 +864,7 @@ impl Store for PostgresStore {
         limit: usize,
         cursor: Option<&str>,
     ) -> StoreResult<Page<Delivery>> {
-        sql_console::postgres::list_failing_deliveries(&self.pool, limit, cursor).await
+        sql_console::list_failing_deliveries(&mut Pg::Pool(&self.pool), limit, cursor).await
     }
 
     async fn retry_delivery(
@@ -1129,7 +872,7 @@ impl Store for PostgresStore {
         delivery_id: &str,
         now: Millis,
     ) -> StoreResult<Option<Delivery>> {
-        sql_console::postgres::retry_delivery(&self.pool, delivery_id, now).await
+        sql_console::retry_delivery(&mut Pg::Pool(&self.pool), delivery_id, now).await
     }
 
     async fn remember_nonce(
@@ -1138,19 +881,19 @@ impl Store for PostgresStore {
         expires_at: Millis,
         now: Millis,
     ) -> StoreResult<bool> {
-        super::sql_security::postgres::remember_nonce(&self.pool, key, expires_at, now).await
+        sql_security::remember_nonce(&mut Pg::Pool(&self.pool), key, expires_at, now).await
     }
 
     async fn purge_nonces(&self, now: Millis, limit: usize) -> StoreResult<u64> {
-        super::sql_security::postgres::purge_nonces(&self.pool, now, limit).await
+        sql_security::purge_nonces(&mut Pg::Pool(&self.pool), now, limit).await
     }
 
     async fn retire_agent_id(&self, agent_id: &str, now: Millis) -> StoreResult<()> {
-        super::sql_security::postgres::retire_agent_id(&self.pool, agent_id, now).await
+        sql_security::retire_agent_id(&mut Pg::Pool(&self.pool), agent_id, now).await
     }
 
     async fn is_agent_id_retired(&self, agent_id: &str) -> StoreResult<bool> {
-        super::sql_security::postgres::is_agent_id_retired(&self.pool, agent_id).await
+        sql_security::is_agent_id_retired(&mut Pg::Pool(&self.pool), agent_id).await
     }
 
     async fn claim_due_deliveries_fair(
@@ -1161,8 +904,9 @@ impl Store for PostgresStore {
         per_agent: usize,
         skip_agents: &[String],
     ) -> StoreResult<Vec<Delivery>> {
-        super::sql_security::postgres_claim_fair(
-            &self.pool,
+        sql_security::claim_due_deliveries_fair(
+            &mut Pg::Pool(&self.pool),
+            sql_security::CLAIM_FAIR_POSTGRES,
             now,
             limit,
             claim_ms,

@@ -123,12 +123,23 @@ impl Dialect {
         }
     }
 
-    /// What an `UPDATE messages … FROM` returns to give the message rows
-    /// alone (SQLite's `RETURNING` sees only the updated table).
-    pub(super) fn returning_message(self) -> &'static str {
+    /// What an `UPDATE <table> … FROM` returns to give the updated rows
+    /// alone (SQLite's `RETURNING` sees only the updated table and refuses
+    /// `table.*`; PostgreSQL's `*` would add the joined columns).
+    pub(super) fn returning_row(self, table: &str) -> String {
         match self {
-            Dialect::Sqlite => "*",
-            Dialect::Postgres => "messages.*",
+            Dialect::Sqlite => "*".to_string(),
+            Dialect::Postgres => format!("{table}.*"),
+        }
+    }
+
+    /// Ends a read of a row that must go on existing, unchanged, until the
+    /// operation commits (the agent a group is created for, the group a post
+    /// goes to).
+    pub(super) fn for_share(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR SHARE",
         }
     }
 

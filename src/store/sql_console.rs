@@ -1,31 +1,32 @@
-//! The console's listings and "retry now" on the SQL backends (SQLite and
-//! PostgreSQL share the statements). Each listing is one indexed range scan
-//! of one page (migrations 0030): agents by primary key from the search
-//! prefix, dead letters by `messages_dead_all`, failing deliveries by
-//! `deliveries_failing`.
+//! The console's listings and "retry now" on the SQL backends, each written
+//! once over [`SqlConn`] for SQLite and PostgreSQL. Each listing is one
+//! indexed range scan of one page (migrations 0030): agents by primary key
+//! from the search prefix, dead letters by `messages_dead_all`, failing
+//! deliveries by `deliveries_failing`.
 
-use super::sql::{self, db_error, limit};
+use super::sql::{self, limit};
+use super::sql_conn::{SqlConn, args};
 use super::*;
 
 /// Binds: prefix (lower bound), upper bound, cursor (exclusive), limit.
-pub(super) const SEARCH_AGENTS: &str = "SELECT * FROM agents \
+const SEARCH_AGENTS: &str = "SELECT * FROM agents \
      WHERE agent_id >= $1 AND agent_id < $2 AND agent_id > $3 \
      ORDER BY agent_id LIMIT $4";
 
 /// Binds: cursor ended_at, cursor seq, limit.
-pub(super) const DEAD_ALL: &str = "SELECT * FROM messages \
+const DEAD_ALL: &str = "SELECT * FROM messages \
      WHERE state = 'dead' AND (ended_at, seq) > ($1, $2) \
      ORDER BY ended_at, seq LIMIT $3";
 
 /// Binds: cursor updated_at, cursor id, limit. The WHERE clause is the
 /// partial index's predicate, word for word, so the planners use it.
-pub(super) const FAILING: &str = "SELECT * FROM deliveries \
+const FAILING: &str = "SELECT * FROM deliveries \
      WHERE (state = 'failed' OR (state = 'pending' AND attempts > 0)) \
      AND (updated_at, id) < ($1, $2) \
      ORDER BY updated_at DESC, id DESC LIMIT $3";
 
 /// Binds: now, id. Only a pending or failed delivery changes.
-pub(super) const RETRY: &str = "UPDATE deliveries \
+const RETRY: &str = "UPDATE deliveries \
      SET state = 'pending', next_attempt_at = $1, updated_at = $1 \
      WHERE id = $2 AND state IN ('pending', 'failed')";
 
@@ -72,100 +73,71 @@ pub(super) fn failing_cursor(d: &Delivery) -> String {
     format!("{}.{}", d.updated_at, d.id)
 }
 
-macro_rules! console_sql {
-    ($pool:ty) => {
-        /// See [`Store::search_agents`].
-        pub(in crate::store) async fn search_agents(
-            pool: &$pool,
-            prefix: &str,
-            page_size: usize,
-            cursor: Option<&str>,
-        ) -> StoreResult<Page<Agent>> {
-            let rows = sqlx::query(SEARCH_AGENTS)
-                .bind(prefix)
-                .bind(prefix_upper_bound(prefix))
-                .bind(cursor.unwrap_or(""))
-                .bind(limit(page_size.saturating_add(1)))
-                .fetch_all(pool)
-                .await
-                .map_err(db_error)?;
-            let agents = rows
-                .iter()
-                .map(sql::agent_from_row)
-                .collect::<StoreResult<Vec<_>>>()?;
-            Ok(paged(agents, page_size, |a| a.agent_id.clone()))
-        }
-
-        /// See [`Store::list_dead_all`].
-        pub(in crate::store) async fn list_dead_all(
-            pool: &$pool,
-            page_size: usize,
-            cursor: Option<&str>,
-        ) -> StoreResult<Page<Message>> {
-            let (after_at, after_seq) = match cursor {
-                Some(c) => sql::parse_dead_cursor(c)?,
-                None => (Millis::MIN, i64::MIN),
-            };
-            let rows = sqlx::query(DEAD_ALL)
-                .bind(after_at)
-                .bind(after_seq)
-                .bind(limit(page_size.saturating_add(1)))
-                .fetch_all(pool)
-                .await
-                .map_err(db_error)?;
-            let messages = rows
-                .iter()
-                .map(sql::message_from_row)
-                .collect::<StoreResult<Vec<_>>>()?;
-            Ok(dead_page(messages, page_size))
-        }
-
-        /// See [`Store::list_failing_deliveries`].
-        pub(in crate::store) async fn list_failing_deliveries(
-            pool: &$pool,
-            page_size: usize,
-            cursor: Option<&str>,
-        ) -> StoreResult<Page<Delivery>> {
-            let (before_at, before_id) = failing_bounds(cursor)?;
-            let rows = sqlx::query(FAILING)
-                .bind(before_at)
-                .bind(before_id)
-                .bind(limit(page_size.saturating_add(1)))
-                .fetch_all(pool)
-                .await
-                .map_err(db_error)?;
-            let deliveries = rows
-                .iter()
-                .map(sql::delivery_from_row)
-                .collect::<StoreResult<Vec<_>>>()?;
-            Ok(paged(deliveries, page_size, failing_cursor))
-        }
-
-        /// See [`Store::retry_delivery`]; `writer` takes the update, then it is read back.
-        pub(in crate::store) async fn retry_delivery(
-            writer: &$pool,
-            delivery_id: &str,
-            now: Millis,
-        ) -> StoreResult<Option<Delivery>> {
-            sqlx::query(RETRY)
-                .bind(now)
-                .bind(delivery_id)
-                .execute(writer)
-                .await
-                .map_err(db_error)?;
-            sqlx::query("SELECT * FROM deliveries WHERE id = $1")
-                .bind(delivery_id)
-                .fetch_optional(writer)
-                .await
-                .map_err(db_error)?
-                .map(|r| sql::delivery_from_row(&r))
-                .transpose()
-        }
-    };
+/// `Store::search_agents`: a page of agents whose id starts with `prefix`.
+pub(super) async fn search_agents(
+    c: &mut impl SqlConn,
+    prefix: &str,
+    page_size: usize,
+    cursor: Option<&str>,
+) -> StoreResult<Page<Agent>> {
+    let agents = c
+        .rows(
+            SEARCH_AGENTS,
+            args![
+                prefix,
+                &prefix_upper_bound(prefix),
+                cursor.unwrap_or(""),
+                limit(page_size.saturating_add(1)),
+            ],
+            |r| sql::agent_from_row(r),
+        )
+        .await?;
+    Ok(paged(agents, page_size, |a| a.agent_id.clone()))
 }
 
-/// PostgreSQL.
-pub(super) mod postgres {
-    use super::*;
-    console_sql!(sqlx::PgPool);
+/// `Store::list_dead_all`: a page of every inbox's dead letters.
+pub(super) async fn list_dead_all(
+    c: &mut impl SqlConn,
+    page_size: usize,
+    cursor: Option<&str>,
+) -> StoreResult<Page<Message>> {
+    let (after_at, after_seq) = match cursor {
+        Some(c) => sql::parse_dead_cursor(c)?,
+        None => (Millis::MIN, i64::MIN),
+    };
+    let found = c
+        .rows(
+            DEAD_ALL,
+            args![after_at, after_seq, limit(page_size.saturating_add(1))],
+            |r| sql::message_from_row(r),
+        )
+        .await?;
+    Ok(dead_page(found, page_size))
+}
+
+/// `Store::list_failing_deliveries`: a page of failed or retrying deliveries.
+pub(super) async fn list_failing_deliveries(
+    c: &mut impl SqlConn,
+    page_size: usize,
+    cursor: Option<&str>,
+) -> StoreResult<Page<Delivery>> {
+    let (before_at, before_id) = failing_bounds(cursor)?;
+    let deliveries = c
+        .rows(
+            FAILING,
+            args![before_at, before_id, limit(page_size.saturating_add(1))],
+            |r| sql::delivery_from_row(r),
+        )
+        .await?;
+    Ok(paged(deliveries, page_size, failing_cursor))
+}
+
+/// `Store::retry_delivery`: the update, then the delivery read back.
+pub(super) async fn retry_delivery(
+    c: &mut impl SqlConn,
+    delivery_id: &str,
+    now: Millis,
+) -> StoreResult<Option<Delivery>> {
+    c.exec(RETRY, args![now, delivery_id]).await?;
+    super::sql_agents::get_delivery(c, delivery_id).await
 }

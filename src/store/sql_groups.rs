@@ -2,8 +2,8 @@
 //! over [`SqlConn`] for SQLite and PostgreSQL.
 //!
 //! What differs per dialect stays outside the operations:
-//! - **Row locks** (and the recipients' sort), as a [`GroupDialect`] value
-//!   each backend builds its [`GroupSql`] from once. SQLite has one writer,
+//! - **Row locks** (and the recipients' sort), from `sql_conn::Dialect`, in
+//!   statements built once per dialect (`ByDialect`). SQLite has one writer,
 //!   runs one operation at a time and takes none. PostgreSQL locks the group
 //!   row `FOR UPDATE` on joins (joins of one group take turns, so
 //!   `max_members` is exact), `FOR SHARE` on posts, the agent a group is
@@ -27,7 +27,7 @@
 use std::sync::LazyLock;
 
 use super::sql::{Columns, limit, to_json};
-use super::sql_conn::{SqlConn, args};
+use super::sql_conn::{ByDialect, Dialect, SqlConn, args};
 use super::*;
 
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
@@ -156,62 +156,49 @@ const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, message_id, agent_id,
      attempts, next_attempt_at, created_at, updated_at, last_status, last_error) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
-/// What one dialect adds to the group statements (see the module docs):
-/// row locks, empty where it takes none, and the recipients' order.
-pub(super) struct GroupDialect {
-    /// Lock on the group row a join reads `max_members` from.
-    pub join: &'static str,
-    /// Lock on a row that must go on existing until the write commits: the
-    /// agent a group is created for or joined by, the group a post goes to.
-    pub exists: &'static str,
-    /// A post's recipients after `ORDER BY` (aliases `m` members, `a`
-    /// agents): their order, by agent id, and the lock on their agent rows.
-    /// SQLite orders by `m.agent_id` (the membership index's order: no sort);
-    /// PostgreSQL by `a.agent_id`, whose "C" collation the membership table
-    /// lacks.
-    pub recipients: &'static str,
-}
+/// Whether an agent exists; PostgreSQL keeps it so until the commit.
+/// Binds: agent.
+static AGENT_EXISTS: ByDialect =
+    ByDialect::new(|d| format!("SELECT 1 FROM agents WHERE agent_id = $1{}", d.for_share()));
 
-/// The group statements a dialect changes, in its words: each backend
-/// builds them once (a `LazyLock`) from its [`GroupDialect`].
-pub(super) struct GroupSql {
-    /// Binds: agent.
-    agent_exists: String,
-    /// Binds: group.
-    max_members: String,
-    /// Binds: group.
-    group_exists: String,
-    /// A post's recipients in id order (`inbox_live`: their live counts).
-    /// Binds: group, sender.
-    recipients: String,
-}
+/// A group's `max_members`; PostgreSQL locks the group row, so joins of one
+/// group take turns. Binds: group.
+static MAX_MEMBERS: ByDialect = ByDialect::new(|d| {
+    format!(
+        "SELECT max_members FROM group_info WHERE id = $1{}",
+        d.for_update()
+    )
+});
 
-impl GroupSql {
-    /// The statements in `dialect`'s words.
-    pub(super) fn new(dialect: &GroupDialect) -> Self {
-        GroupSql {
-            agent_exists: format!("SELECT 1 FROM agents WHERE agent_id = $1{}", dialect.exists),
-            max_members: format!(
-                "SELECT max_members FROM group_info WHERE id = $1{}",
-                dialect.join
-            ),
-            group_exists: format!("SELECT 1 FROM group_info WHERE id = $1{}", dialect.exists),
-            recipients: format!(
-                "SELECT a.agent_id, a.webhook_url, coalesce(l.live, 0) AS live \
-                 FROM group_members m JOIN agents a ON a.agent_id = m.agent_id \
-                 LEFT JOIN inbox_live l ON l.recipient = m.agent_id \
-                 WHERE m.group_id = $1 AND m.agent_id <> $2 ORDER BY {}",
-                dialect.recipients
-            ),
-        }
-    }
-}
+/// Whether a group exists; PostgreSQL keeps it so until the commit. Binds:
+/// group.
+static GROUP_EXISTS: ByDialect =
+    ByDialect::new(|d| format!("SELECT 1 FROM group_info WHERE id = $1{}", d.for_share()));
+
+/// A post's recipients in id order, with their live counts (`inbox_live`).
+/// SQLite orders by `m.agent_id` (the membership index's order: no sort);
+/// PostgreSQL by `a.agent_id`, whose "C" collation the membership table
+/// lacks, and locks the recipients' agent rows. Binds: group, sender.
+static RECIPIENTS: ByDialect = ByDialect::new(|d| {
+    let order = match d {
+        Dialect::Sqlite => "m.agent_id",
+        Dialect::Postgres => "a.agent_id FOR UPDATE OF a",
+    };
+    format!(
+        "SELECT a.agent_id, a.webhook_url, coalesce(l.live, 0) AS live \
+         FROM group_members m JOIN agents a ON a.agent_id = m.agent_id \
+         LEFT JOIN inbox_live l ON l.recipient = m.agent_id \
+         WHERE m.group_id = $1 AND m.agent_id <> $2 ORDER BY {order}"
+    )
+});
 
 /// Whether the agent exists (locked as the dialect says).
-async fn agent_exists(c: &mut impl SqlConn, sql: &GroupSql, agent_id: &str) -> StoreResult<bool> {
-    Ok(c.row(&sql.agent_exists, args![agent_id], |_| Ok(()))
-        .await?
-        .is_some())
+async fn agent_exists<C: SqlConn>(c: &mut C, agent_id: &str) -> StoreResult<bool> {
+    Ok(
+        c.row(AGENT_EXISTS.get(C::DIALECT), args![agent_id], |_| Ok(()))
+            .await?
+            .is_some(),
+    )
 }
 
 /// Inserts one membership row.
@@ -225,13 +212,12 @@ async fn insert_member(c: &mut impl SqlConn, group_id: &str, m: &GroupMember) ->
 }
 
 /// `Store::create_group`: the group and its owner's membership.
-pub(super) async fn create_group(
-    c: &mut impl SqlConn,
-    sql: &GroupSql,
+pub(super) async fn create_group<C: SqlConn>(
+    c: &mut C,
     group: &Group,
     now: Millis,
 ) -> StoreResult<()> {
-    if !agent_exists(c, sql, &group.created_by).await? {
+    if !agent_exists(c, &group.created_by).await? {
         return Err(StoreError::AgentNotFound);
     }
     let inserted = c
@@ -327,14 +313,15 @@ pub(super) async fn group_members(
 
 /// `Store::add_group_member`: exact under concurrency, since joins of one
 /// group take turns (SQLite's single writer; PostgreSQL's group-row lock).
-pub(super) async fn add_group_member(
-    c: &mut impl SqlConn,
-    sql: &GroupSql,
+pub(super) async fn add_group_member<C: SqlConn>(
+    c: &mut C,
     group_id: &str,
     member: &GroupMember,
 ) -> StoreResult<()> {
     let max = c
-        .row(&sql.max_members, args![group_id], |r| r.int("max_members"))
+        .row(MAX_MEMBERS.get(C::DIALECT), args![group_id], |r| {
+            r.int("max_members")
+        })
         .await?
         .ok_or(StoreError::GroupNotFound)?;
     if group_member(c, group_id, &member.agent_id).await?.is_some() {
@@ -347,7 +334,7 @@ pub(super) async fn add_group_member(
     if count >= max {
         return Err(StoreError::GroupFull);
     }
-    if !agent_exists(c, sql, &member.agent_id).await? {
+    if !agent_exists(c, &member.agent_id).await? {
         return Err(StoreError::AgentNotFound);
     }
     insert_member(c, group_id, member).await
@@ -381,15 +368,16 @@ pub(super) async fn agent_groups(
 /// The recipients and their live counts come from one join (the maintained
 /// `inbox_live` count, not a scan of each inbox); the copies go in through
 /// [`SqlConn::insert_messages`].
-pub(super) async fn post_to_group(
-    c: &mut impl SqlConn,
-    sql: &GroupSql,
+pub(super) async fn post_to_group<C: SqlConn>(
+    c: &mut C,
     mut post: GroupPost,
     fan: &FanOut,
 ) -> StoreResult<Posted> {
-    if c.row(&sql.group_exists, args![&post.group_id], |_| Ok(()))
-        .await?
-        .is_none()
+    if c.row(GROUP_EXISTS.get(C::DIALECT), args![&post.group_id], |_| {
+        Ok(())
+    })
+    .await?
+    .is_none()
     {
         return Err(StoreError::GroupNotFound);
     }
@@ -414,14 +402,18 @@ pub(super) async fn post_to_group(
         }
     }
     let recipients = c
-        .rows(&sql.recipients, args![&post.group_id, &post.sender], |r| {
-            let live: u64 = r.unsigned("live")?;
-            Ok(Recipient {
-                agent_id: r.text("agent_id")?,
-                push: r.text_opt("webhook_url")?.is_some(),
-                full: live >= fan.quota,
-            })
-        })
+        .rows(
+            RECIPIENTS.get(C::DIALECT),
+            args![&post.group_id, &post.sender],
+            |r| {
+                let live: u64 = r.unsigned("live")?;
+                Ok(Recipient {
+                    agent_id: r.text("agent_id")?,
+                    push: r.text_opt("webhook_url")?.is_some(),
+                    full: live >= fan.quota,
+                })
+            },
+        )
         .await?;
     let plan = plan_fan_out(&mut post, fan, recipients);
     let deliveries = to_json(&post.deliveries)?;

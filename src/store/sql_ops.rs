@@ -182,7 +182,7 @@ FROM picked
 WHERE messages.seq = picked.picked_seq
 RETURNING {returning}",
         lock = d.skip_locked(),
-        returning = d.returning_message(),
+        returning = d.returning_row("messages"),
     )
 }
 

@@ -1,30 +1,77 @@
-//! The SQL of the security hardening (issue 12), shared by the SQLite and
-//! PostgreSQL backends: request nonces (replay protection across restarts
-//! and instances) and retired agent ids (tombstones). Both dialects take the
-//! same statements; PostgreSQL runs them here, SQLite on its writer thread
-//! (`sqlite/ops.rs`).
+//! The security hardening (issue 12) on both SQL backends, each operation
+//! written once over [`SqlConn`]: request nonces (replay protection across
+//! restarts and instances), retired agent ids (tombstones) and fair webhook
+//! claims. Only the fair claim's statement differs between the dialects
+//! (PostgreSQL locks what it claims); each backend passes its own.
 
-use sqlx::PgPool;
-
-use super::sql::db_error;
+use super::sql::{self, limit, to_json};
+use super::sql_conn::{SqlConn, args};
 use super::{Delivery, Millis, StoreResult};
 
-/// Inserts the nonce, or takes over an expired entry; a live entry is left
-/// alone and the statement touches no row (a replay).
-pub(super) const REMEMBER_NONCE: &str = "INSERT INTO request_nonces (nonce_key, expires_at) VALUES ($1, $2) \
-     ON CONFLICT (nonce_key) DO UPDATE SET expires_at = excluded.expires_at \
-     WHERE request_nonces.expires_at <= $3";
-/// Deletes up to `$2` nonces expired at `$1`.
-pub(super) const PURGE_NONCES: &str = "DELETE FROM request_nonces WHERE nonce_key IN ( \
-     SELECT nonce_key FROM request_nonces WHERE expires_at <= $1 LIMIT $2)";
-/// Records a tombstone once.
-pub(super) const RETIRE_AGENT_ID: &str = "INSERT INTO retired_agents (agent_id, retired_at) VALUES ($1, $2) \
-     ON CONFLICT (agent_id) DO NOTHING";
-/// Whether a tombstone exists.
-pub(super) const IS_RETIRED: &str = "SELECT 1 AS one FROM retired_agents WHERE agent_id = $1";
+/// `Store::remember_nonce`: inserts the nonce, or takes over an expired
+/// entry; a live entry is left alone and the statement touches no row (a
+/// replay). True when the nonce is new.
+pub(super) async fn remember_nonce(
+    c: &mut impl SqlConn,
+    key: &str,
+    expires_at: Millis,
+    now: Millis,
+) -> StoreResult<bool> {
+    let changed = c
+        .exec(
+            "INSERT INTO request_nonces (nonce_key, expires_at) VALUES ($1, $2) \
+             ON CONFLICT (nonce_key) DO UPDATE SET expires_at = excluded.expires_at \
+             WHERE request_nonces.expires_at <= $3",
+            args![key, expires_at, now],
+        )
+        .await?;
+    Ok(changed == 1)
+}
+
+/// `Store::purge_nonces`: deletes up to `batch` nonces expired at `now`.
+pub(super) async fn purge_nonces(
+    c: &mut impl SqlConn,
+    now: Millis,
+    batch: usize,
+) -> StoreResult<u64> {
+    c.exec(
+        "DELETE FROM request_nonces WHERE nonce_key IN ( \
+             SELECT nonce_key FROM request_nonces WHERE expires_at <= $1 LIMIT $2)",
+        args![now, limit(batch)],
+    )
+    .await
+}
+
+/// `Store::retire_agent_id`: records a tombstone once.
+pub(super) async fn retire_agent_id(
+    c: &mut impl SqlConn,
+    agent_id: &str,
+    now: Millis,
+) -> StoreResult<()> {
+    c.exec(
+        "INSERT INTO retired_agents (agent_id, retired_at) VALUES ($1, $2) \
+         ON CONFLICT (agent_id) DO NOTHING",
+        args![agent_id, now],
+    )
+    .await
+    .map(drop)
+}
+
+/// `Store::is_agent_id_retired`: whether a tombstone exists.
+pub(super) async fn is_agent_id_retired(c: &mut impl SqlConn, agent_id: &str) -> StoreResult<bool> {
+    let found = c
+        .row(
+            "SELECT 1 AS one FROM retired_agents WHERE agent_id = $1",
+            args![agent_id],
+            |_| Ok(()),
+        )
+        .await?;
+    Ok(found.is_some())
+}
 
 /// Fair claim on SQLite (one writer, so no row locks): due deliveries ranked
 /// per agent, the first `$4` of each agent not in the JSON array `$5`.
+/// Binds as [`claim_due_deliveries_fair`] (`$6` unused).
 pub(super) const CLAIM_FAIR_SQLITE: &str = "UPDATE deliveries SET next_attempt_at = $1 + $3 \
      WHERE id IN (SELECT id FROM ( \
          SELECT id, next_attempt_at, ROW_NUMBER() OVER ( \
@@ -35,11 +82,14 @@ pub(super) const CLAIM_FAIR_SQLITE: &str = "UPDATE deliveries SET next_attempt_a
        WHERE rank <= $4 ORDER BY next_attempt_at, id LIMIT $2) \
      RETURNING *";
 /// Fair claim on PostgreSQL: lock (SKIP LOCKED, so instances never share a
-/// delivery) the oldest `$6` due deliveries of agents not in `$5`, rank them
-/// per agent, claim the first `$4` of each.
-const CLAIM_FAIR_POSTGRES: &str = "WITH locked AS ( \
+/// delivery) the oldest `$6` due deliveries of agents not in the JSON array
+/// `$5` (made an array once, an init plan), rank them per agent, claim the
+/// first `$4` of each.
+pub(super) const CLAIM_FAIR_POSTGRES: &str = "WITH locked AS ( \
          SELECT id, agent_id, next_attempt_at FROM deliveries \
-         WHERE state = 'pending' AND next_attempt_at <= $1 AND NOT (agent_id = ANY($5)) \
+         WHERE state = 'pending' AND next_attempt_at <= $1 \
+           AND NOT (agent_id = ANY(ARRAY( \
+               SELECT json_array_elements_text(CAST($5 AS JSON))))) \
          ORDER BY next_attempt_at, id LIMIT $6 FOR UPDATE SKIP LOCKED), \
      ranked AS ( \
          SELECT id, next_attempt_at, ROW_NUMBER() OVER ( \
@@ -51,99 +101,30 @@ const CLAIM_FAIR_POSTGRES: &str = "WITH locked AS ( \
 /// agent's backlog ahead of the others does not hide them.
 const FAIR_SCAN: i64 = 5_000;
 
-/// See `Store::claim_due_deliveries_fair`.
-pub(super) async fn postgres_claim_fair(
-    pool: &PgPool,
+/// `Store::claim_due_deliveries_fair` with the backend's `statement`
+/// ([`CLAIM_FAIR_SQLITE`] or [`CLAIM_FAIR_POSTGRES`]). Binds: now, limit,
+/// claim_ms, per-agent limit, the skipped agents as a JSON array, the scan.
+pub(super) async fn claim_due_deliveries_fair(
+    c: &mut impl SqlConn,
+    statement: &str,
     now: Millis,
     batch: usize,
     claim_ms: i64,
     per_agent: usize,
     skip_agents: &[String],
 ) -> StoreResult<Vec<Delivery>> {
-    let rows = sqlx::query(CLAIM_FAIR_POSTGRES)
-        .bind(now)
-        .bind(limit(batch))
-        .bind(claim_ms)
-        .bind(limit(per_agent))
-        .bind(skip_agents)
-        .bind(FAIR_SCAN.max(limit(batch)))
-        .fetch_all(pool)
-        .await
-        .map_err(db_error)?;
-    rows.iter().map(super::sql::delivery_from_row).collect()
+    let skip_agents = to_json(skip_agents)?;
+    c.rows(
+        statement,
+        args![
+            now,
+            limit(batch),
+            claim_ms,
+            limit(per_agent),
+            &skip_agents,
+            FAIR_SCAN.max(limit(batch)),
+        ],
+        |r| sql::delivery_from_row(r),
+    )
+    .await
 }
-
-fn limit(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-macro_rules! sql_security_ops {
-    ($module:ident, $pool:ty) => {
-        /// The statements above on one driver's pool.
-        pub(super) mod $module {
-            use super::*;
-
-            /// See `Store::remember_nonce`.
-            pub(in crate::store) async fn remember_nonce(
-                pool: &$pool,
-                key: &str,
-                expires_at: Millis,
-                now: Millis,
-            ) -> StoreResult<bool> {
-                let done = sqlx::query(REMEMBER_NONCE)
-                    .bind(key)
-                    .bind(expires_at)
-                    .bind(now)
-                    .execute(pool)
-                    .await
-                    .map_err(db_error)?;
-                Ok(done.rows_affected() == 1)
-            }
-
-            /// See `Store::purge_nonces`.
-            pub(in crate::store) async fn purge_nonces(
-                pool: &$pool,
-                now: Millis,
-                batch: usize,
-            ) -> StoreResult<u64> {
-                let done = sqlx::query(PURGE_NONCES)
-                    .bind(now)
-                    .bind(limit(batch))
-                    .execute(pool)
-                    .await
-                    .map_err(db_error)?;
-                Ok(done.rows_affected())
-            }
-
-            /// See `Store::retire_agent_id`.
-            pub(in crate::store) async fn retire_agent_id(
-                pool: &$pool,
-                agent_id: &str,
-                now: Millis,
-            ) -> StoreResult<()> {
-                sqlx::query(RETIRE_AGENT_ID)
-                    .bind(agent_id)
-                    .bind(now)
-                    .execute(pool)
-                    .await
-                    .map_err(db_error)?;
-                Ok(())
-            }
-
-            /// See `Store::is_agent_id_retired`.
-            pub(in crate::store) async fn is_agent_id_retired(
-                pool: &$pool,
-                agent_id: &str,
-            ) -> StoreResult<bool> {
-                let row = sqlx::query(IS_RETIRED)
-                    .bind(agent_id)
-                    .fetch_optional(pool)
-                    .await
-                    .map_err(db_error)?;
-                Ok(row.is_some())
-            }
-        }
-    };
-}
-
-sql_security_ops!(postgres, PgPool);

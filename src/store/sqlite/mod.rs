@@ -30,18 +30,18 @@ mod migrate;
 mod ops;
 mod writer;
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use rusqlite::Connection;
 
-use self::conn::{Checkpointer, Readers, Sqlite, exec, row, rows};
+use self::conn::{Checkpointer, Readers, Sqlite, row};
 use self::writer::Writer;
-use super::sql::{self, limit};
 use super::sql_conn::run_now;
-use super::sql_groups::{self, GroupDialect, GroupSql};
+use super::sql_groups;
 use super::sql_ops;
 use super::*;
+use super::{sql_agents, sql_console, sql_security, sql_stream};
 use crate::config::SqliteSynchronous;
 
 pub use self::conn::path_from_url;
@@ -125,16 +125,6 @@ impl SqliteStore {
     }
 }
 
-/// The group statements in SQLite's words (`sql_groups`): no row locks,
-/// since the one writer runs one operation at a time.
-static GROUPS: LazyLock<GroupSql> = LazyLock::new(|| {
-    GroupSql::new(&GroupDialect {
-        join: "",
-        exists: "",
-        recipients: "m.agent_id",
-    })
-});
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
@@ -142,46 +132,34 @@ impl Store for SqliteStore {
     }
 
     async fn create_agent(&self, agent: Agent) -> StoreResult<()> {
-        if self.write(move |c| ops::insert_agent(c, &agent)).await? == 0 {
+        let inserted = self
+            .write(move |c| run_now(sql_agents::insert_agent(&mut Sqlite(c), &agent)))
+            .await?;
+        if inserted == 0 {
             return Err(StoreError::AgentExists);
         }
         Ok(())
     }
 
     async fn get_agent(&self, agent_id: &str) -> StoreResult<Option<Agent>> {
-        self.read(|c| {
-            row(
-                c,
-                "SELECT * FROM agents WHERE agent_id = $1",
-                &[&agent_id],
-                |r| sql::agent_from_row(r),
-            )
-        })
+        self.read(|c| run_now(sql_agents::get_agent(&mut Sqlite(c), agent_id)))
     }
 
     async fn update_agent(&self, agent_id: &str, change: &AgentChange) -> StoreResult<Agent> {
         let (agent_id, change) = (agent_id.to_string(), change.clone());
-        self.write(move |c| ops::update_agent(c, &agent_id, &change))
+        self.write(move |c| run_now(sql_agents::update_agent(&mut Sqlite(c), &agent_id, &change)))
             .await
     }
 
     async fn delete_agent(&self, agent_id: &str, now: Millis) -> StoreResult<bool> {
         let agent_id = agent_id.to_string();
-        self.write_all(move |c| ops::delete_agent(c, &agent_id, now))
+        self.write_all(move |c| run_now(sql_agents::delete_agent(&mut Sqlite(c), &agent_id, now)))
             .await
     }
 
     async fn mark_offline(&self, now: Millis, batch: usize) -> StoreResult<u64> {
-        self.write(move |c| {
-            exec(
-                c,
-                "UPDATE agents SET online = FALSE WHERE agent_id IN ( \
-                     SELECT agent_id FROM agents WHERE online AND offline_at <= $1 \
-                     ORDER BY offline_at LIMIT $2)",
-                &[&now, &limit(batch)],
-            )
-        })
-        .await
+        self.write(move |c| run_now(sql_agents::mark_offline(&mut Sqlite(c), now, batch)))
+            .await
     }
 
     async fn enqueue(
@@ -216,12 +194,26 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<Message>> {
         let (request, holder) = (request.clone(), holder.to_string());
         let from = from.map(str::to_string);
-        self.write(move |c| ops::lease_held(c, &request, &holder, from.as_deref()))
-            .await
+        self.write(move |c| {
+            run_now(sql_stream::lease_held(
+                &mut Sqlite(c),
+                &request,
+                &holder,
+                from.as_deref(),
+            ))
+        })
+        .await
     }
 
     async fn count_held(&self, recipient: &str, holder: &str, now: Millis) -> StoreResult<u64> {
-        self.read(|c| ops::count_held(c, recipient, holder, now))
+        self.read(|c| {
+            run_now(sql_stream::count_held(
+                &mut Sqlite(c),
+                recipient,
+                holder,
+                now,
+            ))
+        })
     }
 
     async fn release_held(
@@ -232,8 +224,16 @@ impl Store for SqliteStore {
         max_attempts: u32,
     ) -> StoreResult<ReclaimCounts> {
         let (recipient, holder) = (recipient.to_string(), holder.to_string());
-        self.write(move |c| ops::release_held(c, &recipient, &holder, now, max_attempts))
-            .await
+        self.write(move |c| {
+            run_now(sql_stream::release_held(
+                &mut Sqlite(c),
+                &recipient,
+                &holder,
+                now,
+                max_attempts,
+            ))
+        })
+        .await
     }
 
     async fn ack(&self, request: &AckRequest) -> StoreResult<Message> {
@@ -352,8 +352,15 @@ impl Store for SqliteStore {
         batch: usize,
         claim_ms: i64,
     ) -> StoreResult<Vec<Delivery>> {
-        self.write(move |c| ops::claim_due(c, now, batch, claim_ms))
-            .await
+        self.write(move |c| {
+            run_now(sql_agents::claim_due_deliveries(
+                &mut Sqlite(c),
+                now,
+                batch,
+                claim_ms,
+            ))
+        })
+        .await
     }
 
     async fn record_attempt(
@@ -362,18 +369,30 @@ impl Store for SqliteStore {
         outcome: AttemptOutcome,
     ) -> StoreResult<()> {
         let attempt = attempt.clone();
-        self.write_all(move |c| ops::record_attempt(c, &attempt, outcome))
-            .await
+        self.write_all(move |c| {
+            run_now(sql_agents::record_attempt(
+                &mut Sqlite(c),
+                &attempt,
+                outcome,
+            ))
+        })
+        .await
     }
 
     async fn cancel_deliveries(&self, agent_id: &str, now: Millis) -> StoreResult<u64> {
         let agent_id = agent_id.to_string();
-        self.write(move |c| ops::cancel_deliveries(c, &agent_id, now))
-            .await
+        self.write(move |c| {
+            run_now(sql_agents::cancel_deliveries(
+                &mut Sqlite(c),
+                &agent_id,
+                now,
+            ))
+        })
+        .await
     }
 
     async fn get_delivery(&self, delivery_id: &str) -> StoreResult<Option<Delivery>> {
-        self.read(|c| ops::get_delivery(c, delivery_id))
+        self.read(|c| run_now(sql_agents::get_delivery(&mut Sqlite(c), delivery_id)))
     }
 
     async fn list_attempts(
@@ -382,43 +401,28 @@ impl Store for SqliteStore {
         count: usize,
     ) -> StoreResult<Vec<DeliveryAttempt>> {
         let agent_id = agent_id.to_string();
-        self.scan(move |c| {
-            rows(
-                c,
-                "SELECT * FROM delivery_attempts WHERE agent_id = $1 ORDER BY seq DESC LIMIT $2",
-                &[&agent_id, &limit(count)],
-                |r| sql::attempt_from_row(r),
-            )
-        })
-        .await
+        self.scan(move |c| run_now(sql_agents::list_attempts(&mut Sqlite(c), &agent_id, count)))
+            .await
     }
 
     async fn append_audit(&self, event: NewAuditEvent) -> StoreResult<AuditEvent> {
-        self.write_all(move |c| ops::append_audit(c, event)).await
+        self.write_all(move |c| run_now(sql_agents::append_audit(&mut Sqlite(c), event)))
+            .await
     }
 
     async fn list_audit(&self, after: Option<u64>, count: usize) -> StoreResult<Vec<AuditEvent>> {
-        let after = after.map_or(0, |a| i64::try_from(a).unwrap_or(i64::MAX));
-        self.scan(move |c| {
-            rows(
-                c,
-                "SELECT * FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
-                &[&after, &limit(count)],
-                |r| sql::audit_from_row(r),
-            )
-        })
-        .await
+        self.scan(move |c| run_now(sql_agents::list_audit(&mut Sqlite(c), after, count)))
+            .await
     }
 
     async fn export_agents(&self, after: Option<&str>, count: usize) -> StoreResult<Vec<Agent>> {
-        let after = after.unwrap_or_default().to_string();
+        let after = after.map(str::to_string);
         self.scan(move |c| {
-            rows(
-                c,
-                "SELECT * FROM agents WHERE agent_id > $1 ORDER BY agent_id LIMIT $2",
-                &[&after, &limit(count)],
-                |r| sql::agent_from_row(r),
-            )
+            run_now(sql_agents::export_agents(
+                &mut Sqlite(c),
+                after.as_deref(),
+                count,
+            ))
         })
         .await
     }
@@ -440,7 +444,10 @@ impl Store for SqliteStore {
     }
 
     async fn import_agent(&self, agent: Agent) -> StoreResult<bool> {
-        Ok(self.write(move |c| ops::insert_agent(c, &agent)).await? == 1)
+        let inserted = self
+            .write(move |c| run_now(sql_agents::insert_agent(&mut Sqlite(c), &agent)))
+            .await?;
+        Ok(inserted == 1)
     }
 
     async fn import_message(&self, message: Message) -> StoreResult<bool> {
@@ -457,35 +464,36 @@ impl Store for SqliteStore {
         now: Millis,
     ) -> StoreResult<bool> {
         let key = key.to_string();
-        let changed = self
-            .write(move |c| {
-                exec(
-                    c,
-                    super::sql_security::REMEMBER_NONCE,
-                    &[&key, &expires_at, &now],
-                )
-            })
-            .await?;
-        Ok(changed == 1)
+        self.write(move |c| {
+            run_now(sql_security::remember_nonce(
+                &mut Sqlite(c),
+                &key,
+                expires_at,
+                now,
+            ))
+        })
+        .await
     }
 
     async fn purge_nonces(&self, now: Millis, batch: usize) -> StoreResult<u64> {
-        self.write(move |c| exec(c, super::sql_security::PURGE_NONCES, &[&now, &limit(batch)]))
+        self.write(move |c| run_now(sql_security::purge_nonces(&mut Sqlite(c), now, batch)))
             .await
     }
 
     async fn retire_agent_id(&self, agent_id: &str, now: Millis) -> StoreResult<()> {
         let agent_id = agent_id.to_string();
-        self.write(move |c| exec(c, super::sql_security::RETIRE_AGENT_ID, &[&agent_id, &now]))
-            .await
-            .map(drop)
+        self.write(move |c| {
+            run_now(sql_security::retire_agent_id(
+                &mut Sqlite(c),
+                &agent_id,
+                now,
+            ))
+        })
+        .await
     }
 
     async fn is_agent_id_retired(&self, agent_id: &str) -> StoreResult<bool> {
-        self.read(|c| {
-            row(c, super::sql_security::IS_RETIRED, &[&agent_id], |_| Ok(()))
-                .map(|found| found.is_some())
-        })
+        self.read(|c| run_now(sql_security::is_agent_id_retired(&mut Sqlite(c), agent_id)))
     }
 
     async fn claim_due_deliveries_fair(
@@ -497,8 +505,18 @@ impl Store for SqliteStore {
         skip_agents: &[String],
     ) -> StoreResult<Vec<Delivery>> {
         let skip_agents = skip_agents.to_vec();
-        self.write(move |c| ops::claim_fair(c, now, batch, claim_ms, per_agent, &skip_agents))
-            .await
+        self.write(move |c| {
+            run_now(sql_security::claim_due_deliveries_fair(
+                &mut Sqlite(c),
+                sql_security::CLAIM_FAIR_SQLITE,
+                now,
+                batch,
+                claim_ms,
+                per_agent,
+                &skip_agents,
+            ))
+        })
+        .await
     }
 
     async fn search_agents(
@@ -507,25 +525,16 @@ impl Store for SqliteStore {
         page_size: usize,
         cursor: Option<&str>,
     ) -> StoreResult<Page<Agent>> {
-        let (prefix, cursor) = (prefix.to_string(), cursor.unwrap_or("").to_string());
-        let agents = self
-            .scan(move |c| {
-                rows(
-                    c,
-                    super::sql_console::SEARCH_AGENTS,
-                    &[
-                        &prefix,
-                        &prefix_upper_bound(&prefix),
-                        &cursor,
-                        &limit(page_size.saturating_add(1)),
-                    ],
-                    |r| sql::agent_from_row(r),
-                )
-            })
-            .await?;
-        Ok(super::sql_console::paged(agents, page_size, |a| {
-            a.agent_id.clone()
-        }))
+        let (prefix, cursor) = (prefix.to_string(), cursor.map(str::to_string));
+        self.scan(move |c| {
+            run_now(sql_console::search_agents(
+                &mut Sqlite(c),
+                &prefix,
+                page_size,
+                cursor.as_deref(),
+            ))
+        })
+        .await
     }
 
     async fn list_dead_all(
@@ -533,21 +542,15 @@ impl Store for SqliteStore {
         page_size: usize,
         cursor: Option<&str>,
     ) -> StoreResult<Page<Message>> {
-        let (after_at, after_seq) = match cursor {
-            Some(c) => sql::parse_dead_cursor(c)?,
-            None => (Millis::MIN, i64::MIN),
-        };
-        let found = self
-            .scan(move |c| {
-                rows(
-                    c,
-                    super::sql_console::DEAD_ALL,
-                    &[&after_at, &after_seq, &limit(page_size.saturating_add(1))],
-                    ops::message_seq,
-                )
-            })
-            .await?;
-        Ok(super::sql_console::dead_page(found, page_size))
+        let cursor = cursor.map(str::to_string);
+        self.scan(move |c| {
+            run_now(sql_console::list_dead_all(
+                &mut Sqlite(c),
+                page_size,
+                cursor.as_deref(),
+            ))
+        })
+        .await
     }
 
     async fn list_failing_deliveries(
@@ -555,23 +558,15 @@ impl Store for SqliteStore {
         page_size: usize,
         cursor: Option<&str>,
     ) -> StoreResult<Page<Delivery>> {
-        let (before_at, before_id) = super::sql_console::failing_bounds(cursor)?;
-        let before_id = before_id.to_string();
-        let deliveries = self
-            .scan(move |c| {
-                rows(
-                    c,
-                    super::sql_console::FAILING,
-                    &[&before_at, &before_id, &limit(page_size.saturating_add(1))],
-                    |r| sql::delivery_from_row(r),
-                )
-            })
-            .await?;
-        Ok(super::sql_console::paged(
-            deliveries,
-            page_size,
-            super::sql_console::failing_cursor,
-        ))
+        let cursor = cursor.map(str::to_string);
+        self.scan(move |c| {
+            run_now(sql_console::list_failing_deliveries(
+                &mut Sqlite(c),
+                page_size,
+                cursor.as_deref(),
+            ))
+        })
+        .await
     }
 
     async fn retry_delivery(
@@ -580,20 +575,19 @@ impl Store for SqliteStore {
         now: Millis,
     ) -> StoreResult<Option<Delivery>> {
         let delivery_id = delivery_id.to_string();
-        self.write(move |c| ops::retry_delivery(c, &delivery_id, now))
-            .await
-    }
-
-    async fn create_group(&self, group: Group, now: Millis) -> StoreResult<()> {
-        self.write_all(move |c| {
-            run_now(sql_groups::create_group(
+        self.write(move |c| {
+            run_now(sql_console::retry_delivery(
                 &mut Sqlite(c),
-                &GROUPS,
-                &group,
+                &delivery_id,
                 now,
             ))
         })
         .await
+    }
+
+    async fn create_group(&self, group: Group, now: Millis) -> StoreResult<()> {
+        self.write_all(move |c| run_now(sql_groups::create_group(&mut Sqlite(c), &group, now)))
+            .await
     }
 
     async fn get_group(&self, group_id: &str) -> StoreResult<Option<Group>> {
@@ -632,7 +626,6 @@ impl Store for SqliteStore {
         self.write(move |c| {
             run_now(sql_groups::add_group_member(
                 &mut Sqlite(c),
-                &GROUPS,
                 &group_id,
                 &member,
             ))
@@ -671,15 +664,8 @@ impl Store for SqliteStore {
     }
 
     async fn post_to_group(&self, post: GroupPost, fan: FanOut) -> StoreResult<Posted> {
-        self.write_all(move |c| {
-            run_now(sql_groups::post_to_group(
-                &mut Sqlite(c),
-                &GROUPS,
-                post,
-                &fan,
-            ))
-        })
-        .await
+        self.write_all(move |c| run_now(sql_groups::post_to_group(&mut Sqlite(c), post, &fan)))
+            .await
     }
 
     async fn group_history(
