@@ -446,22 +446,8 @@ impl Store for PostgresStore {
             self.wake(std::slice::from_ref(&message.recipient));
             return Ok(Enqueued::Created(message));
         }
-        if let Some(key) = &message.idempotency_key {
-            let existing =
-                sqlx::query("SELECT * FROM messages WHERE recipient = $1 AND idempotency_key = $2")
-                    .bind(&message.recipient)
-                    .bind(key)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(db_error)?;
-            if let Some(row) = existing {
-                let existing = self::message(&row)?;
-                return if existing.content_hash == message.content_hash {
-                    Ok(Enqueued::Duplicate(existing))
-                } else {
-                    Err(StoreError::IdempotencyConflict)
-                };
-            }
+        if let Some(original) = sql_ops::seen_before(&mut Pg::Pool(&self.pool), &message).await? {
+            return Ok(original);
         }
         // Not the quota, no original: the id is taken by another inbox (or
         // the original was purged since the statement's snapshot); the hub
@@ -729,11 +715,7 @@ impl Store for PostgresStore {
     }
 
     async fn import_message(&self, message: Message) -> StoreResult<bool> {
-        let inserted = insert_message(&message)?
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
-        Ok(inserted.rows_affected() == 1)
+        sql_ops::import_message(&mut Pg::Pool(&self.pool), &message).await
     }
 
     async fn create_group(&self, group: Group, now: Millis) -> StoreResult<()> {

@@ -58,6 +58,33 @@ static AUDIT_HEAD: ByDialect = ByDialect::new(|d| {
     )
 });
 
+/// A webhook delivery row. Binds: the delivery's columns in table order.
+const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, message_id, agent_id, state, \
+     attempts, next_attempt_at, created_at, updated_at, last_status, last_error) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+/// Records the webhook delivery of a stored message (a send's, a group
+/// copy's), in the caller's transaction.
+pub(super) async fn insert_delivery(c: &mut impl SqlConn, d: &Delivery) -> StoreResult<()> {
+    c.exec(
+        INSERT_DELIVERY,
+        args![
+            &d.id,
+            &d.message_id,
+            &d.agent_id,
+            d.state.as_str(),
+            d.attempts,
+            d.next_attempt_at,
+            d.created_at,
+            d.updated_at,
+            d.last_status.map(i64::from),
+            &d.last_error,
+        ],
+    )
+    .await
+    .map(drop)
+}
+
 // Agents.
 
 /// An agent's JSON text columns, encoded once for its insert or update.

@@ -151,11 +151,6 @@ const HISTORY: &str = "SELECT * FROM group_posts WHERE group_id = $1 \
 const PURGE_HISTORY: &str = "DELETE FROM group_posts WHERE id IN (SELECT id \
      FROM group_posts WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2)";
 
-/// Binds: the delivery's columns in table order.
-const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, message_id, agent_id, state, \
-     attempts, next_attempt_at, created_at, updated_at, last_status, last_error) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-
 /// Whether an agent exists; PostgreSQL keeps it so until the commit.
 /// Binds: agent.
 static AGENT_EXISTS: ByDialect =
@@ -440,22 +435,7 @@ pub(super) async fn post_to_group<C: SqlConn>(
         return Err(StoreError::MessageIdTaken);
     }
     for d in &plan.deliveries {
-        c.exec(
-            INSERT_DELIVERY,
-            args![
-                &d.id,
-                &d.message_id,
-                &d.agent_id,
-                d.state.as_str(),
-                d.attempts,
-                d.next_attempt_at,
-                d.created_at,
-                d.updated_at,
-                d.last_status.map(i64::from),
-                &d.last_error,
-            ],
-        )
-        .await?;
+        super::sql_agents::insert_delivery(c, d).await?;
     }
     Ok(Posted::Created(post))
 }

@@ -43,6 +43,68 @@ async fn leased_or_refused(
     }
 }
 
+/// A send whose idempotency key its inbox already holds: the original when
+/// the content is the same, a conflict when it is not; `None` when the key
+/// is new (or the send has none).
+pub(super) async fn seen_before(
+    c: &mut impl SqlConn,
+    m: &Message,
+) -> StoreResult<Option<Enqueued>> {
+    let Some(key) = &m.idempotency_key else {
+        return Ok(None);
+    };
+    let existing = c
+        .row(
+            "SELECT * FROM messages WHERE recipient = $1 AND idempotency_key = $2",
+            args![&m.recipient, key],
+            |r| message(r),
+        )
+        .await?;
+    match existing {
+        None => Ok(None),
+        Some(original) if original.content_hash == m.content_hash => {
+            Ok(Some(Enqueued::Duplicate(original)))
+        }
+        Some(_) => Err(StoreError::IdempotencyConflict),
+    }
+}
+
+/// `Store::enqueue` as a series of statements: recipient and quota (one
+/// read of the maintained `inbox_live` count), idempotency, then the message
+/// and its delivery. For an engine whose writes of one operation cannot
+/// interleave with another's (SQLite's writer thread); PostgreSQL does the
+/// same in one statement (`postgres::ENQUEUE`), since a data-modifying CTE
+/// (which SQLite lacks) saves it the round trips and the row locks.
+pub(super) async fn enqueue_in_steps(
+    c: &mut impl SqlConn,
+    message: Message,
+    quota: u64,
+    delivery: Option<Delivery>,
+) -> StoreResult<Enqueued> {
+    let live = c
+        .row(
+            "SELECT (SELECT live FROM inbox_live WHERE recipient = $1) AS live \
+             FROM agents WHERE agent_id = $1",
+            args![&message.recipient],
+            |r| r.int_opt("live"),
+        )
+        .await?
+        .ok_or(StoreError::AgentNotFound)?;
+    if let Some(original) = seen_before(c, &message).await? {
+        return Ok(original);
+    }
+    if u64::try_from(live.unwrap_or(0)).unwrap_or(0) >= quota {
+        return Err(StoreError::InboxFull);
+    }
+    if c.insert_messages(std::slice::from_ref(&message)).await? == 0 {
+        return Err(StoreError::MessageIdTaken);
+    }
+    if let Some(delivery) = &delivery {
+        super::sql_agents::insert_delivery(c, delivery).await?;
+    }
+    Ok(Enqueued::Created(message))
+}
+
 /// Acks one message.
 pub(super) async fn ack(c: &mut impl SqlConn, r: &AckRequest) -> StoreResult<Message> {
     let result = to_json_opt(r.result.as_ref())?;
@@ -264,7 +326,14 @@ RETURNING state, recipient",
 }
 
 static RECLAIM_ALL: ByDialect = ByDialect::new(|d| reclaim_statement(d, ""));
-static RECLAIM_INBOX: ByDialect = ByDialect::new(|d| reclaim_statement(d, "recipient = $4 AND "));
+/// One inbox: its live messages (`messages_ready`, whose predicate this
+/// repeats so SQLite uses it) whose lease has ended.
+pub(super) static RECLAIM_INBOX: ByDialect = ByDialect::new(|d| {
+    reclaim_statement(
+        d,
+        "recipient = $4 AND state IN ('queued', 'leased') AND available_at <= $1 AND ",
+    )
+});
 
 /// `Store::reclaim_expired_leases`: the counts, and the inboxes that got a
 /// message back (to wake their waiting pulls).
@@ -380,6 +449,14 @@ pub(super) async fn get_message(
     .await
 }
 
+/// One inbox's dead letters after a cursor, from `messages_ended_inbox`
+/// (its predicate repeated so SQLite sees that it applies). Binds:
+/// recipient, cursor ended_at, cursor seq, limit.
+pub(super) const LIST_DEAD: &str = "SELECT * FROM messages \
+     WHERE recipient = $1 AND state IN ('acked', 'expired', 'dead') \
+       AND state = 'dead' AND (ended_at, seq) > ($2, $3) \
+     ORDER BY ended_at, seq LIMIT $4";
+
 /// `Store::list_dead`: oldest ended first, paged by (ended_at, seq).
 pub(super) async fn list_dead(
     c: &mut impl SqlConn,
@@ -393,9 +470,7 @@ pub(super) async fn list_dead(
     };
     let found = c
         .rows(
-            "SELECT * FROM messages \
-             WHERE recipient = $1 AND state = 'dead' AND (ended_at, seq) > ($2, $3) \
-             ORDER BY ended_at, seq LIMIT $4",
+            LIST_DEAD,
             args![
                 recipient,
                 after_at,
@@ -449,14 +524,19 @@ async fn count_states(
     Ok(counts)
 }
 
+/// One inbox's messages by state. Each half reads one partial index
+/// (`messages_ready`, which carries `state`, and `messages_ended_inbox`):
+/// the predicates are the indexes' own, word for word, so SQLite sees that
+/// they apply. Binds: recipient.
+pub(super) const INBOX_STATS: &str = "SELECT state, count(*) AS n FROM messages \
+     WHERE recipient = $1 AND state IN ('queued', 'leased') GROUP BY state \
+     UNION ALL \
+     SELECT state, count(*) AS n FROM messages \
+     WHERE recipient = $1 AND state IN ('acked', 'expired', 'dead') GROUP BY state";
+
 /// `Store::inbox_stats`.
 pub(super) async fn inbox_stats(c: &mut impl SqlConn, recipient: &str) -> StoreResult<StateCounts> {
-    count_states(
-        c,
-        "SELECT state, count(*) AS n FROM messages WHERE recipient = $1 GROUP BY state",
-        args![recipient],
-    )
-    .await
+    count_states(c, INBOX_STATS, args![recipient]).await
 }
 
 /// `Store::stats`.
@@ -494,4 +574,10 @@ pub(super) async fn export_messages(
         |r| message(r),
     )
     .await
+}
+
+/// `Store::import_message`: the row as it is; an id or idempotency key
+/// already stored inserts nothing.
+pub(super) async fn import_message(c: &mut impl SqlConn, message: &Message) -> StoreResult<bool> {
+    Ok(c.insert_messages(std::slice::from_ref(message)).await? == 1)
 }

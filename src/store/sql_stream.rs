@@ -12,10 +12,13 @@ use super::sql_conn::{ByDialect, Dialect, SqlConn, args};
 use super::sql_ops::{AVAILABLE, lease_rounds, lease_statement};
 use super::{LeaseRequest, Message, Millis, ReclaimCounts, StoreResult, holder_tag};
 
-/// Matches rows whose lease id starts with the tag bound at `$n`.
+/// Matches rows whose lease id starts with the tag bound at `$n`. With
+/// the inbox's recipient, `messages_ready` finds them: its predicate is
+/// repeated word for word so SQLite sees that the index applies.
 fn held_by(n: u8) -> String {
     format!(
-        "state = 'leased' AND substr(lease_id, 1, length(CAST(${n} AS TEXT))) = CAST(${n} AS TEXT)"
+        "state IN ('queued', 'leased') AND state = 'leased' \
+         AND substr(lease_id, 1, length(CAST(${n} AS TEXT))) = CAST(${n} AS TEXT)"
     )
 }
 
@@ -36,7 +39,7 @@ pub(super) static LEASE_FROM: ByDialect =
     ByDialect::new(|d| lease_statement(d, &held_by(7), &tagged_lease_id(d)));
 
 /// Unsettled leases of a stream still running. Binds: recipient, tag, now.
-static COUNT_HELD: LazyLock<String> = LazyLock::new(|| {
+pub(super) static COUNT_HELD: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT COUNT(*) AS n FROM messages WHERE recipient = $1 AND {} AND lease_until > $3",
         held_by(2)
@@ -45,7 +48,7 @@ static COUNT_HELD: LazyLock<String> = LazyLock::new(|| {
 
 /// Ends a stream's leases as an expired lease ends. Binds: recipient, tag,
 /// now, max_attempts. Returns each released row's new state.
-static RELEASE_HELD: LazyLock<String> = LazyLock::new(|| {
+pub(super) static RELEASE_HELD: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE messages SET
     state = CASE WHEN attempts >= $4 THEN 'dead' ELSE 'queued' END,

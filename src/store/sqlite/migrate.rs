@@ -45,6 +45,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0030_console_indexes.sql",
         include_str!("../../../migrations/sqlite/0030_console_indexes.sql"),
     ),
+    (
+        40,
+        "0040_fewer_message_indexes.sql",
+        include_str!("../../../migrations/sqlite/0040_fewer_message_indexes.sql"),
+    ),
 ];
 
 /// sqlx's bookkeeping table, word for word.

@@ -172,7 +172,12 @@ impl Store for SqliteStore {
         // by itself, no savepoint needed.
         self.writer
             .write(delivery.is_some(), move |c| {
-                ops::enqueue(c, message, quota, delivery)
+                run_now(sql_ops::enqueue_in_steps(
+                    &mut Sqlite(c),
+                    message,
+                    quota,
+                    delivery,
+                ))
             })
             .await
     }
@@ -451,10 +456,8 @@ impl Store for SqliteStore {
     }
 
     async fn import_message(&self, message: Message) -> StoreResult<bool> {
-        let inserted = self
-            .write(move |c| ops::insert_messages(c, std::slice::from_ref(&message)))
-            .await?;
-        Ok(inserted == 1)
+        self.write(move |c| run_now(sql_ops::import_message(&mut Sqlite(c), &message)))
+            .await
     }
 
     async fn remember_nonce(
