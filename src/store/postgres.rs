@@ -211,20 +211,6 @@ fn message(row: &PgRow) -> StoreResult<Message> {
     sql::message_from_row(row).map(|(_, m)| m)
 }
 
-/// `INSERT` of a whole message; conflicts (id or idempotency key) insert nothing.
-fn insert_message(m: &Message) -> StoreResult<PgQuery> {
-    bind_message(
-        sqlx::query(
-            "INSERT INTO messages (id, recipient, sender, envelope, state, attempts, lease_id, \
-         lease_until, visible_at, expires_at, created_at, updated_at, acked_at, ended_at, \
-         dead_reason, result, idempotency_key, content_hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
-         ON CONFLICT DO NOTHING",
-        ),
-        m,
-    )
-}
-
 /// Binds a whole message's columns as `$1`–`$18`, in `messages` column order.
 fn bind_message(query: PgQuery, m: &Message) -> StoreResult<PgQuery> {
     Ok(query
@@ -369,9 +355,23 @@ impl SqlConn for Pg<'_> {
     }
 
     async fn insert_messages(&mut self, messages: &[Message]) -> StoreResult<u64> {
+        // Many rows per statement (a fan-out's copies: a few round trips,
+        // not one per member), the remainder one by one.
         let mut inserted = 0;
-        for m in messages {
-            let query = insert_message(m)?;
+        let mut rest = messages;
+        while !rest.is_empty() {
+            let (statement, n) = if rest.len() >= sql_ops::INSERT_CHUNK {
+                (&sql_ops::INSERT_MESSAGES, sql_ops::INSERT_CHUNK)
+            } else {
+                (&sql_ops::INSERT_MESSAGE, 1)
+            };
+            let (rows, tail) = rest.split_at(n);
+            rest = tail;
+            let sql = statement.get(SqlDialect::Postgres);
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for m in rows {
+                query = bind_message(query, m)?;
+            }
             let done = match self {
                 Pg::Pool(pool) => query.execute(*pool).await,
                 Pg::Conn(conn) => query.execute(&mut **conn).await,

@@ -113,6 +113,16 @@ impl Dialect {
         }
     }
 
+    /// Marks a placeholder bound by position, before its number: SQLite's
+    /// `?n` is bound without a name lookup (the multi-row inserts), and
+    /// PostgreSQL numbers every placeholder `$n`.
+    pub(super) fn positional(self) -> char {
+        match self {
+            Dialect::Sqlite => '?',
+            Dialect::Postgres => '$',
+        }
+    }
+
     /// Ends a sub-select that picks rows to change: PostgreSQL locks them
     /// and skips rows other transactions hold, so hub instances never wait
     /// on each other; SQLite has one writer and no row locks.

@@ -204,6 +204,41 @@ pub(super) async fn requeue_dead(
     }
 }
 
+/// Columns of a whole message row, in the order both backends bind them.
+pub(super) const MESSAGE_COLUMNS: &str = "id, recipient, sender, envelope, state, attempts, \
+     lease_id, lease_until, visible_at, expires_at, created_at, updated_at, acked_at, ended_at, \
+     dead_reason, result, idempotency_key, content_hash";
+/// Values per message row.
+pub(super) const MESSAGE_ARITY: usize = 18;
+/// Rows of one multi-row message insert (a fan-out writes its copies in
+/// inserts of this many, the remainder one by one): 576 values, far under
+/// either engine's limit, and one prepared statement.
+pub(super) const INSERT_CHUNK: usize = 32;
+
+/// `INSERT` of `rows` whole messages, values numbered in order; conflicts
+/// (id or idempotency key) insert nothing.
+fn insert_messages_sql(d: Dialect, rows: usize) -> String {
+    let mut sql = format!("INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ");
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..MESSAGE_ARITY {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("{}{}", d.positional(), r * MESSAGE_ARITY + c + 1));
+        }
+        sql.push(')');
+    }
+    sql.push_str(" ON CONFLICT DO NOTHING");
+    sql
+}
+
+/// One message's insert.
+pub(super) static INSERT_MESSAGE: ByDialect = ByDialect::new(|d| insert_messages_sql(d, 1));
+/// [`INSERT_CHUNK`] messages' insert.
+pub(super) static INSERT_MESSAGES: ByDialect =
+    ByDialect::new(|d| insert_messages_sql(d, INSERT_CHUNK));
+
 /// A whole message row with its `seq`.
 fn message_seq(row: &impl Columns) -> StoreResult<(i64, Message)> {
     sql::message_from_row(row)

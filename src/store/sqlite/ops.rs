@@ -1,49 +1,17 @@
-//! The SQLite backend's operations as synchronous functions of one
-//! connection: the writer thread runs the writing ones inside its commit
-//! group, a read connection runs the others. Statements shared with
-//! PostgreSQL come from the `sql_*` modules; the rest are SQLite's own.
-
-use std::sync::LazyLock;
+//! SQLite's own piece of the shared operations: inserting many messages per
+//! statement with values bound by position (binding hundreds of values by
+//! name is quadratic in SQLite: it finds each name by a linear walk).
 
 use rusqlite::Connection;
 
 use super::conn::exec_positional;
 use crate::store::sql::to_json_opt;
+use crate::store::sql_conn::Dialect;
+use crate::store::sql_ops::{INSERT_CHUNK, INSERT_MESSAGE, INSERT_MESSAGES, MESSAGE_ARITY};
 use crate::store::*;
 
-/// Columns of a whole message row, in the order of [`message_args`].
-const MESSAGE_COLUMNS: &str = "id, recipient, sender, envelope, state, attempts, lease_id, \
-     lease_until, visible_at, expires_at, created_at, updated_at, acked_at, ended_at, \
-     dead_reason, result, idempotency_key, content_hash";
-/// Values per message row.
-const MESSAGE_ARITY: usize = 18;
-/// Rows of one multi-row message insert (a fan-out writes its copies in
-/// inserts of this many, the remainder one by one): 576 bind values, far
-/// under SQLite's limit, and one cached statement.
-const FAN_CHUNK: usize = 32;
-
-/// `INSERT` of `rows` whole messages; conflicts (id or idempotency key)
-/// insert nothing. Positional `?n` placeholders ([`exec_positional`]).
-fn insert_messages_sql(rows: usize) -> String {
-    let mut sql = format!("INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ");
-    for r in 0..rows {
-        sql.push_str(if r == 0 { "(" } else { ", (" });
-        for c in 0..MESSAGE_ARITY {
-            if c > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("?{}", r * MESSAGE_ARITY + c + 1));
-        }
-        sql.push(')');
-    }
-    sql.push_str(" ON CONFLICT DO NOTHING");
-    sql
-}
-
-static INSERT_MESSAGE: LazyLock<String> = LazyLock::new(|| insert_messages_sql(1));
-static INSERT_MESSAGES: LazyLock<String> = LazyLock::new(|| insert_messages_sql(FAN_CHUNK));
-
-/// A message's bind values; `result` is its JSON text, encoded by the caller.
+/// A message's bind values in `sql_ops::MESSAGE_COLUMNS` order; `result` is
+/// its JSON text, encoded by the caller.
 fn message_args<'a>(m: &'a Message, result: &'a Option<String>) -> [&'a dyn rusqlite::ToSql; 18] {
     [
         &m.id,
@@ -90,19 +58,20 @@ pub(super) fn insert_messages(conn: &Connection, messages: &[Message]) -> StoreR
         .map(|m| to_json_opt(m.result.as_ref()))
         .collect::<StoreResult<Vec<_>>>()?;
     let mut inserted = 0;
-    let mut chunks = messages.chunks_exact(FAN_CHUNK);
-    let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(FAN_CHUNK * MESSAGE_ARITY);
+    let mut chunks = messages.chunks_exact(INSERT_CHUNK);
+    let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(INSERT_CHUNK * MESSAGE_ARITY);
     let mut offset = 0;
     for chunk in chunks.by_ref() {
         args.clear();
         for (m, result) in chunk.iter().zip(&results[offset..]) {
             args.extend(message_args(m, result));
         }
-        inserted += exec_positional(conn, &INSERT_MESSAGES, &args)?;
-        offset += FAN_CHUNK;
+        inserted += exec_positional(conn, INSERT_MESSAGES.get(Dialect::Sqlite), &args)?;
+        offset += INSERT_CHUNK;
     }
     for (m, result) in chunks.remainder().iter().zip(&results[offset..]) {
-        inserted += exec_positional(conn, &INSERT_MESSAGE, &message_args(m, result))?;
+        let sql = INSERT_MESSAGE.get(Dialect::Sqlite);
+        inserted += exec_positional(conn, sql, &message_args(m, result))?;
     }
     Ok(inserted)
 }
