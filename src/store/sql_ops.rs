@@ -484,12 +484,10 @@ pub(super) async fn get_message(
     .await
 }
 
-/// One inbox's dead letters after a cursor, from `messages_ended_inbox`
-/// (its predicate repeated so SQLite sees that it applies). Binds:
+/// One inbox's dead letters after a cursor (`messages_dead`). Binds:
 /// recipient, cursor ended_at, cursor seq, limit.
 pub(super) const LIST_DEAD: &str = "SELECT * FROM messages \
-     WHERE recipient = $1 AND state IN ('acked', 'expired', 'dead') \
-       AND state = 'dead' AND (ended_at, seq) > ($2, $3) \
+     WHERE recipient = $1 AND state = 'dead' AND (ended_at, seq) > ($2, $3) \
      ORDER BY ended_at, seq LIMIT $4";
 
 /// `Store::list_dead`: oldest ended first, paged by (ended_at, seq).
