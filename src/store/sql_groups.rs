@@ -151,6 +151,11 @@ const HISTORY: &str = "SELECT * FROM group_posts WHERE group_id = $1 \
 const PURGE_HISTORY: &str = "DELETE FROM group_posts WHERE id IN (SELECT id \
      FROM group_posts WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2)";
 
+/// Any message whose id lies between `<post id>.` and `<post id>/` (`/`
+/// follows `.` in byte order, which both engines use for ids): a copy id
+/// of the post, `<post id>.<n>`, already taken. Binds: the two bounds.
+const COPY_ID_TAKEN: &str = "SELECT 1 FROM messages WHERE id > $1 AND id < $2 LIMIT 1";
+
 /// Whether an agent exists; PostgreSQL keeps it so until the commit.
 /// Binds: agent.
 static AGENT_EXISTS: ByDialect =
@@ -412,6 +417,18 @@ pub(super) async fn post_to_group<C: SqlConn>(
         .await?;
     let plan = plan_fan_out(&mut post, fan, recipients);
     let deliveries = to_json(&post.deliveries)?;
+    // From the post's insert on, nothing may fail for the post's own
+    // reasons (SQLite runs a post without a savepoint: see
+    // `SqliteStore::post_to_group`): the copies' ids, `<post id>.<n>`,
+    // must all be free, and a taken post id inserts nothing.
+    let (first_copy, past_copies) = (format!("{}.", post.id), format!("{}/", post.id));
+    let copy_ids_taken = c
+        .row(COPY_ID_TAKEN, args![&first_copy, &past_copies], |_| Ok(()))
+        .await?
+        .is_some();
+    if copy_ids_taken {
+        return Err(StoreError::MessageIdTaken);
+    }
     let inserted = c
         .exec(
             INSERT_POST,

@@ -88,7 +88,10 @@ impl SqliteStore {
         self.writer.stop().await;
     }
 
-    /// Runs a write of at most one writing statement in the next commit group.
+    /// Runs a write in the next commit group without a savepoint: for an
+    /// operation of at most one writing statement, or one that refuses only
+    /// before its first write (a group post), so a refusal leaves nothing
+    /// to undo.
     async fn write<T, F>(&self, op: F) -> StoreResult<T>
     where
         T: Send + 'static,
@@ -667,7 +670,13 @@ impl Store for SqliteStore {
     }
 
     async fn post_to_group(&self, post: GroupPost, fan: FanOut) -> StoreResult<Posted> {
-        self.write_all(move |c| run_now(sql_groups::post_to_group(&mut Sqlite(c), post, &fan)))
+        // No savepoint: a post refuses (group, membership, idempotency,
+        // taken ids) before its first write and cannot fail for its own
+        // reasons after it, so it never needs undoing on its own; a failure
+        // of the database itself rolls the whole group back. A savepoint
+        // would copy every page the post touches into the sub-journal
+        // (measured: a fifth of the writer's time in a fan-out).
+        self.write(move |c| run_now(sql_groups::post_to_group(&mut Sqlite(c), post, &fan)))
             .await
     }
 

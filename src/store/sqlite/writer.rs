@@ -129,7 +129,8 @@ impl Writer {
 
     /// Runs `op` in the next group and answers once that group is committed.
     /// `several_writes`: the operation may run more than one writing
-    /// statement, so it gets a savepoint of its own.
+    /// statement and may fail after one of them, so it gets a savepoint of
+    /// its own.
     pub(super) async fn write<T, F>(&self, several_writes: bool, op: F) -> StoreResult<T>
     where
         T: Send + 'static,
