@@ -6,6 +6,7 @@
 use super::sql::{self, Columns, limit, to_json_opt};
 use super::sql_conn::{Arg, ByDialect, Dialect, SqlConn, args};
 use super::*;
+use std::sync::LazyLock;
 
 /// A whole message row.
 pub(super) fn message(row: &impl Columns) -> StoreResult<Message> {
@@ -25,6 +26,53 @@ pub(super) async fn lease_state(
     )
     .await
 }
+
+/// The `SET` list that ends a lease as an expired lease ends: back to the
+/// queue, visible at `visible_at`, or to the dead letters (ended at `now`)
+/// once the message has had `max_attempts`. Each argument is a placeholder
+/// such as `$2`; written once for nacks, lease reclaims and stream releases.
+pub(super) fn end_lease(max_attempts: &str, now: &str, visible_at: &str) -> String {
+    format!(
+        "state = CASE WHEN attempts >= {max_attempts} THEN 'dead' ELSE 'queued' END,
+    lease_id = NULL,
+    lease_until = NULL,
+    visible_at = CASE WHEN attempts >= {max_attempts} THEN visible_at ELSE {visible_at} END,
+    ended_at = CASE WHEN attempts >= {max_attempts} THEN {now} ELSE ended_at END,
+    dead_reason = CASE WHEN attempts >= {max_attempts} THEN 'max_attempts' ELSE dead_reason END,
+    updated_at = {now}"
+    )
+}
+
+/// The message an ack or nack names, while leased (and under the lease id
+/// when one is given). Binds: message id, recipient, lease id or NULL.
+const HELD_LEASE: &str = "WHERE id = $1 AND recipient = $2 AND state = 'leased' \
+     AND (CAST($3 AS TEXT) IS NULL OR lease_id = $3) RETURNING *";
+
+/// Acks one message. Binds: [`HELD_LEASE`]'s, now, result.
+static ACK: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE messages SET state = 'acked', lease_id = NULL, lease_until = NULL, \
+         acked_at = $4, ended_at = $4, updated_at = $4, result = $5 {HELD_LEASE}"
+    )
+});
+
+/// Extends a lease, up to a cap. Binds: [`HELD_LEASE`]'s, now, extend_ms,
+/// the cap.
+static NACK_EXTEND: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE messages SET \
+         lease_until = LEAST(GREATEST(COALESCE(lease_until, $4), $4) + $5, $6), \
+         updated_at = $4 {HELD_LEASE}"
+    )
+});
+
+/// Ends a lease now. Binds: [`HELD_LEASE`]'s, now, max_attempts, visible_at.
+static NACK_REQUEUE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE messages SET {} {HELD_LEASE}",
+        end_lease("$5", "$4", "$6")
+    )
+});
 
 /// The message a lease statement changed, or why it changed none.
 async fn leased_or_refused(
@@ -110,11 +158,7 @@ pub(super) async fn ack(c: &mut impl SqlConn, r: &AckRequest) -> StoreResult<Mes
     let result = to_json_opt(r.result.as_ref())?;
     let found = c
         .row(
-            "UPDATE messages SET state = 'acked', lease_id = NULL, lease_until = NULL, \
-             acked_at = $4, ended_at = $4, updated_at = $4, result = $5 \
-             WHERE id = $1 AND recipient = $2 AND state = 'leased' \
-               AND (CAST($3 AS TEXT) IS NULL OR lease_id = $3) \
-             RETURNING *",
+            &ACK,
             args![&r.message_id, &r.recipient, &r.lease_id, r.now, &result],
             |r| message(r),
         )
@@ -130,12 +174,7 @@ pub(super) async fn nack(c: &mut impl SqlConn, r: &NackRequest) -> StoreResult<M
             max_lease_until,
         } => {
             c.row(
-                "UPDATE messages SET \
-                     lease_until = LEAST(GREATEST(COALESCE(lease_until, $4), $4) + $5, $6), \
-                     updated_at = $4 \
-                 WHERE id = $1 AND recipient = $2 AND state = 'leased' \
-                   AND (CAST($3 AS TEXT) IS NULL OR lease_id = $3) \
-                 RETURNING *",
+                &NACK_EXTEND,
                 args![
                     &r.message_id,
                     &r.recipient,
@@ -150,17 +189,7 @@ pub(super) async fn nack(c: &mut impl SqlConn, r: &NackRequest) -> StoreResult<M
         }
         NackAction::Requeue { visible_at } => {
             c.row(
-                "UPDATE messages SET \
-                     state = CASE WHEN attempts >= $5 THEN 'dead' ELSE 'queued' END, \
-                     lease_id = NULL, \
-                     lease_until = NULL, \
-                     visible_at = CASE WHEN attempts >= $5 THEN visible_at ELSE $6 END, \
-                     ended_at = CASE WHEN attempts >= $5 THEN $4 ELSE ended_at END, \
-                     dead_reason = CASE WHEN attempts >= $5 THEN 'max_attempts' ELSE dead_reason END, \
-                     updated_at = $4 \
-                 WHERE id = $1 AND recipient = $2 AND state = 'leased' \
-                   AND (CAST($3 AS TEXT) IS NULL OR lease_id = $3) \
-                 RETURNING *",
+                &NACK_REQUEUE,
                 args![
                     &r.message_id,
                     &r.recipient,
@@ -345,18 +374,13 @@ counts AS (
     ORDER BY recipient{for_update}
 )
 UPDATE messages SET
-    state = CASE WHEN attempts >= $2 THEN 'dead' ELSE 'queued' END,
-    lease_id = NULL,
-    lease_until = NULL,
-    visible_at = CASE WHEN attempts >= $2 THEN visible_at ELSE $1 END,
-    ended_at = CASE WHEN attempts >= $2 THEN $1 ELSE ended_at END,
-    dead_reason = CASE WHEN attempts >= $2 THEN 'max_attempts' ELSE dead_reason END,
-    updated_at = $1
+    {end_lease}
 FROM due
 WHERE messages.seq = due.due_seq AND (SELECT count(*) FROM counts) >= 0
 RETURNING state, recipient",
         skip_locked = d.skip_locked(),
         for_update = d.for_update(),
+        end_lease = end_lease("$2", "$1", "$1"),
     )
 }
 

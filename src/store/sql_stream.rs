@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 
 use super::sql::Columns;
 use super::sql_conn::{ByDialect, Dialect, SqlConn, args};
-use super::sql_ops::{AVAILABLE, lease_rounds, lease_statement};
+use super::sql_ops::{AVAILABLE, end_lease, lease_rounds, lease_statement};
 use super::{LeaseRequest, Message, Millis, ReclaimCounts, StoreResult, holder_tag};
 
 /// Matches rows whose lease id starts with the tag bound at `$n`. With
@@ -51,15 +51,10 @@ pub(super) static COUNT_HELD: LazyLock<String> = LazyLock::new(|| {
 pub(super) static RELEASE_HELD: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE messages SET
-    state = CASE WHEN attempts >= $4 THEN 'dead' ELSE 'queued' END,
-    lease_id = NULL,
-    lease_until = NULL,
-    visible_at = CASE WHEN attempts >= $4 THEN visible_at ELSE $3 END,
-    ended_at = CASE WHEN attempts >= $4 THEN $3 ELSE ended_at END,
-    dead_reason = CASE WHEN attempts >= $4 THEN 'max_attempts' ELSE dead_reason END,
-    updated_at = $3
+    {}
 WHERE recipient = $1 AND {}
 RETURNING state",
+        end_lease("$4", "$3", "$3"),
         held_by(2)
     )
 });
